@@ -1,0 +1,11 @@
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY shared ./shared
+COPY worker ./worker
+COPY emulator ./emulator
+COPY migrations ./migrations
+COPY benchmarks ./benchmarks
+RUN pip install --no-cache-dir -e .
+USER nobody
+CMD ["tenantmail", "worker"]

@@ -1,0 +1,74 @@
+"""Settings of one emulator instance, built once and passed in."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+# Fields a running emulator lets you change through POST /_emulator/config.
+MUTABLE_FIELDS = frozenset(
+    {
+        "latency_ms",
+        "token_lifetime_s",
+        "refresh_in_s",
+        "mailbox_concurrency",
+        "concurrency_retry_after",
+        "requests_per_10min",
+        "recipients_per_day",
+        "max_request_bytes",
+        "max_internet_headers",
+        "unauthorized_client_status",
+        "assertion_failure_status",
+        "request_too_large_status",
+        "request_log_size",
+        "advertised_base_url",
+        "retry_after_grace_ms",
+    }
+)
+
+
+@dataclass
+class EmulatorConfig:
+    """Everything that shapes one emulator; `port=0` picks a free port.
+
+    Values marked UNVERIFIED in the reference (statuses, limits) are fields here so tests can
+    change them.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    tls: bool = True
+    directory: dict[str, Any] | None = None
+    latency_ms: float = 0.0
+    seed: int | None = None
+    token_lifetime_s: int = 3599
+    refresh_in_s: int | None = None
+    mailbox_concurrency: int = 4
+    # None means the MailboxConcurrency 429 carries no Retry-After header (UNVERIFIED item 13).
+    concurrency_retry_after: str | None = "1"
+    requests_per_10min: int = 10_000
+    recipients_per_day: int = 10_000
+    max_request_bytes: int = 4 * 1024 * 1024
+    max_internet_headers: int = 5
+    unauthorized_client_status: int = 400
+    assertion_failure_status: int = 401
+    request_too_large_status: int = 413
+    request_log_size: int = 5_000
+    # A request that reaches us this soon after we sent a 429 was most likely already on its way
+    # (the client cannot have read the 429 yet; our single loop serves accepts and handshakes in
+    # turn). Such arrivals are counted apart from real Retry-After violations.
+    retry_after_grace_ms: float = 100.0
+    # Base URL put in discovery documents; None = scheme and Host of the request. Set it to
+    # "https://login.microsoftonline.com" when clients reach the emulator through a URL-rewriting session.
+    advertised_base_url: str | None = None
+    state_dir: str | None = None
+    ca_path: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def updated(self, changes: dict[str, Any]) -> EmulatorConfig:
+        """Return a copy with `changes` applied; only MUTABLE_FIELDS may change at run time."""
+        unknown = set(changes) - MUTABLE_FIELDS
+        if unknown:
+            raise ValueError(f"not changeable at run time: {sorted(unknown)}")
+        return dataclasses.replace(self, **changes)

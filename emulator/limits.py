@@ -1,0 +1,97 @@
+"""Per (app, mailbox) throttles like Exchange Online's: concurrency, request rate, daily recipients."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict, deque
+from collections.abc import Callable
+
+from emulator.config import EmulatorConfig
+
+WINDOW_S = 600.0
+DAY_S = 86_400.0
+
+Key = tuple[str, str]  # (app id, canonical mailbox address)
+
+
+class Limits:
+    """In-flight counts, a sliding 10-minute request window and a 24-hour recipient window.
+
+    Everything runs on the event loop thread, so no locks. Times come from the emulator clock.
+    """
+
+    def __init__(self, config: Callable[[], EmulatorConfig], now: Callable[[], float]) -> None:
+        self._config = config
+        self._now = now
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all throttle state."""
+        self.in_flight: dict[Key, int] = defaultdict(int)
+        self.max_in_flight: dict[Key, int] = {}
+        self._window: dict[Key, deque[float]] = defaultdict(deque)
+        self._retry_window: dict[Key, tuple[float, float]] = {}
+        self._recipients: dict[str, deque[tuple[float, int]]] = defaultdict(deque)
+        self._recipient_totals: dict[str, int] = defaultdict(int)
+
+    def inside_retry_after(self, key: Key, sent_at: float | None = None) -> str | None:
+        """Whether a request for `key`, sent at `sent_at` (default now), fell inside a Retry-After
+        window we had announced for it: "violation", "in_flight" (within the grace after the 429
+        left, so probably sent before the client could read it) or None."""
+        window = self._retry_window.get(key)
+        at = self._now() if sent_at is None else sent_at
+        if window is None or not window[0] <= at < window[1]:
+            return None
+        return "in_flight" if at < window[0] + self._config().retry_after_grace_ms / 1000 else "violation"
+
+    def note_retry_after(self, key: Key, retry_after: str | None) -> None:
+        """Remember a Retry-After sent for `key`."""
+        if retry_after is None:
+            return
+        try:
+            seconds = float(retry_after)
+        except ValueError:
+            return
+        now = self._now()
+        start, end = self._retry_window.get(key, (now, 0.0))
+        if end <= now:
+            start = now
+        self._retry_window[key] = (start, max(end, now + seconds))
+
+    def enter(self, key: Key) -> tuple[str, str | None] | None:
+        """Admit a request, or return (problem, retry_after) for a 429.
+
+        Every request counts against the 10-minute window, admitted or not (Graph keeps counting
+        while you are throttled).
+        """
+        config = self._config()
+        now = self._now()
+        window = self._window[key]
+        window.append(now)
+        while window and window[0] <= now - WINDOW_S:
+            window.popleft()
+        if self.in_flight[key] >= config.mailbox_concurrency:
+            return "mailbox_concurrency", config.concurrency_retry_after
+        if len(window) > config.requests_per_10min:
+            wait_s = max(1, math.ceil(window[0] + WINDOW_S - now))
+            return "request_rate", str(wait_s)
+        count = self.in_flight[key] + 1
+        self.in_flight[key] = count
+        if count > self.max_in_flight.get(key, 0):
+            self.max_in_flight[key] = count
+        return None
+
+    def leave(self, key: Key) -> None:
+        """Mark an admitted request finished."""
+        self.in_flight[key] -= 1
+
+    def add_recipients(self, mailbox: str, count: int) -> bool:
+        """Count recipients sent by `mailbox`; True when the 24-hour total is over the limit
+        (Exchange accepts the message and would bounce it with an NDR)."""
+        now = self._now()
+        log = self._recipients[mailbox]
+        while log and log[0][0] <= now - DAY_S:
+            self._recipient_totals[mailbox] -= log.popleft()[1]
+        log.append((now, count))
+        self._recipient_totals[mailbox] += count
+        return self._recipient_totals[mailbox] > self._config().recipients_per_day

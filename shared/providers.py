@@ -1,0 +1,167 @@
+"""Tenant provider configurations: store a version, resolve the one in force.
+
+The configuration surface (validation on save, history, API) is its own issue; this module holds
+the table access both that surface and the workers need. Secrets are decrypted only into
+`ResolvedProvider`, which never prints them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, func, select
+from sqlmodel import Session
+
+from shared.clouds import Cloud, resolve_cloud
+from shared.errors import NoProviderConfigured, ProviderError
+from shared.models import ProviderConfig
+from shared.secretbox import SecretBox
+from shared.settings import Settings
+
+PLATFORM_TENANT_KEY = "__platform__"
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedProvider:
+    """Everything a worker needs to send for one tenant; `client_secret` never prints."""
+
+    tenant_id: str
+    version: int
+    kind: str
+    sender_address: str
+    sender_name: str | None
+    reply_to: str | None
+    azure_tenant: str
+    client_id: str
+    cloud: Cloud
+    client_secret: str = field(repr=False)
+
+    @property
+    def token_key(self) -> str:
+        """Key of this provider's token in caches: (tenant, client id, config version)."""
+        return f"{self.tenant_id}:{self.client_id}:{self.version}"
+
+    @property
+    def mailbox_key(self) -> str:
+        """Key of the Graph per-(app, mailbox) limits."""
+        return f"{self.client_id}:{self.sender_address.lower()}"
+
+
+def save_graph_provider(
+    engine: Engine,
+    box: SecretBox,
+    tenant_id: str,
+    *,
+    sender_address: str,
+    azure_tenant: str,
+    client_id: str,
+    client_secret: str,
+    sender_name: str | None = None,
+    reply_to: str | None = None,
+    cloud: str = "global",
+    created_by: str | None = None,
+) -> int:
+    """Store a new active customer-provided Graph configuration; returns its version."""
+    return _insert_version(engine, ProviderConfig(
+        tenant_id=tenant_id, version=0, kind="graph", sender_name=sender_name,
+        sender_address=sender_address, reply_to=reply_to, azure_tenant=azure_tenant,
+        client_id=client_id, secret_enc=box.encrypt(client_secret), secret_last4=client_secret[-4:],
+        cloud=cloud, created_at=datetime.now(UTC), created_by=created_by,
+    ))
+
+
+def set_platform_default(engine: Engine, tenant_id: str, *, created_by: str | None = None) -> int:
+    """Revert a tenant to the platform's own sender; returns the new version."""
+    return _insert_version(engine, ProviderConfig(
+        tenant_id=tenant_id, version=0, kind="platform", created_at=datetime.now(UTC), created_by=created_by,
+    ))
+
+
+def _insert_version(engine: Engine, row: ProviderConfig) -> int:
+    with Session(engine) as session:
+        current = session.scalar(
+            select(func.max(ProviderConfig.version)).where(ProviderConfig.tenant_id == row.tenant_id)
+        )
+        row.version = (current or 0) + 1
+        session.add(row)
+        session.commit()
+        return row.version
+
+
+class ProviderResolver:
+    """Resolves tenants to their provider in force, cached for `provider_cache_ttl_ms`."""
+
+    def __init__(self, engine: Engine, box: SecretBox, settings: Settings) -> None:
+        self._engine = engine
+        self._box = box
+        self._settings = settings
+        self._ttl_s = settings.provider_cache_ttl_ms / 1000
+        self._cache: dict[str, tuple[float, ResolvedProvider | ProviderError]] = {}
+        self._lock = threading.Lock()
+
+    def resolve_many(self, tenant_ids: Iterable[str]) -> dict[str, ResolvedProvider | ProviderError]:
+        """Provider (or the reason there is none) for each tenant."""
+        now = time.monotonic()
+        out: dict[str, ResolvedProvider | ProviderError] = {}
+        missing: list[str] = []
+        with self._lock:
+            for tid in set(tenant_ids):
+                hit = self._cache.get(tid)
+                if hit and hit[0] > now:
+                    out[tid] = hit[1]
+                else:
+                    missing.append(tid)
+        if missing:
+            fresh = self._load(missing)
+            with self._lock:
+                for tid, value in fresh.items():
+                    self._cache[tid] = (now + self._ttl_s, value)
+            out.update(fresh)
+        return out
+
+    def _load(self, tenant_ids: list[str]) -> dict[str, ResolvedProvider | ProviderError]:
+        latest = (
+            select(ProviderConfig.tenant_id, func.max(ProviderConfig.version).label("v"))
+            .where(ProviderConfig.tenant_id.in_(tenant_ids), ProviderConfig.active)  # type: ignore[attr-defined]
+            .group_by(ProviderConfig.tenant_id).subquery()
+        )
+        query = select(ProviderConfig).join(
+            latest, (ProviderConfig.tenant_id == latest.c.tenant_id) & (ProviderConfig.version == latest.c.v)
+        )
+        with Session(self._engine) as session:
+            rows = {r.tenant_id: r for r in session.scalars(query).all()}
+        return {tid: self._resolve_row(tid, rows.get(tid)) for tid in tenant_ids}
+
+    def _resolve_row(self, tenant_id: str, row: ProviderConfig | None) -> ResolvedProvider | ProviderError:
+        try:
+            if row is None or row.kind == "platform":
+                return self._platform(tenant_id, row.version if row else 0)
+            assert row.secret_enc and row.sender_address and row.azure_tenant and row.client_id
+            return ResolvedProvider(
+                tenant_id=tenant_id, version=row.version, kind="graph", sender_address=row.sender_address,
+                sender_name=row.sender_name, reply_to=row.reply_to, azure_tenant=row.azure_tenant,
+                client_id=row.client_id, cloud=resolve_cloud(row.cloud, self._settings),
+                client_secret=self._box.decrypt(row.secret_enc),
+            )
+        except ProviderError as exc:
+            return exc
+        except Exception as exc:  # a broken row must fail its tenant, not the whole batch
+            return ProviderError(f"provider configuration v{row.version if row else 0} unusable: {exc}")
+
+    def _platform(self, tenant_id: str, version: int) -> ResolvedProvider:
+        s = self._settings
+        if not (s.platform_tenant and s.platform_client_id and s.platform_client_secret):
+            raise NoProviderConfigured(
+                f"tenant {tenant_id} has no email provider and the platform default is not configured "
+                "(TENANTMAIL_PLATFORM_TENANT, _CLIENT_ID, _CLIENT_SECRET)"
+            )
+        return ResolvedProvider(
+            tenant_id=PLATFORM_TENANT_KEY, version=0, kind="platform", sender_address=s.platform_sender,
+            sender_name=s.platform_sender_name, reply_to=None, azure_tenant=s.platform_tenant,
+            client_id=s.platform_client_id, cloud=resolve_cloud(s.platform_cloud, s),
+            client_secret=s.platform_client_secret,
+        )

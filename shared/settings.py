@@ -1,0 +1,97 @@
+"""Settings: the one place that reads the environment.
+
+Built once at process start (`Settings.from_env()`) and passed in; nothing else reads `os.environ`.
+Every duration carries its unit in its name, and the short ones exist so tests can run the
+retry and lease machinery at milliseconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+AmbiguousPolicy = Literal["retry_once", "give_up"]
+
+
+class Settings(BaseSettings):
+    """Typed settings of every tenantmail process; env vars are prefixed `TENANTMAIL_`
+    except the conventional `DATABASE_URL`, `REDIS_URL` and `BROKER_URL`."""
+
+    model_config = SettingsConfigDict(env_prefix="TENANTMAIL_", extra="ignore", frozen=True)
+
+    # Storage and transport. None means "embedded": SQLite under state_dir, private redis-server.
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
+    broker_url: str | None = Field(default=None, validation_alias="BROKER_URL")
+    state_dir: Path = Path("var")
+
+    # Encryption of secrets at rest (client secrets, cached tokens): Fernet keys, newest first.
+    encryption_keys: str | None = None
+
+    # Where Entra ID and Graph live. Overrides point every cloud at one host (the emulator).
+    authority_override: str | None = None
+    graph_base_override: str | None = None
+    ca_bundle: str | None = None
+
+    # Platform default provider: the platform's own Microsoft 365 app and no-reply mailbox.
+    platform_tenant: str | None = None
+    platform_client_id: str | None = None
+    platform_client_secret: str | None = None
+    platform_sender: str = "no-reply@platform.example"
+    platform_sender_name: str = "Notifications"
+    platform_cloud: str = "global"
+
+    # Worker and dispatcher.
+    worker_concurrency: int = 16
+    batch_size: int = 25
+    tenant_window: int = 12
+    dispatch_interval_ms: int = 50
+    dispatch_page: int = 2000
+    dispatch_lease_ms: int = 30_000
+    send_lease_ms: int = 120_000
+    fair_spacing_ms: int = 50
+    provider_cache_ttl_ms: int = 2_000
+    http_timeout_s: float = 30.0
+    http_connect_timeout_s: float = 10.0
+    max_connections: int = 512
+
+    # Throttling shared through Redis, per (app, mailbox).
+    mailbox_concurrency: int = 4
+    mailbox_pacing_ms: int = 0
+    slot_wait_max_ms: int = 1_500
+    slot_requeue_ms: int = 250
+
+    # Retry policy.
+    max_attempts: int = 8
+    max_age_s: float = 24 * 3600.0
+    backoff_base_ms: int = 1_000
+    backoff_cap_ms: int = 300_000
+    ambiguous_policy: AmbiguousPolicy = "retry_once"
+    token_refresh_margin_s: float = 300.0
+
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @field_validator("batch_size", "tenant_window", "mailbox_concurrency", "worker_concurrency")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Read the environment once; keyword overrides win (used by the CLI and tests)."""
+        return cls(**overrides)  # type: ignore[arg-type]
+
+    @property
+    def effective_broker_url(self) -> str | None:
+        """The Celery broker: BROKER_URL, else the Redis URL."""
+        return self.broker_url or self.redis_url
+
+    def sqlite_url(self) -> str:
+        """The embedded database location under state_dir."""
+        return f"sqlite:///{(self.state_dir / 'tenantmail.db').resolve()}"

@@ -1,0 +1,177 @@
+"""End to end: producer -> database -> dispatcher -> Celery workers -> emulator -> activity table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from emulator.demo import (
+    DEMO_CEO,
+    DEMO_CLIENT_ID,
+    DEMO_CLIENT_SECRET,
+    DEMO_SENDER,
+    DEMO_TENANT_ID,
+    DEMO_UNLICENSED,
+)
+from shared.providers import save_graph_provider
+from tests.stack import Stack, wait_until
+
+
+def _configure(stack: Stack, tenant: str = "acme", sender: str = DEMO_SENDER, secret: str = DEMO_CLIENT_SECRET) -> int:
+    return save_graph_provider(stack.engine, stack.box, tenant, sender_address=sender, sender_name="Governance",
+                               reply_to=sender, azure_tenant=DEMO_TENANT_ID, client_id=DEMO_CLIENT_ID,
+                               client_secret=secret)
+
+
+def _msg(i: int = 0, **extra: Any) -> dict[str, Any]:
+    return {"to": [f"user{i}@example.org"], "subject": f"Access review {i}", "body": "Please review.", **extra}
+
+
+def _outbox_ids(emulator: Any) -> list[str]:
+    return [m["x_headers"].get("X-Tenantmail-Notification-Id") for m in emulator.outbox()]
+
+
+def test_send_lands_once_in_outbox_with_headers_and_sender(make_stack: Any, emulator: Any) -> None:
+    stack = make_stack()
+    _configure(stack)
+    ids = [stack.producer.enqueue("acme", _msg(i, headers={"X-Campaign": "q4"})) for i in range(20)]
+    stack.start_workers(1)
+
+    states = stack.wait_terminal(ids)
+
+    assert set(states.values()) == {"sent"}
+    outbox = emulator.outbox()
+    assert sorted(_outbox_ids(emulator)) == sorted(ids)
+    first = outbox[0]
+    assert first["save_to_sent_items"] is False
+    assert first["x_headers"]["X-Campaign"] == "q4"
+    assert first["message"]["from"]["emailAddress"] == {"address": DEMO_SENDER, "name": "Governance"}
+    attempt = stack.attempts(ids[0])[0]
+    assert attempt["http_status"] == 202 and attempt["request_id"] and attempt["client_request_id"]
+    row = stack.notification(ids[0])
+    assert row["graph_request_id"] == attempt["request_id"]
+
+
+def test_access_denied_is_recorded_with_code_and_not_retried(make_stack: Any, emulator: Any) -> None:
+    stack = make_stack()
+    _configure(stack, "blocked", sender=DEMO_CEO)  # outside the app's Application Access Policy
+    nid = stack.producer.enqueue("blocked", _msg())
+    stack.start_workers(1)
+
+    assert stack.wait_terminal([nid])[nid] == "failed"
+
+    attempts = stack.attempts(nid)
+    assert len(attempts) == 1
+    assert attempts[0]["http_status"] == 403
+    assert attempts[0]["error_code"] == "ErrorAccessDenied"
+    assert "[RAOP]" in attempts[0]["error_message"]
+    assert attempts[0]["request_id"]
+    assert emulator.outbox() == []
+    sends = [r for r in emulator.requests_log() if r.get("route") == "sendMail"]
+    assert len(sends) == 1
+
+
+def test_unlicensed_mailbox_and_wrong_secret_fail_with_their_codes(make_stack: Any, emulator: Any) -> None:
+    directory = emulator.get_directory()
+    contoso = next(t for t in directory["tenants"] if t["id"] == DEMO_TENANT_ID)
+    contoso["groups"][0]["members"].append(DEMO_UNLICENSED)  # inside the policy, so the licence check speaks
+    emulator.set_directory(directory)
+    stack = make_stack()
+    _configure(stack, "unlicensed", sender=DEMO_UNLICENSED)
+    _configure(stack, "badsecret", secret="the-secret-id-not-its-value")
+    a = stack.producer.enqueue("unlicensed", _msg())
+    b = stack.producer.enqueue("badsecret", _msg())
+    stack.start_workers(1)
+
+    assert stack.wait_terminal([a, b]) == {a: "failed", b: "failed"}
+    assert stack.notification(a)["last_error_code"] == "MailboxNotEnabledForRESTAPI"
+    assert stack.notification(b)["last_error_code"] == "AADSTS7000215"
+
+
+def test_429_retry_after_is_obeyed_by_every_worker(make_stack: Any, emulator: Any) -> None:
+    stack = make_stack()
+    _configure(stack)
+    emulator.add_fault(route="sendMail", kind="429", count=1, retry_after="1.5")
+    ids = [stack.producer.enqueue("acme", _msg(i)) for i in range(12)]
+    stack.start_workers(2, concurrency=4)
+
+    assert set(stack.wait_terminal(ids).values()) == {"sent"}
+
+    counters = emulator.counters()
+    assert counters["throttled_429"] >= 1
+    assert counters["requests_inside_retry_after"] == 0
+    assert sorted(_outbox_ids(emulator)) == sorted(ids)
+    attempts = [a for nid in ids for a in stack.attempts(nid)]
+    throttled = [a for a in attempts if a["http_status"] == 429]
+    assert len(throttled) == 1 and throttled[0]["retry_after_s"] == 1.5
+    assert requests_started_inside_retry_after(attempts) == []
+
+
+def requests_started_inside_retry_after(attempts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Attempts our workers started after a 429 reached them and before its Retry-After ran out."""
+    windows = []
+    for a in attempts:
+        if a["http_status"] == 429 and a["retry_after_s"]:
+            received = a["started_at"].timestamp() + a["latency_ms"] / 1000
+            windows.append((a["mailbox"], received, received + a["retry_after_s"]))
+    return [a for a in attempts for mailbox, start, end in windows
+            if a["mailbox"] == mailbox and start < a["started_at"].timestamp() < end]
+
+
+def test_503_is_retried_to_success(make_stack: Any, emulator: Any) -> None:
+    stack = make_stack()
+    _configure(stack)
+    emulator.add_fault(route="sendMail", kind="503", count=2, body="html")
+    nid = stack.producer.enqueue("acme", _msg())
+    stack.start_workers(1)
+
+    assert stack.wait_terminal([nid])[nid] == "sent"
+    statuses = [a["http_status"] for a in stack.attempts(nid)]
+    assert statuses == [503, 503, 202]
+    assert _outbox_ids(emulator) == [nid]
+
+
+def test_expired_token_is_refreshed_and_the_send_repeated_once(make_stack: Any, emulator: Any) -> None:
+    stack = make_stack()
+    _configure(stack)
+    first = stack.producer.enqueue("acme", _msg(1))
+    stack.start_workers(1)
+    stack.wait_terminal([first])
+    emulator.advance_clock(4000)  # past the token's lifetime, as Graph sees it
+
+    second = stack.producer.enqueue("acme", _msg(2))
+
+    assert stack.wait_terminal([second])[second] == "sent"
+    statuses = [a["http_status"] for a in stack.attempts(second)]
+    assert statuses == [401, 202]
+    assert emulator.counters()["token_requests"][DEMO_TENANT_ID] == 2
+    assert sorted(_outbox_ids(emulator)) == sorted([first, second])
+
+
+def test_idempotent_enqueue_sends_once(make_stack: Any, emulator: Any) -> None:
+    stack = make_stack()
+    _configure(stack)
+    a = stack.producer.enqueue("acme", _msg(), idempotency_key="review-42")
+    b = stack.producer.enqueue("acme", _msg(), idempotency_key="review-42")
+    c = stack.producer.enqueue("other", _msg(), idempotency_key="review-42")  # keys are per tenant
+    assert a == b and a != c
+    stack.start_workers(1)
+
+    stack.wait_terminal([a])
+
+    assert _outbox_ids(emulator).count(a) == 1
+
+
+def test_enqueue_survives_redis_down_and_flushall(make_stack: Any, emulator: Any) -> None:
+    stack = make_stack()
+    _configure(stack)
+    ids = [stack.producer.enqueue("acme", _msg(i)) for i in range(30)]  # no worker, no Redis use yet
+    stack.start_workers(1, concurrency=2)
+    wait_until(lambda: len(emulator.outbox()) >= 5, what="first sends")
+
+    redis.Redis.from_url(stack.settings.redis_url).flushall()
+    ids += [stack.producer.enqueue("acme", _msg(100 + i)) for i in range(10)]
+
+    assert set(stack.wait_terminal(ids).values()) == {"sent"}
+    assert sorted(_outbox_ids(emulator)) == sorted(ids)

@@ -1,0 +1,1 @@
+"""Celery workers that deliver notifications through Microsoft Graph."""

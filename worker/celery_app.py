@@ -1,0 +1,94 @@
+"""The Celery application, built from settings at process start (never at import time).
+
+Tasks carry batches of notification ids, never payloads or secrets. Messages are acknowledged
+when a task starts: the database, not the broker, is what guarantees delivery (see
+worker.dispatcher), so broker redeliveries are neither needed nor wanted.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import redis as redis_sync
+import structlog
+from celery import Celery, signals
+
+from shared.db import make_engine
+from shared.errors import ConfigurationError
+from shared.settings import Settings
+from worker.batch import deliver_batch
+from worker.dispatcher import Dispatcher
+from worker.runtime import close_runtime, get_runtime
+
+log = structlog.get_logger(__name__)
+QUEUE = "tenantmail"
+TASK = "tenantmail.deliver_batch"
+
+
+def create_celery(settings: Settings) -> Celery:
+    """A configured Celery app with the delivery task registered."""
+    broker = settings.effective_broker_url
+    if not broker or not settings.redis_url:
+        raise ConfigurationError("REDIS_URL (and optionally BROKER_URL) must be set for workers")
+    app = Celery("tenantmail", broker=broker, set_as_current=False)
+    app.conf.update(
+        task_serializer="json", accept_content=["json"], task_ignore_result=True, result_backend=None,
+        task_acks_late=False, worker_prefetch_multiplier=2, task_default_queue=QUEUE,
+        broker_transport_options={"visibility_timeout": 600}, broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False, worker_redirect_stdouts=False, worker_send_task_events=False,
+        task_send_sent_event=False, broker_pool_limit=16,
+    )
+    redis_url = settings.redis_url
+
+    @app.task(name=TASK, ignore_result=True)
+    def deliver(ids: list[str]) -> dict[str, int]:
+        return deliver_batch(get_runtime(settings, redis_url), ids)
+
+    return app
+
+
+def publisher(app: Celery) -> Any:
+    """A function that publishes one batch of ids."""
+    def publish(ids: list[str]) -> None:
+        app.send_task(TASK, args=[ids], queue=QUEUE)
+    return publish
+
+
+def start_dispatcher(app: Celery, settings: Settings) -> Dispatcher:
+    """Start a (standby) dispatcher on a daemon thread of this process."""
+    assert settings.redis_url
+    dispatcher = Dispatcher(
+        make_engine(settings, pool_size=2), redis_sync.Redis.from_url(settings.redis_url, socket_timeout=10),
+        publisher(app), settings,
+    )
+    threading.Thread(target=dispatcher.run, name="tm-dispatcher", daemon=True).start()
+    return dispatcher
+
+
+def run_worker(settings: Settings, *, concurrency: int, with_dispatcher: bool, hostname: str | None) -> None:
+    """Run a Celery worker (threads pool) in this process until it is told to stop."""
+    app = create_celery(settings)
+    holder: dict[str, Dispatcher] = {}
+
+    @signals.worker_ready.connect(weak=False)
+    def _ready(**_: Any) -> None:
+        get_runtime(settings, settings.redis_url or "")
+        if with_dispatcher:
+            holder["d"] = start_dispatcher(app, settings)
+        log.info("worker.ready", concurrency=concurrency, dispatcher=with_dispatcher)
+
+    @signals.worker_shutting_down.connect(weak=False)
+    def _stopping(**_: Any) -> None:
+        if "d" in holder:
+            holder["d"].stop_event.set()
+
+    @signals.worker_shutdown.connect(weak=False)
+    def _shutdown(**_: Any) -> None:
+        close_runtime()
+
+    argv = ["--quiet", "worker", "--pool=threads", f"--concurrency={concurrency}", "--loglevel=WARNING",
+            f"--queues={QUEUE}", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    app.worker_main(argv)

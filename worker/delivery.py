@@ -1,0 +1,181 @@
+"""Sending claimed notifications: token, fleet-wide mailbox slot, Graph, decision.
+
+Runs on the process event loop. Nothing here sleeps out a Retry-After: a blocked or saturated
+mailbox sends the row back to the database with the time it may be tried again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import structlog
+
+from shared.errors import (
+    AmbiguousOutcome,
+    AuthenticationExpired,
+    DeliveryError,
+    ProviderError,
+    Throttled,
+    TokenError,
+    TransientError,
+)
+from shared.message import graph_request_body, parse_message
+from shared.models import State
+from shared.providers import ResolvedProvider
+from shared.settings import Settings
+from worker.graph import GraphClient
+from worker.retry_policy import classify, decide, retry_delay_ms
+from worker.store import AttemptRecord, ClaimedRow, RowOutcome
+from worker.throttle import MailboxThrottle
+from worker.tokens import TokenProvider
+
+log = structlog.get_logger(__name__)
+
+
+class Sender:
+    """Delivers claimed rows through their tenants' providers."""
+
+    def __init__(self, graph: GraphClient, tokens: TokenProvider, throttle: MailboxThrottle,
+                 settings: Settings) -> None:
+        self._graph = graph
+        self._tokens = tokens
+        self._throttle = throttle
+        self._settings = settings
+
+    async def send_all(self, rows: Sequence[ClaimedRow],
+                       providers: dict[str, ResolvedProvider | ProviderError]) -> list[RowOutcome]:
+        """Send every row concurrently; one outcome per row, in order."""
+        return list(await asyncio.gather(*(self.send_one(r, providers[r.tenant_id]) for r in rows)))
+
+    async def send_one(self, row: ClaimedRow, provider: ResolvedProvider | ProviderError) -> RowOutcome:
+        """Deliver one row and decide its next state; never raises.
+
+        This is the top boundary of a send: a bug below it is logged and recorded against the
+        row (as ambiguous once a Graph request may have left, else as a retry), never left to
+        strand the whole batch in `sending`.
+        """
+        progress: list[str] = []
+        try:
+            return await self._send_one(row, provider, progress)
+        except Exception as exc:
+            log.exception("send.unexpected_error", notification_id=row.id, tenant_id=row.tenant_id)
+            cls = AmbiguousOutcome if "posting" in progress else TransientError
+            error = cls(f"internal error: {type(exc).__name__}", code="InternalError")
+            version = provider.version if isinstance(provider, ResolvedProvider) else None
+            return self._finish(row, provider if version is not None else None, error,  # type: ignore[arg-type]
+                                (_record(datetime.now(UTC), "ambiguous" if cls is AmbiguousOutcome else "retry",
+                                         error),))
+
+    async def _send_one(self, row: ClaimedRow, provider: ResolvedProvider | ProviderError,
+                        progress: list[str]) -> RowOutcome:
+        started = datetime.now(UTC)
+        if isinstance(provider, ProviderError):
+            error = DeliveryError(str(provider), code=type(provider).__name__)
+            return self._finish(row, None, error, (_record(started, "failed", error),))
+        try:
+            token = await self._tokens.get(provider)
+        except (TokenError, TransientError) as exc:
+            return self._finish(row, provider, exc, (_record(started, "token_error", exc),))
+        mailbox_key = provider.mailbox_key
+        async with self._throttle.local_gate(mailbox_key):
+            slot = await self._throttle.acquire(mailbox_key, row.id, max_wait_ms=self._settings.slot_wait_max_ms)
+            if not slot.granted:
+                delay_ms = slot.wait_ms if slot.blocked else self._settings.slot_requeue_ms
+                return self._requeue(row, provider, delay_ms)
+            try:
+                if blocked_ms := self._throttle.local_block_ms(mailbox_key):
+                    return self._requeue(row, provider, blocked_ms)  # a 429 arrived while we waited
+                progress.append("posting")
+                return await self._send_in_slot(row, provider, token, started)
+            finally:
+                await self._throttle.release(mailbox_key, row.id)
+
+    async def _send_in_slot(self, row: ClaimedRow, provider: ResolvedProvider, token: str,
+                            started: datetime) -> RowOutcome:
+        body = graph_request_body(
+            parse_message(row.payload), sender_address=provider.sender_address,
+            sender_name=provider.sender_name, reply_to=provider.reply_to, notification_id=row.id,
+        )
+        records: list[AttemptRecord] = []
+        for resend in (False, True):
+            error = await self._post(provider, token, body, records, started)
+            if not isinstance(error, AuthenticationExpired) or resend:
+                break
+            await self._tokens.invalidate(provider, token)
+            try:
+                token = await self._tokens.get(provider)
+            except (TokenError, TransientError) as exc:
+                records.append(_record(datetime.now(UTC), "token_error", exc))
+                error = exc
+                break
+            started = datetime.now(UTC)
+        if isinstance(error, Throttled):
+            delay_ms = retry_delay_ms(error, row.attempts + len(records), self._settings)
+            self._throttle.block_locally(provider.mailbox_key, delay_ms)
+            await self._throttle.block(provider.mailbox_key, delay_ms)
+        return self._finish(row, provider, error, tuple(records))
+
+    async def _post(self, provider: ResolvedProvider, token: str, body: bytes,
+                    records: list[AttemptRecord], started: datetime) -> DeliveryError | None:
+        client_request_id = str(uuid.uuid4())
+        started = datetime.now(UTC)  # the moment the request leaves: what Retry-After checks compare
+        t0 = time.perf_counter()
+        try:
+            resp = await self._graph.send_mail(provider.cloud.graph_base, token, provider.sender_address,
+                                               body, client_request_id)
+        except DeliveryError as exc:
+            records.append(_record(started, "ambiguous" if exc.code not in ("ConnectionRefused", "ConnectTimeout")
+                                   else "retry", exc, latency_ms=(time.perf_counter() - t0) * 1000,
+                                   mailbox=provider.sender_address))
+            return exc
+        error = classify(resp)
+        records.append(AttemptRecord(
+            started_at=started, outcome="sent" if error is None else _outcome_name(error),
+            latency_ms=resp.latency_ms, http_status=resp.status, error_code=resp.code,
+            error_message=resp.message, request_id=resp.request_id,
+            client_request_id=resp.client_request_id, retry_after_s=resp.retry_after_s,
+            mailbox=provider.sender_address,
+        ))
+        return error
+
+    def _finish(self, row: ClaimedRow, provider: ResolvedProvider | None, error: DeliveryError | None,
+                records: tuple[AttemptRecord, ...]) -> RowOutcome:
+        now = time.time()
+        d = decide(error, attempts=row.attempts + len(records), ambiguous_count=row.ambiguous_count,
+                   age_s=now - row.created_at.timestamp(), now_ms=int(now * 1000), settings=self._settings)
+        if error is not None and d.state is not State.RETRY_WAIT:
+            log.info("notification.finished", notification_id=row.id, tenant_id=row.tenant_id,
+                     state=d.state.value, code=error.code, status=error.status, request_id=error.request_id)
+        return RowOutcome(row, d.state, d.next_attempt_ms, records,
+                          row.possible_duplicate or d.possible_duplicate, d.ambiguous_count,
+                          provider.version if provider else None, provider.sender_address if provider else None)
+
+    def _requeue(self, row: ClaimedRow, provider: ResolvedProvider, delay_ms: int) -> RowOutcome:
+        now = time.time()
+        if now - row.created_at.timestamp() >= self._settings.max_age_s:
+            error = TransientError("mailbox stayed throttled past the maximum age", code="MaxAgeExceeded")
+            return self._finish(row, provider, error, (_record(datetime.now(UTC), "failed", error),))
+        return RowOutcome(row, State.RETRY_WAIT, int(now * 1000) + max(1, delay_ms), (),
+                          row.possible_duplicate, row.ambiguous_count, provider.version, provider.sender_address)
+
+
+def _outcome_name(error: DeliveryError) -> str:
+    if isinstance(error, Throttled):
+        return "throttled"
+    if isinstance(error, TransientError | AuthenticationExpired):
+        return "retry"
+    if isinstance(error, TokenError):
+        return "token_error"
+    return "ambiguous" if error.status == 504 else "failed"
+
+
+def _record(started: datetime, outcome: str, error: DeliveryError, *, latency_ms: float | None = None,
+            mailbox: str | None = None) -> AttemptRecord:
+    return AttemptRecord(started_at=started, outcome=outcome, latency_ms=latency_ms, http_status=error.status,
+                         error_code=error.code, error_message=error.message, request_id=error.request_id,
+                         client_request_id=error.client_request_id, retry_after_s=error.retry_after_s,
+                         mailbox=mailbox)

@@ -1,0 +1,165 @@
+"""The dispatcher: publishes due notifications fairly and recovers what workers lost.
+
+The database decides what is due; the broker only carries batches of ids. Each tick:
+1. counts rows in flight per tenant (dispatched but unclaimed, or being sent);
+2. reads a page of due rows in `fair_rank` order and takes, per tenant, only up to
+   `tenant_window` in flight, so one tenant's backlog never fills the workers;
+3. stamps them with a dispatch lease and publishes them in batches of `batch_size`.
+A row whose dispatch lease runs out unclaimed (the broker lost it: Redis flushed or restarted)
+becomes due again by itself. Every second it also sweeps `sending` rows whose lease expired
+(their worker died): never-started sends go back to the queue, possibly-sent ones follow the
+ambiguous policy and are flagged.
+
+One dispatcher is active at a time across the fleet (a Redis leader lease); every worker runs
+one on standby, so losing the leader only pauses dispatch for the lease's length.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import Engine, and_, func, insert, or_, select, update
+
+from shared.models import ACTIVE_STATES, DeliveryAttempt, Notification, State
+from shared.settings import Settings
+from worker.batch import EPOCH_KEY
+from worker.throttle import sendmark_key
+
+log = structlog.get_logger(__name__)
+_N = Notification.__table__  # type: ignore[attr-defined]
+_A = DeliveryAttempt.__table__  # type: ignore[attr-defined]
+LEADER_KEY = "tm:dispatcher:leader"
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
+"""
+
+Publish = Callable[[list[str]], None]
+
+
+class Dispatcher:
+    """Publishes due rows and sweeps expired leases; `run()` loops until stopped."""
+
+    def __init__(self, engine: Engine, redis: Any, publish: Publish, settings: Settings) -> None:
+        self._engine = engine
+        self._redis = redis
+        self._publish = publish
+        self._s = settings
+        self._id = uuid.uuid4().hex
+        self._renew = redis.register_script(_RENEW)
+        self._last_sweep = 0.0
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        """Loop until `stop_event` is set; only the leader dispatches."""
+        lease_ms = max(3_000, self._s.dispatch_interval_ms * 20)
+        while not self.stop_event.is_set():
+            busy = False
+            try:
+                if self._renew(keys=[LEADER_KEY], args=[self._id, lease_ms]):
+                    busy = self.tick() >= self._s.batch_size
+            except Exception:  # the loop must survive a database or Redis outage
+                log.warning("dispatcher.tick_failed", exc_info=True)
+                self.stop_event.wait(1.0)
+            if not busy:
+                self.stop_event.wait(self._s.dispatch_interval_ms / 1000)
+
+    def tick(self) -> int:
+        """One dispatch round (plus a sweep once a second); returns how many rows were published."""
+        now_ms = int(time.time() * 1000)
+        if time.monotonic() - self._last_sweep >= 1.0:
+            self.sweep(now_ms)
+            self._last_sweep = time.monotonic()
+        chosen = self._choose(now_ms)
+        if not chosen:
+            return 0
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(_N).where(_N.c.id.in_(chosen), _N.c.state.in_(ACTIVE_STATES))
+                .values(lease_until_ms=now_ms + self._s.dispatch_lease_ms)
+            )
+        published = 0
+        for i in range(0, len(chosen), self._s.batch_size):
+            batch = chosen[i:i + self._s.batch_size]
+            try:
+                self._publish(batch)
+                published += len(batch)
+            except Exception:
+                log.warning("dispatcher.publish_failed", rows=len(chosen) - published, exc_info=True)
+                self._unlease(chosen[i:])
+                break
+        return published
+
+    def _choose(self, now_ms: int) -> list[str]:
+        with self._engine.connect() as conn:
+            inflight = Counter(dict(conn.execute(
+                select(_N.c.tenant_id, func.count())
+                .where(_N.c.state.in_((*ACTIVE_STATES, State.SENDING.value)), _N.c.lease_until_ms > now_ms)
+                .group_by(_N.c.tenant_id)
+            ).all()))
+            page = conn.execute(
+                select(_N.c.id, _N.c.tenant_id)
+                .where(_N.c.state.in_(ACTIVE_STATES), _N.c.next_attempt_ms <= now_ms,
+                       or_(_N.c.lease_until_ms.is_(None), _N.c.lease_until_ms <= now_ms))
+                .order_by(_N.c.fair_rank).limit(self._s.dispatch_page)
+            ).all()
+        chosen: list[str] = []
+        for nid, tenant_id in page:
+            if inflight[tenant_id] < self._s.tenant_window:
+                inflight[tenant_id] += 1
+                chosen.append(nid)
+        return chosen
+
+    def _unlease(self, ids: Sequence[str]) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(update(_N).where(_N.c.id.in_(list(ids)), _N.c.state.in_(ACTIVE_STATES))
+                         .values(lease_until_ms=None))
+
+    def sweep(self, now_ms: int) -> int:
+        """Recover `sending` rows whose worker lease expired; returns how many."""
+        with self._engine.connect() as conn:
+            lost = conn.execute(
+                select(_N.c.id, _N.c.tenant_id, _N.c.claimed_by, _N.c.ambiguous_count, _N.c.attempts)
+                .where(_N.c.state == State.SENDING.value, _N.c.lease_until_ms <= now_ms).limit(1000)
+            ).all()
+        if not lost:
+            return 0
+        maybe_sent = self._maybe_sent(lost)
+        never, maybe = [r for r in lost if r.id not in maybe_sent], [r for r in lost if r.id in maybe_sent]
+        with self._engine.begin() as conn:
+            guard = and_(_N.c.state == State.SENDING.value, _N.c.lease_until_ms <= now_ms)
+            if never:
+                conn.execute(update(_N).where(_N.c.id.in_([r.id for r in never]), guard).values(
+                    state=State.QUEUED.value, lease_until_ms=None, claimed_by=None, next_attempt_ms=now_ms))
+            for r in maybe:
+                retry = self._s.ambiguous_policy == "retry_once" and r.ambiguous_count == 0
+                conn.execute(update(_N).where(_N.c.id == r.id, guard).values(
+                    state=State.RETRY_WAIT.value if retry else State.AMBIGUOUS.value, lease_until_ms=None,
+                    claimed_by=None, next_attempt_ms=now_ms, possible_duplicate=True,
+                    ambiguous_count=r.ambiguous_count + 1, attempts=r.attempts + 1,
+                    last_error_code="WorkerLost",
+                    last_error_message="the worker sending this died; the message may have been sent"))
+                conn.execute(insert(_A).values(
+                    notification_id=r.id, tenant_id=r.tenant_id, attempt_no=r.attempts + 1,
+                    started_at=datetime.now(UTC), outcome="ambiguous", error_code="WorkerLost",
+                    error_message="worker lease expired after the send started", worker=r.claimed_by))
+        log.warning("dispatcher.recovered", requeued=len(never), ambiguous=len(maybe))
+        return len(lost)
+
+    def _maybe_sent(self, rows: Sequence[Any]) -> set[str]:
+        epoch = self._redis.get(EPOCH_KEY)
+        epoch = epoch.decode() if isinstance(epoch, bytes) else epoch
+        marks = self._redis.mget([sendmark_key(r.id) for r in rows])
+        out = set()
+        for r, mark in zip(rows, marks, strict=True):
+            claimed_epoch = (r.claimed_by or "").rpartition("/")[2]
+            if mark is not None or claimed_epoch != epoch:
+                out.add(r.id)  # marked, or Redis lost its data since the claim: cannot know
+        return out

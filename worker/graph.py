@@ -1,0 +1,108 @@
+"""Microsoft Graph sendMail over one shared aiohttp session.
+
+This is the boundary where aiohttp's exceptions become ours: a failure to connect means the
+request never left (TransientError); a timeout, reset or disconnect after that means it may have
+been accepted (AmbiguousOutcome). HTTP responses are returned as `GraphResponse` and classified
+by `worker.retry_policy`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+from shared.errors import AmbiguousOutcome, TransientError
+
+
+@dataclass(frozen=True, slots=True)
+class GraphResponse:
+    """What Graph answered to one sendMail."""
+
+    status: int
+    request_id: str | None
+    client_request_id: str
+    code: str | None
+    message: str | None
+    retry_after_s: float | None
+    retry_after_present: bool
+    latency_ms: float
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds: integers and fractions ("2.128"); HTTP dates are not sent by Graph."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+class GraphClient:
+    """Sends one sendMail request and reports what happened."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    async def send_mail(
+        self, graph_base: str, token: str, mailbox: str, body: bytes, client_request_id: str
+    ) -> GraphResponse:
+        """POST {graph_base}/users/{mailbox}/sendMail; raises TransientError or AmbiguousOutcome."""
+        url = f"{graph_base}/users/{quote(mailbox, safe='@.+-_')}/sendMail"
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "client-request-id": client_request_id,
+            "return-client-request-id": "true",
+        }
+        started = time.perf_counter()
+        try:
+            async with self._session.post(url, data=body, headers=headers) as resp:
+                raw = await resp.read()
+                return _response(resp, raw, client_request_id, started)
+        except aiohttp.ClientConnectorError as exc:
+            raise TransientError(
+                f"cannot connect to Graph: {exc.os_error or exc}", code="ConnectionRefused",
+                client_request_id=client_request_id,
+            ) from exc
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise TransientError("timed out connecting to Graph", code="ConnectTimeout",
+                                 client_request_id=client_request_id) from exc
+        except TimeoutError as exc:
+            raise AmbiguousOutcome("no answer from Graph before the timeout", code="Timeout",
+                                   client_request_id=client_request_id) from exc
+        except aiohttp.ClientError as exc:
+            raise AmbiguousOutcome(f"connection to Graph broke: {type(exc).__name__}",
+                                   code="ConnectionReset", client_request_id=client_request_id) from exc
+
+
+def _response(resp: aiohttp.ClientResponse, raw: bytes, client_request_id: str, started: float) -> GraphResponse:
+    code = message = None
+    if resp.status >= 400:
+        code, message = _error_fields(raw, resp.status)
+    retry_after = resp.headers.get("Retry-After")
+    return GraphResponse(
+        status=resp.status,
+        request_id=resp.headers.get("request-id"),
+        client_request_id=resp.headers.get("client-request-id", client_request_id),
+        code=code,
+        message=message,
+        retry_after_s=parse_retry_after(retry_after),
+        retry_after_present=retry_after is not None,
+        latency_ms=(time.perf_counter() - started) * 1000,
+    )
+
+
+def _error_fields(raw: bytes, status: int) -> tuple[str, str]:
+    try:
+        err = orjson.loads(raw)["error"]
+        return str(err.get("code") or f"HTTP{status}"), str(err.get("message") or "")[:2000]
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        # Gateways answer with HTML pages; keep a short, single-line excerpt.
+        text = raw[:300].decode("utf-8", "replace").replace("\r", " ").replace("\n", " ")
+        return f"HTTP{status}", text

@@ -1,0 +1,108 @@
+"""Per-process runtime: one event loop thread, one aiohttp session, one Redis pool.
+
+Celery's threads pool runs tasks in plain threads; they hand coroutines to this loop with
+`run()`, so hundreds of sends are in flight per process on one session. Created lazily and keyed
+on the PID, never at import time (Celery forks, tests override settings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import ssl
+import threading
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import aiohttp
+import redis as redis_sync
+import redis.asyncio as redis_async
+from sqlalchemy import Engine
+
+from shared.db import make_engine
+from shared.providers import ProviderResolver
+from shared.secretbox import SecretBox
+from shared.settings import Settings
+from worker.graph import GraphClient
+from worker.throttle import MailboxThrottle
+from worker.tokens import TokenProvider
+
+T = TypeVar("T")
+
+
+class Runtime:
+    """Everything a worker process shares between its task threads."""
+
+    def __init__(self, settings: Settings, redis_url: str) -> None:
+        self.settings = settings
+        self.pid = os.getpid()
+        self.engine: Engine = make_engine(settings, pool_size=settings.worker_concurrency + 2)
+        self.box = SecretBox.from_settings(settings)
+        self.resolver = ProviderResolver(self.engine, self.box, settings)
+        self.redis_sync = redis_sync.Redis.from_url(redis_url, socket_timeout=10)
+        self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tm-msal")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="tm-loop", daemon=True)
+        self._thread.start()
+        self.run(self._setup(redis_url))
+
+    async def _setup(self, redis_url: str) -> None:
+        s = self.settings
+        ssl_ctx = ssl.create_default_context(cafile=s.ca_bundle) if s.ca_bundle else ssl.create_default_context()
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=s.max_connections, ssl=ssl_ctx, keepalive_timeout=30),
+            timeout=aiohttp.ClientTimeout(total=s.http_timeout_s, sock_connect=s.http_connect_timeout_s),
+            trust_env=False,
+        )
+        self.redis = redis_async.Redis.from_url(redis_url, max_connections=64, socket_timeout=10)
+        self.graph = GraphClient(self.session)
+        self.throttle = MailboxThrottle(
+            self.redis, limit=s.mailbox_concurrency, lease_ms=int(s.http_timeout_s * 1000) + 5_000,
+            pacing_ms=s.mailbox_pacing_ms,
+        )
+        self.tokens = TokenProvider(self.redis, self.box, s, self._executor)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
+        """Run a coroutine on the process loop from any other thread and wait for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start a coroutine on the process loop without waiting for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def close(self) -> None:
+        """Close sessions and stop the loop."""
+        async def _close() -> None:
+            await self.session.close()
+            await self.redis.aclose()
+        try:
+            self.run(_close(), timeout_s=10)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+            self._executor.shutdown(wait=False)
+            self.engine.dispose()
+
+
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime(settings: Settings, redis_url: str) -> Runtime:
+    """The runtime of this process, created on first use (and again after a fork)."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None or _runtime.pid != os.getpid():
+            _runtime = Runtime(settings, redis_url)
+        return _runtime
+
+
+def close_runtime() -> None:
+    """Close this process's runtime if it has one."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is not None and _runtime.pid == os.getpid():
+            _runtime.close()
+        _runtime = None

@@ -1,0 +1,148 @@
+"""Database side of delivery: atomic claims and bulk outcome writes.
+
+A claim is one conditional UPDATE ... RETURNING: only rows still queued or due for retry move to
+`sending`, so a redelivered or duplicated task never sends a row someone else claimed or sent.
+Outcomes of a whole batch are written in one transaction with executemany, and only onto rows
+this worker still holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import Engine, and_, bindparam, insert, update
+from sqlalchemy.exc import OperationalError
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+
+from shared.models import ACTIVE_STATES, DeliveryAttempt, Notification, State
+
+log = structlog.get_logger(__name__)
+_N = Notification.__table__  # type: ignore[attr-defined]
+_A = DeliveryAttempt.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRow:
+    """A notification this worker now holds."""
+
+    id: str
+    tenant_id: str
+    payload: dict[str, Any]
+    attempts: int
+    ambiguous_count: int
+    possible_duplicate: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One try at delivering, as it goes into delivery_attempt."""
+
+    started_at: datetime
+    outcome: str
+    latency_ms: float | None = None
+    http_status: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    request_id: str | None = None
+    client_request_id: str | None = None
+    retry_after_s: float | None = None
+    mailbox: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RowOutcome:
+    """The new state of a claimed row and the attempts that led to it."""
+
+    row: ClaimedRow
+    state: State
+    next_attempt_ms: int
+    attempts: tuple[AttemptRecord, ...]
+    possible_duplicate: bool
+    ambiguous_count: int
+    provider_version: int | None = None
+    sender: str | None = None
+
+
+def claim(engine: Engine, ids: Sequence[str], claimed_by: str, lease_ms: int, now_ms: int) -> list[ClaimedRow]:
+    """Move the due ones of `ids` to `sending` for this worker; returns what was claimed."""
+    if not ids:
+        return []
+    stmt = (
+        update(_N)
+        .where(_N.c.id.in_(list(ids)), _N.c.state.in_(ACTIVE_STATES), _N.c.next_attempt_ms <= now_ms)
+        .values(state=State.SENDING.value, claimed_by=claimed_by, lease_until_ms=now_ms + lease_ms,
+                updated_at=datetime.now(UTC))
+        .returning(_N.c.id, _N.c.tenant_id, _N.c.payload, _N.c.attempts, _N.c.ambiguous_count,
+                   _N.c.possible_duplicate, _N.c.created_at)
+    )
+    with engine.begin() as conn:
+        return [ClaimedRow(*r) for r in conn.execute(stmt).all()]
+
+
+@retry(retry=retry_if_exception_type(OperationalError), stop=stop_after_delay(180),
+       wait=wait_exponential_jitter(initial=0.2, max=5), reraise=True)
+def write_outcomes(engine: Engine, outcomes: Sequence[RowOutcome], claimed_by: str) -> int:
+    """Write every outcome of a batch in one transaction; returns how many rows were still ours.
+
+    Retried while the database is unreachable (a restart): the sends happened, so their
+    outcomes must not be dropped.
+    """
+    if not outcomes:
+        return 0
+    now = datetime.now(UTC)
+    updates = [_update_params(o, now) for o in outcomes]
+    attempts = [_attempt_params(o, a, i, claimed_by) for o in outcomes for i, a in enumerate(o.attempts)]
+    stmt = (
+        update(_N)
+        .where(and_(_N.c.id == bindparam("b_id"), _N.c.state == State.SENDING.value,
+                    _N.c.claimed_by == bindparam("b_claimed_by")))
+        .values(state=bindparam("state"), next_attempt_ms=bindparam("next_attempt_ms"),
+                lease_until_ms=None, claimed_by=None, attempts=bindparam("attempts"),
+                ambiguous_count=bindparam("ambiguous_count"),
+                possible_duplicate=bindparam("possible_duplicate"), last_status=bindparam("last_status"),
+                last_error_code=bindparam("last_error_code"),
+                last_error_message=bindparam("last_error_message"),
+                graph_request_id=bindparam("graph_request_id"), sent_at=bindparam("sent_at"),
+                provider_version=bindparam("provider_version"), sender=bindparam("sender"), updated_at=now)
+    )
+    for u in updates:
+        u["b_claimed_by"] = claimed_by
+    with engine.begin() as conn:
+        result = conn.execute(stmt, updates)
+        if attempts:
+            conn.execute(insert(_A), attempts)
+    matched = result.rowcount if result.rowcount is not None and result.rowcount >= 0 else len(updates)
+    if matched < len(updates):
+        log.warning("outcomes.lost_claims", expected=len(updates), matched=matched, worker=claimed_by)
+    return matched
+
+
+def _update_params(o: RowOutcome, now: datetime) -> dict[str, Any]:
+    last = o.attempts[-1] if o.attempts else None
+    return {
+        "b_id": o.row.id, "state": o.state.value, "next_attempt_ms": o.next_attempt_ms,
+        "attempts": o.row.attempts + len(o.attempts), "ambiguous_count": o.ambiguous_count,
+        "possible_duplicate": o.possible_duplicate,
+        "last_status": last.http_status if last else None,
+        "last_error_code": last.error_code if last else None,
+        "last_error_message": last.error_message if last else None,
+        "graph_request_id": last.request_id if last else None,
+        "sent_at": now if o.state is State.SENT else None,
+        "provider_version": o.provider_version, "sender": o.sender,
+    }
+
+
+def _attempt_params(o: RowOutcome, a: AttemptRecord, index: int, worker: str) -> dict[str, Any]:
+    return {
+        "notification_id": o.row.id, "tenant_id": o.row.tenant_id, "attempt_no": o.row.attempts + index + 1,
+        "started_at": a.started_at, "latency_ms": a.latency_ms, "outcome": a.outcome,
+        "http_status": a.http_status, "error_code": a.error_code,
+        "error_message": a.error_message[:2000] if a.error_message else None,
+        "request_id": a.request_id, "client_request_id": a.client_request_id,
+        "retry_after_s": a.retry_after_s, "mailbox": a.mailbox, "worker": worker,
+    }

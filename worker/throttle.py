@@ -1,0 +1,129 @@
+"""Per-(app, mailbox) throttling shared by every worker through Redis.
+
+Graph allows 4 concurrent requests per app and mailbox and answers 429 with a Retry-After; both
+are enforced here for the whole fleet. A slot is a member of a sorted set scored by its expiry,
+so a worker that dies mid-send frees its slots when the lease runs out. A 429 blocks the mailbox
+for everyone until Retry-After has passed. Redis's own clock (TIME) is used so that workers on
+machines with skewed clocks agree. Acquiring a slot also sets a per-notification "send started"
+mark, which lets the sweeper tell a never-sent row from one that may have gone out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local blocked = tonumber(redis.call('GET', KEYS[2]) or '0')
+if blocked > now then return {0, blocked - now, 1} end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return {0, 0, 2} end
+local pace = tonumber(ARGV[4])
+if pace > 0 then
+  local nxt = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if nxt > now then return {0, nxt - now, 3} end
+  redis.call('SET', KEYS[3], now + pace, 'PX', pace + 1000)
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) + 1000)
+redis.call('SET', KEYS[4], '1', 'EX', tonumber(ARGV[5]))
+return {1, 0, 0}
+"""
+
+_BLOCK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local untilms = now + tonumber(ARGV[1])
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if untilms > cur then redis.call('SET', KEYS[1], untilms, 'PX', tonumber(ARGV[1]) + 1000) end
+return math.max(untilms, cur)
+"""
+
+MARK_TTL_S = 7 * 24 * 3600
+
+
+def sendmark_key(notification_id: str) -> str:
+    """Redis key that says a send of this notification may have started."""
+    return f"tm:sendmark:{notification_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """Outcome of asking for a slot: granted, or why not and for how long."""
+
+    granted: bool
+    wait_ms: int = 0
+    blocked: bool = False
+
+
+class MailboxThrottle:
+    """Fleet-wide concurrency, pacing and Retry-After blocks per (app, mailbox)."""
+
+    def __init__(self, redis: Any, *, limit: int, lease_ms: int, pacing_ms: int = 0) -> None:
+        self._redis = redis
+        self._limit = limit
+        self._lease_ms = lease_ms
+        self._pacing_ms = pacing_ms
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._block = redis.register_script(_BLOCK)
+        self._local: dict[str, asyncio.Semaphore] = {}
+        self._blocked_until: dict[str, float] = {}
+
+    def local_gate(self, mailbox_key: str) -> asyncio.Semaphore:
+        """In-process gate so one process never asks Redis for more slots than exist."""
+        gate = self._local.get(mailbox_key)
+        if gate is None:
+            gate = self._local[mailbox_key] = asyncio.Semaphore(self._limit)
+        return gate
+
+    def block_locally(self, mailbox_key: str, retry_after_ms: int) -> None:
+        """Block the mailbox in this process at once, before Redis hears of it.
+
+        Called synchronously when a 429 arrives, so no other coroutine of this process can send to
+        the mailbox in the moment it takes to tell Redis.
+        """
+        until = time.monotonic() + retry_after_ms / 1000
+        self._blocked_until[mailbox_key] = max(until, self._blocked_until.get(mailbox_key, 0.0))
+
+    def local_block_ms(self, mailbox_key: str) -> int:
+        """How long this process still knows the mailbox to be blocked (0 if not)."""
+        remaining = self._blocked_until.get(mailbox_key, 0.0) - time.monotonic()
+        return int(remaining * 1000) + 1 if remaining > 0 else 0
+
+    async def try_acquire(self, mailbox_key: str, lease_id: str) -> Slot:
+        """One attempt at a slot; on success the notification's send mark is set."""
+        if blocked_ms := self.local_block_ms(mailbox_key):
+            return Slot(False, blocked_ms, True)
+        keys = [f"tm:mbx:{mailbox_key}:leases", f"tm:mbx:{mailbox_key}:block",
+                f"tm:mbx:{mailbox_key}:pace", sendmark_key(lease_id)]
+        ok, wait_ms, reason = await self._acquire(
+            keys=keys, args=[lease_id, self._lease_ms, self._limit, self._pacing_ms, MARK_TTL_S])
+        return Slot(bool(ok), int(wait_ms), reason == 1)
+
+    async def acquire(self, mailbox_key: str, lease_id: str, *, max_wait_ms: int) -> Slot:
+        """Wait up to max_wait_ms for a slot; a Retry-After block returns at once (never slept out)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_wait_ms / 1000
+        pause_s = 0.005
+        while True:
+            slot = await self.try_acquire(mailbox_key, lease_id)
+            if slot.granted or slot.blocked:
+                return slot
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return slot
+            await asyncio.sleep(min(remaining, max(pause_s, slot.wait_ms / 1000)) * random.uniform(0.8, 1.2))
+            pause_s = min(pause_s * 2, 0.05)
+
+    async def release(self, mailbox_key: str, lease_id: str) -> None:
+        """Give the slot back."""
+        await self._redis.zrem(f"tm:mbx:{mailbox_key}:leases", lease_id)
+
+    async def block(self, mailbox_key: str, retry_after_ms: int) -> int:
+        """Block the mailbox for every worker; returns the block's end (Redis clock, ms)."""
+        return int(await self._block(keys=[f"tm:mbx:{mailbox_key}:block"], args=[max(1, retry_after_ms)]))

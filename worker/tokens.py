@@ -1,0 +1,205 @@
+"""Access tokens for Graph: MSAL client credentials, cached in process and in Redis.
+
+Lookup order for a provider's token key (tenant, client id, config version):
+1. the in-process cache, so a send does not touch Redis for its token;
+2. Redis (`tm:tok:<key>`, encrypted with the SecretBox), filled by whichever process got it;
+3. MSAL, under a fleet-wide single-flight lock (`SET tm:toklock:<key> NX PX`), so one token
+   request per tenant per token lifetime reaches Entra ID however many workers run.
+
+MSAL is blocking (requests), so it runs in an executor. This module is the boundary where MSAL's
+error dicts and exceptions become TokenError (permanent, with the AADSTS code) or TransientError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import msal
+import requests
+
+from shared.errors import TokenError, TransientError
+from shared.providers import ResolvedProvider
+from shared.secretbox import SecretBox
+from shared.settings import Settings
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_LOCK_MS = 15_000
+_FAILURE_TTL_S = 30.0
+_TRANSIENT_ERRORS = {"temporarily_unavailable", "server_error"}
+
+
+@dataclass(frozen=True, slots=True)
+class CachedToken:
+    """A bearer token and when to stop using it (epoch seconds)."""
+
+    access_token: str
+    expires_at: float
+    refresh_at: float
+
+
+class _TimeoutSession(requests.Session):
+    """MSAL ignores its `timeout=` when given a session, so the session brings one."""
+
+    def __init__(self, timeout_s: float, verify: str | bool) -> None:
+        super().__init__()
+        self.trust_env = False  # else REQUESTS_CA_BUNDLE overrides `verify`
+        self.verify = verify
+        self._timeout_s = timeout_s
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs.setdefault("timeout", self._timeout_s)
+        return super().request(*args, **kwargs)
+
+
+class TokenProvider:
+    """Gets and caches Graph tokens for resolved providers."""
+
+    def __init__(self, redis: Any, box: SecretBox, settings: Settings, executor: Executor) -> None:
+        self._redis = redis
+        self._box = box
+        self._settings = settings
+        self._executor = executor
+        self._local: dict[str, CachedToken] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._apps: dict[str, msal.ConfidentialClientApplication] = {}
+        self._failures: dict[str, tuple[float, TokenError]] = {}
+        self._release = redis.register_script(_RELEASE)
+        self.msal_requests = 0
+
+    async def get(self, provider: ResolvedProvider) -> str:
+        """A valid access token for the provider (raises TokenError or TransientError)."""
+        key = provider.token_key
+        hit = self._local.get(key)
+        if hit and time.time() < hit.refresh_at:
+            return hit.access_token
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            hit = self._local.get(key)
+            if hit and time.time() < hit.refresh_at:
+                return hit.access_token
+            failure = self._failures.get(key)
+            if failure and failure[0] > time.time():
+                raise failure[1]
+            try:
+                token = await self._from_redis_or_entra(provider)
+            except TokenError as exc:
+                self._failures[key] = (time.time() + _FAILURE_TTL_S, exc)
+                raise
+            except TransientError:
+                if hit and time.time() < hit.expires_at - 30:
+                    return hit.access_token  # a refresh failed; the current token is still good
+                raise
+            self._local[key] = token
+            return token.access_token
+
+    async def invalidate(self, provider: ResolvedProvider, access_token: str) -> None:
+        """Drop a token Graph rejected, here and in Redis (only if it is still that token)."""
+        key = provider.token_key
+        if (hit := self._local.get(key)) and hit.access_token == access_token:
+            del self._local[key]
+        cached = await self._read_redis(key)
+        if cached and cached.access_token == access_token:
+            await self._redis.delete(f"tm:tok:{key}")
+        app = self._apps.get(key)
+        if app is not None:
+            for at in list(app.token_cache.search(msal.TokenCache.CredentialType.ACCESS_TOKEN)):
+                app.token_cache.remove_at(at)
+
+    async def _from_redis_or_entra(self, provider: ResolvedProvider) -> CachedToken:
+        key = provider.token_key
+        deadline = time.monotonic() + _LOCK_MS / 1000 * 2
+        while True:
+            cached = await self._read_redis(key)
+            if cached and time.time() < cached.refresh_at:
+                return cached
+            owner = uuid.uuid4().hex
+            if await self._redis.set(f"tm:toklock:{key}", owner, nx=True, px=_LOCK_MS):
+                try:
+                    cached = await self._read_redis(key)
+                    if cached and time.time() < cached.refresh_at:
+                        return cached
+                    token = await asyncio.get_running_loop().run_in_executor(
+                        self._executor, self._acquire_blocking, provider)
+                    await self._write_redis(key, token)
+                    return token
+                finally:
+                    await self._release(keys=[f"tm:toklock:{key}"], args=[owner])
+            if time.monotonic() > deadline:
+                raise TransientError("another worker holds the token lock too long", code="TokenLockTimeout")
+            await asyncio.sleep(0.05)
+
+    async def _read_redis(self, key: str) -> CachedToken | None:
+        blob = await self._redis.get(f"tm:tok:{key}")
+        if not blob:
+            return None
+        data = json.loads(self._box.decrypt(blob))
+        return CachedToken(data["t"], data["e"], data["r"])
+
+    async def _write_redis(self, key: str, token: CachedToken) -> None:
+        blob = self._box.encrypt(json.dumps({"t": token.access_token, "e": token.expires_at, "r": token.refresh_at}))
+        ttl_s = max(1, int(token.expires_at - time.time()))
+        await self._redis.set(f"tm:tok:{key}", blob, ex=ttl_s)
+
+    def _acquire_blocking(self, provider: ResolvedProvider) -> CachedToken:
+        app = self._app(provider)
+        for at in list(app.token_cache.search(msal.TokenCache.CredentialType.ACCESS_TOKEN)):
+            app.token_cache.remove_at(at)  # we only get here when we want a new token
+        self.msal_requests += 1
+        try:
+            result = app.acquire_token_for_client(scopes=[provider.cloud.scope])
+        except requests.RequestException as exc:
+            raise TransientError(f"Entra ID unreachable: {type(exc).__name__}", code="AuthorityUnreachable") from exc
+        except msal.exceptions.MsalServiceError as exc:
+            raise TransientError(f"Entra ID error: {exc}", code="TokenServiceError") from exc
+        except ValueError as exc:  # non-JSON body from the token endpoint
+            raise TransientError("Entra ID answered with a non-JSON body", code="TokenServiceError") from exc
+        if "access_token" not in result:
+            raise _token_error(result)
+        now = time.time()
+        expires_in = float(result.get("expires_in", 3599))
+        margin = min(self._settings.token_refresh_margin_s, expires_in * 0.1)
+        return CachedToken(result["access_token"], now + expires_in, now + expires_in - margin)
+
+    def _app(self, provider: ResolvedProvider) -> msal.ConfidentialClientApplication:
+        key = provider.token_key
+        app = self._apps.get(key)
+        if app is None:
+            session = _TimeoutSession(self._settings.http_timeout_s, self._settings.ca_bundle or True)
+            try:
+                app = msal.ConfidentialClientApplication(
+                    provider.client_id, client_credential=provider.client_secret,
+                    authority=f"{provider.cloud.authority_host}/{provider.azure_tenant}",
+                    instance_discovery=False, azure_region=False, http_client=session,
+                    token_cache=msal.TokenCache(),
+                )
+            except requests.RequestException as exc:
+                raise TransientError(f"Entra ID unreachable: {type(exc).__name__}",
+                                     code="AuthorityUnreachable") from exc
+            except ValueError as exc:
+                raise _discovery_error(exc, provider) from exc
+            self._apps[key] = app
+        return app
+
+
+def _token_error(result: dict[str, Any]) -> TokenError | TransientError:
+    codes = result.get("error_codes") or []
+    code = f"AADSTS{codes[0]}" if codes else str(result.get("error"))
+    text = str(result.get("error_description", "")).split("\r\n")[0]
+    cls = TransientError if result.get("error") in _TRANSIENT_ERRORS else TokenError
+    return cls(text or str(result.get("error")), code=code, request_id=result.get("trace_id"),
+               client_request_id=result.get("correlation_id"))
+
+
+def _discovery_error(exc: ValueError, provider: ResolvedProvider) -> TokenError:
+    detail = f"{exc} {exc.__context__ or ''}"
+    code = "AADSTS900023" if "900023" in detail else "AADSTS90002"
+    return TokenError(f"tenant '{provider.azure_tenant}' not found in {provider.cloud.name} cloud", code=code)
