@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis
@@ -175,3 +176,76 @@ def test_enqueue_survives_redis_down_and_flushall(make_stack: Any, emulator: Any
 
     assert set(stack.wait_terminal(ids).values()) == {"sent"}
     assert sorted(_outbox_ids(emulator)) == sorted(ids)
+
+
+def test_sigkilled_workers_batch_is_finished_by_another_without_duplicates(make_stack: Any, emulator: Any) -> None:
+    # given: slow Graph, so the victim is killed with sends in flight
+    emulator.set_config(latency_ms=300)
+    stack = make_stack()
+    _configure(stack)
+    ids = [stack.producer.enqueue("acme", _msg(i)) for i in range(40)]
+    victim, = stack.start_workers(1, concurrency=4)
+    wait_until(lambda: any(s == "sending" for s in stack.states(ids).values()), what="a claimed batch")
+
+    # when: it dies mid-batch and another worker takes over
+    stack.kill(victim)
+    stack.start_workers(1, concurrency=4)
+    states = stack.wait_terminal(ids, timeout_s=90)
+
+    # then: everything finished; nothing that had not been sent went out twice
+    outbox = _outbox_ids(emulator)
+    flagged = {nid for nid in ids if stack.notification(nid)["possible_duplicate"]}
+    duplicates = {nid for nid in set(outbox) if outbox.count(nid) > 1}
+    assert set(states.values()) <= {"sent", "ambiguous"}
+    assert duplicates <= flagged
+    assert set(outbox) >= {nid for nid, s in states.items() if s == "sent"}
+    assert all(stack.notification(n)["claimed_by"] is None for n in ids)
+
+
+def test_two_workers_200_tenants_one_token_each_and_at_most_4_per_mailbox(make_stack: Any, emulator: Any) -> None:
+    # given: 200 tenants, each its own Entra tenant, app and mailbox
+    from emulator.demo import client_id_for, make_tenant, tenant_id_for
+
+    emulator.set_config(latency_ms=20)
+    stack = make_stack()
+    for i in range(200):
+        spec = make_tenant(i)
+        emulator.add_tenant(spec)
+        save_graph_provider(stack.engine, stack.box, f"t{i}", sender_address=spec["mailboxes"][0]["address"],
+                            azure_tenant=tenant_id_for(i), client_id=client_id_for(i),
+                            client_secret=spec["apps"][0]["secrets"][0]["value"])
+    ids = stack.producer.enqueue_many([(f"t{i % 200}", _msg(i)) for i in range(2000)])
+
+    # when
+    stack.start_workers(2, concurrency=8)
+    states = stack.wait_terminal(ids, timeout_s=120)
+
+    # then
+    assert set(states.values()) == {"sent"}
+    counters = emulator.counters()
+    assert sum(counters["token_requests"].values()) == 200
+    assert max(counters["max_concurrency"].values()) <= 4
+    assert sorted(_outbox_ids(emulator)) == sorted(ids)
+
+
+def test_new_provider_version_is_used_within_5_seconds(make_stack: Any, emulator: Any) -> None:
+    from emulator.demo import PLATFORM_CLIENT_ID, PLATFORM_CLIENT_SECRET, PLATFORM_SENDER, PLATFORM_TENANT_ID
+
+    stack = make_stack(TENANTMAIL_PROVIDER_CACHE_TTL_MS="2000")
+    _configure(stack)
+    first = stack.producer.enqueue("acme", _msg(1))
+    stack.start_workers(1)
+    stack.wait_terminal([first])
+
+    save_graph_provider(stack.engine, stack.box, "acme", sender_address=PLATFORM_SENDER,
+                        azure_tenant=PLATFORM_TENANT_ID, client_id=PLATFORM_CLIENT_ID,
+                        client_secret=PLATFORM_CLIENT_SECRET)
+    changed_at = time.monotonic()
+
+    def sent_from_new_sender() -> bool:
+        nid = stack.producer.enqueue("acme", _msg(2))
+        stack.wait_terminal([nid])
+        return stack.notification(nid)["sender"] == PLATFORM_SENDER
+
+    wait_until(sent_from_new_sender, timeout_s=10, what="the new provider version")
+    assert time.monotonic() - changed_at < 5.0
