@@ -82,7 +82,8 @@ class Producer:
         try:
             message = item.message if isinstance(item.message, Message) else parse_message(item.message)
         except ValidationFailed as exc:
-            raise ValidationFailed(f"[{index}].message.{exc.field}", exc.reason) from None
+            field = f"[{index}].message" if exc.field == "message" else f"[{index}].message.{exc.field}"
+            raise ValidationFailed(field, exc.reason) from None
         now = datetime.now(UTC)
         return {
             "id": new_id(), "tenant_id": tenant_id, "idempotency_key": key, "state": State.QUEUED.value,
@@ -124,7 +125,7 @@ def _as_item(index: int, raw: EnqueueItem | tuple[Any, ...]) -> EnqueueItem:
 
 
 def _check_tenant(index: int, tenant_id: object) -> str:
-    if not isinstance(tenant_id, str) or not _TENANT_RE.match(tenant_id):
+    if not isinstance(tenant_id, str) or not _TENANT_RE.fullmatch(tenant_id):
         raise ValidationFailed(f"[{index}].tenant_id", "must be 1-64 characters of letters, digits, . _ : -")
     return tenant_id
 

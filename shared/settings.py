@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     provider_cache_ttl_ms: int = 2_000
     http_timeout_s: float = 30.0
     http_connect_timeout_s: float = 10.0
+    token_timeout_s: float = 30.0
     max_connections: int = 512
 
     # Throttling shared through Redis, per (app, mailbox).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import socket
 import time
@@ -13,7 +14,7 @@ import structlog
 from shared.models import State
 from worker.delivery import Sender
 from worker.runtime import Runtime
-from worker.store import RowOutcome, claim, write_outcomes
+from worker.store import RowOutcome, claim, renew_leases, write_outcomes
 from worker.throttle import sendmark_key
 
 log = structlog.get_logger(__name__)
@@ -42,7 +43,15 @@ def deliver_batch(runtime: Runtime, ids: Sequence[str]) -> dict[str, int]:
         return {}
     providers = runtime.resolver.resolve_many(r.tenant_id for r in rows)
     sender = Sender(runtime.graph, runtime.tokens, runtime.throttle, s)
-    outcomes = runtime.run(sender.send_all(rows, providers))
+    pending = runtime.submit(sender.send_all(rows, providers))
+    renew_every_s = s.send_lease_ms / 3000
+    while True:
+        try:
+            outcomes = pending.result(timeout=renew_every_s)
+            break
+        except concurrent.futures.TimeoutError:
+            # Still sending: keep the claim alive so the sweeper never mistakes us for dead.
+            renew_leases(runtime.engine, [r.id for r in rows], claimed_by, s.send_lease_ms)
     write_outcomes(runtime.engine, outcomes, claimed_by)
     runtime.submit(_clear_marks(runtime, outcomes))
     counts: dict[str, int] = {}

@@ -81,8 +81,17 @@ class Sender:
         except (TokenError, TransientError) as exc:
             return self._finish(row, provider, exc, (_record(started, "token_error", exc),))
         mailbox_key = provider.mailbox_key
-        async with self._throttle.local_gate(mailbox_key):
-            slot = await self._throttle.acquire(mailbox_key, row.id, max_wait_ms=self._settings.slot_wait_max_ms)
+        gate = self._throttle.local_gate(mailbox_key)
+        wait_ms = self._settings.slot_wait_max_ms
+        t0 = time.monotonic()
+        try:
+            await asyncio.wait_for(gate.acquire(), wait_ms / 1000)
+        except TimeoutError:
+            return self._requeue(row, provider, self._throttle.local_block_ms(mailbox_key)
+                                 or self._settings.slot_requeue_ms)
+        try:
+            waited_ms = int((time.monotonic() - t0) * 1000)
+            slot = await self._throttle.acquire(mailbox_key, row.id, max_wait_ms=max(0, wait_ms - waited_ms))
             if not slot.granted:
                 delay_ms = slot.wait_ms if slot.blocked else self._settings.slot_requeue_ms
                 return self._requeue(row, provider, delay_ms)
@@ -92,7 +101,9 @@ class Sender:
                 progress.append("posting")
                 return await self._send_in_slot(row, provider, token, started)
             finally:
-                await self._throttle.release(mailbox_key, row.id)
+                await self._release(mailbox_key, row.id)
+        finally:
+            gate.release()
 
     async def _send_in_slot(self, row: ClaimedRow, provider: ResolvedProvider, token: str,
                             started: datetime) -> RowOutcome:
@@ -116,7 +127,10 @@ class Sender:
         if isinstance(error, Throttled):
             delay_ms = retry_delay_ms(error, row.attempts + len(records), self._settings)
             self._throttle.block_locally(provider.mailbox_key, delay_ms)
-            await self._throttle.block(provider.mailbox_key, delay_ms)
+            try:
+                await self._throttle.block(provider.mailbox_key, delay_ms)
+            except Exception:  # this process is blocked already; the row is rescheduled either way
+                log.warning("throttle.block_failed", mailbox=provider.mailbox_key, exc_info=True)
         return self._finish(row, provider, error, tuple(records))
 
     async def _post(self, provider: ResolvedProvider, token: str, body: bytes,
@@ -141,6 +155,14 @@ class Sender:
             mailbox=provider.sender_address,
         ))
         return error
+
+    async def _release(self, mailbox_key: str, lease_id: str) -> None:
+        # The outcome is already known: a failed release must not turn it into an error. The
+        # slot's lease frees it on its own.
+        try:
+            await self._throttle.release(mailbox_key, lease_id)
+        except Exception:
+            log.warning("throttle.release_failed", mailbox=mailbox_key, exc_info=True)
 
     def _finish(self, row: ClaimedRow, provider: ResolvedProvider | None, error: DeliveryError | None,
                 records: tuple[AttemptRecord, ...]) -> RowOutcome:

@@ -8,6 +8,7 @@ by `worker.retry_policy`.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -40,7 +41,7 @@ def parse_retry_after(value: str | None) -> float | None:
         seconds = float(value.strip())
     except ValueError:
         return None
-    return seconds if seconds >= 0 else None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 class GraphClient:

@@ -79,7 +79,8 @@ def decide(
     if error is None:
         return Decision(State.SENT, now_ms, ambiguous_count=ambiguous_count)
     if isinstance(error, AmbiguousOutcome):
-        if settings.ambiguous_policy == "retry_once" and ambiguous_count == 0 and age_s < settings.max_age_s:
+        if (settings.ambiguous_policy == "retry_once" and ambiguous_count == 0 and age_s < settings.max_age_s
+                and attempts < settings.max_attempts):
             delay = compute_backoff(1, base_ms=settings.backoff_base_ms, cap_ms=settings.backoff_cap_ms, rng=rng)
             return Decision(State.RETRY_WAIT, now_ms + delay, True, ambiguous_count + 1)
         return Decision(State.AMBIGUOUS, now_ms, True, ambiguous_count + 1)
@@ -94,5 +95,5 @@ def decide(
 def retry_delay_ms(error: DeliveryError, attempts: int, settings: Settings, rng: random.Random | None = None) -> int:
     """Retry-After when the service gave one (never less), else exponential backoff."""
     if error.retry_after_s is not None:
-        return int(error.retry_after_s * 1000) + 1
+        return int(min(error.retry_after_s, settings.max_age_s) * 1000) + 1
     return compute_backoff(attempts, base_ms=settings.backoff_base_ms, cap_ms=settings.backoff_cap_ms, rng=rng)

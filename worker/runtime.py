@@ -42,7 +42,7 @@ class Runtime:
         self.box = SecretBox.from_settings(settings)
         self.resolver = ProviderResolver(self.engine, self.box, settings)
         self.redis_sync = redis_sync.Redis.from_url(redis_url, socket_timeout=10)
-        self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tm-msal")
+        self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="tm-msal")
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tm-loop", daemon=True)
         self._thread.start()
@@ -56,13 +56,16 @@ class Runtime:
             timeout=aiohttp.ClientTimeout(total=s.http_timeout_s, sock_connect=s.http_connect_timeout_s),
             trust_env=False,
         )
-        self.redis = redis_async.Redis.from_url(redis_url, max_connections=64, socket_timeout=10)
+        # Blocking pool: hundreds of sends share it, and a burst must wait for a connection rather
+        # than fail after Graph already accepted the message.
+        self.redis = redis_async.Redis(connection_pool=redis_async.BlockingConnectionPool.from_url(
+            redis_url, max_connections=128, timeout=30, socket_timeout=10))
         self.graph = GraphClient(self.session)
         self.throttle = MailboxThrottle(
             self.redis, limit=s.mailbox_concurrency, lease_ms=int(s.http_timeout_s * 1000) + 5_000,
             pacing_ms=s.mailbox_pacing_ms,
         )
-        self.tokens = TokenProvider(self.redis, self.box, s, self._executor)
+        self.tokens = TokenProvider(self.redis, self.redis_sync, self.box, s, self._executor)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
         """Run a coroutine on the process loop from any other thread and wait for it."""

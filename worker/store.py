@@ -8,6 +8,7 @@ this worker still holds.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ from typing import Any
 import structlog
 from sqlalchemy import Engine, and_, bindparam, insert, update
 from sqlalchemy.exc import OperationalError
-from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
 from shared.models import ACTIVE_STATES, DeliveryAttempt, Notification, State
 
@@ -84,8 +85,16 @@ def claim(engine: Engine, ids: Sequence[str], claimed_by: str, lease_ms: int, no
         return [ClaimedRow(*r) for r in conn.execute(stmt).all()]
 
 
+def renew_leases(engine: Engine, ids: Sequence[str], claimed_by: str, lease_ms: int) -> None:
+    """Extend this worker's claim on rows it is still sending."""
+    now_ms = int(time.time() * 1000)
+    with engine.begin() as conn:
+        conn.execute(update(_N).where(_N.c.id.in_(list(ids)), _N.c.state == State.SENDING.value,
+                                      _N.c.claimed_by == claimed_by).values(lease_until_ms=now_ms + lease_ms))
+
+
 @retry(retry=retry_if_exception_type(OperationalError), stop=stop_after_delay(180),
-       wait=wait_exponential_jitter(initial=0.2, max=5), reraise=True)
+       wait=wait_random_exponential(multiplier=0.2, max=5), reraise=True)
 def write_outcomes(engine: Engine, outcomes: Sequence[RowOutcome], claimed_by: str) -> int:
     """Write every outcome of a batch in one transaction; returns how many rows were still ours.
 

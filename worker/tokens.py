@@ -22,6 +22,7 @@ from typing import Any
 
 import msal
 import requests
+import requests.adapters
 
 from shared.errors import TokenError, TransientError
 from shared.providers import ResolvedProvider
@@ -32,7 +33,6 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-_LOCK_MS = 15_000
 _FAILURE_TTL_S = 30.0
 _TRANSIENT_ERRORS = {"temporarily_unavailable", "server_error"}
 
@@ -63,8 +63,12 @@ class _TimeoutSession(requests.Session):
 class TokenProvider:
     """Gets and caches Graph tokens for resolved providers."""
 
-    def __init__(self, redis: Any, box: SecretBox, settings: Settings, executor: Executor) -> None:
+    def __init__(self, redis: Any, redis_sync: Any, box: SecretBox, settings: Settings, executor: Executor) -> None:
         self._redis = redis
+        self._redis_sync = redis_sync
+        # Long enough for discovery plus the token request at their timeouts; a holder that dies
+        # delays that tenant's token by at most this.
+        self._lock_ms = int((2 * settings.token_timeout_s + 5) * 1000)
         self._box = box
         self._settings = settings
         self._executor = executor
@@ -72,7 +76,11 @@ class TokenProvider:
         self._locks: dict[str, asyncio.Lock] = {}
         self._apps: dict[str, msal.ConfidentialClientApplication] = {}
         self._failures: dict[str, tuple[float, TokenError]] = {}
-        self._release = redis.register_script(_RELEASE)
+        self._release_sync = redis_sync.register_script(_RELEASE)
+        # One pooled session for every MSAL app of this process: one TLS connection per authority
+        # host instead of one per tenant.
+        self._http = _TimeoutSession(settings.token_timeout_s, settings.ca_bundle or True)
+        self._http.mount("https://", requests.adapters.HTTPAdapter(pool_maxsize=32))
         self.msal_requests = 0
 
     async def get(self, provider: ResolvedProvider) -> str:
@@ -116,38 +124,52 @@ class TokenProvider:
 
     async def _from_redis_or_entra(self, provider: ResolvedProvider) -> CachedToken:
         key = provider.token_key
-        deadline = time.monotonic() + _LOCK_MS / 1000 * 2
+        deadline = time.monotonic() + self._lock_ms / 1000 + 5
+        loop = asyncio.get_running_loop()
         while True:
             cached = await self._read_redis(key)
             if cached and time.time() < cached.refresh_at:
                 return cached
-            owner = uuid.uuid4().hex
-            if await self._redis.set(f"tm:toklock:{key}", owner, nx=True, px=_LOCK_MS):
-                try:
-                    cached = await self._read_redis(key)
-                    if cached and time.time() < cached.refresh_at:
-                        return cached
-                    token = await asyncio.get_running_loop().run_in_executor(
-                        self._executor, self._acquire_blocking, provider)
-                    await self._write_redis(key, token)
+            if not await self._redis.exists(f"tm:toklock:{key}"):
+                # The lock is taken in the executor thread, right before MSAL runs: a request
+                # queued behind other tenants' must not hold the fleet-wide lock while it waits.
+                token = await loop.run_in_executor(self._executor, self._acquire_locked, provider)
+                if token is not None:
                     return token
-                finally:
-                    await self._release(keys=[f"tm:toklock:{key}"], args=[owner])
             if time.monotonic() > deadline:
                 raise TransientError("another worker holds the token lock too long", code="TokenLockTimeout")
             await asyncio.sleep(0.05)
 
-    async def _read_redis(self, key: str) -> CachedToken | None:
-        blob = await self._redis.get(f"tm:tok:{key}")
-        if not blob:
+    def _acquire_locked(self, provider: ResolvedProvider) -> CachedToken | None:
+        """Under the fleet-wide lock: re-check Redis, else ask Entra ID and store the token.
+
+        Returns None when another process holds the lock (the caller waits for its token).
+        """
+        key = provider.token_key
+        owner = uuid.uuid4().hex
+        if not self._redis_sync.set(f"tm:toklock:{key}", owner, nx=True, px=self._lock_ms):
             return None
+        try:
+            blob = self._redis_sync.get(f"tm:tok:{key}")
+            cached = self._decode(blob) if blob else None
+            if cached and time.time() < cached.refresh_at:
+                return cached
+            token = self._acquire_blocking(provider)
+            self._redis_sync.set(f"tm:tok:{key}", self._encode(token), ex=max(1, int(token.expires_at - time.time())))
+            return token
+        finally:
+            self._release_sync(keys=[f"tm:toklock:{key}"], args=[owner])
+
+    def _decode(self, blob: bytes) -> CachedToken:
         data = json.loads(self._box.decrypt(blob))
         return CachedToken(data["t"], data["e"], data["r"])
 
-    async def _write_redis(self, key: str, token: CachedToken) -> None:
-        blob = self._box.encrypt(json.dumps({"t": token.access_token, "e": token.expires_at, "r": token.refresh_at}))
-        ttl_s = max(1, int(token.expires_at - time.time()))
-        await self._redis.set(f"tm:tok:{key}", blob, ex=ttl_s)
+    def _encode(self, token: CachedToken) -> bytes:
+        return self._box.encrypt(json.dumps({"t": token.access_token, "e": token.expires_at, "r": token.refresh_at}))
+
+    async def _read_redis(self, key: str) -> CachedToken | None:
+        blob = await self._redis.get(f"tm:tok:{key}")
+        return self._decode(blob) if blob else None
 
     def _acquire_blocking(self, provider: ResolvedProvider) -> CachedToken:
         app = self._app(provider)
@@ -173,12 +195,11 @@ class TokenProvider:
         key = provider.token_key
         app = self._apps.get(key)
         if app is None:
-            session = _TimeoutSession(self._settings.http_timeout_s, self._settings.ca_bundle or True)
             try:
                 app = msal.ConfidentialClientApplication(
                     provider.client_id, client_credential=provider.client_secret,
                     authority=f"{provider.cloud.authority_host}/{provider.azure_tenant}",
-                    instance_discovery=False, azure_region=False, http_client=session,
+                    instance_discovery=False, azure_region=False, http_client=self._http,
                     token_cache=msal.TokenCache(),
                 )
             except requests.RequestException as exc:

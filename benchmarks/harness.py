@@ -1,0 +1,169 @@
+"""Pieces every pipeline benchmark needs: a private Redis, a fresh database, the emulator as its
+own process, tenants configured on both sides, and worker processes. Everything is started here
+and cleaned up on exit; nothing is shared with the machine's own Redis or databases."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+from cryptography.fernet import Fernet
+from sqlalchemy import Engine, func, select
+
+from emulator.demo import client_id_for, demo_directory, make_tenant, tenant_id_for
+from emulator.testing import EmulatorProcess
+from shared.db import make_engine, migrate
+from shared.embedded import start_redis
+from shared.models import TERMINAL_STATES, Notification
+from shared.providers import save_graph_provider
+from shared.secretbox import SecretBox
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN_URL = os.environ.get("TENANTMAIL_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
+_N = Notification.__table__  # type: ignore[attr-defined]
+
+
+@dataclass
+class Bench:
+    """A running stack for one benchmark run."""
+
+    env: dict[str, str]
+    settings: Settings
+    engine: Engine
+    emulator: Any
+    tmp: Path
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start_workers(self, n: int, concurrency: int) -> None:
+        """Start n worker processes and wait until one of them leads the dispatch."""
+        for i in range(n):
+            log = open(self.tmp / f"worker{i}.log", "wb")  # noqa: SIM115
+            self.workers.append(subprocess.Popen(
+                [sys.executable, "-m", "shared.cli", "worker", f"--concurrency={concurrency}",
+                 f"--hostname=bench{i}@%h"], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
+        r = redis.Redis.from_url(self.env["REDIS_URL"])
+        deadline = time.monotonic() + 60
+        while not r.exists("tm:dispatcher:leader"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("workers did not start:\n" + self.logs())
+            time.sleep(0.1)
+
+    def logs(self) -> str:
+        """Worker output."""
+        return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(self.tmp.glob("worker*.log")))
+
+    def worker_cpu_s(self) -> float:
+        """User+system CPU seconds used so far by the worker processes (from /proc)."""
+        total = 0.0
+        tick = os.sysconf("SC_CLK_TCK")
+        for p in self.workers:
+            try:
+                fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick
+            except (FileNotFoundError, IndexError):
+                pass
+        return total
+
+    def worker_rss_mb(self) -> list[float]:
+        """Peak resident set size of each worker process (VmHWM), in MB."""
+        out = []
+        for p in self.workers:
+            for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    out.append(int(line.split()[1]) / 1024)
+        return out
+
+    def wait_terminal(self, count: int, timeout_s: float) -> None:
+        """Wait until `count` notifications are terminal."""
+        deadline = time.monotonic() + timeout_s
+        while self.terminal_count() < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {self.terminal_count()}/{count} finished\n" + self.logs())
+            time.sleep(0.05)
+
+    def terminal_count(self) -> int:
+        """How many notifications are in a terminal state."""
+        with self.engine.connect() as conn:
+            return int(conn.scalar(select(func.count()).where(_N.c.state.in_(TERMINAL_STATES))) or 0)
+
+
+@contextmanager
+def bench_stack(*, tenants: int, latency_ms: float, database: str = "postgres",
+                extra_env: dict[str, str] | None = None, token_lifetime_s: int | None = None) -> Iterator[Bench]:
+    """Start Redis, a fresh database, the emulator with `tenants` tenants, and configure them."""
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tm-bench-")))
+        redis_url, redis_proc = start_redis(tmp / "redis")
+        stack.callback(lambda: (redis_proc.terminate(), redis_proc.wait()))
+        db_url = stack.enter_context(_database(database, tmp))
+        directory = demo_directory()
+        directory["tenants"] += [make_tenant(i) for i in range(tenants)]
+        extra = ["--token-lifetime-s", str(token_lifetime_s)] if token_lifetime_s else []
+        emu = stack.enter_context(EmulatorProcess(directory=directory, latency_ms=latency_ms, extra_args=extra))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTMAIL_")}
+        env.update({
+            "DATABASE_URL": db_url, "REDIS_URL": redis_url, "PYTHONPATH": str(ROOT),
+            "TENANTMAIL_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+            "TENANTMAIL_AUTHORITY_OVERRIDE": emu.base_url, "TENANTMAIL_GRAPH_BASE_OVERRIDE": emu.graph_base_url,
+            "TENANTMAIL_CA_BUNDLE": str(emu.ca_path), "TENANTMAIL_LOG_LEVEL": "WARNING",
+            "TENANTMAIL_STATE_DIR": str(tmp / "state"),
+        })
+        env.update(extra_env or {})
+        settings = Settings(database_url=db_url, redis_url=redis_url,
+                            encryption_keys=env["TENANTMAIL_ENCRYPTION_KEYS"])
+        engine = make_engine(settings)
+        box = SecretBox.from_settings(settings)
+        for i in range(tenants):
+            spec = directory["tenants"][2 + i]
+            save_graph_provider(engine, box, f"t{i}", sender_address=spec["mailboxes"][0]["address"],
+                                azure_tenant=tenant_id_for(i), client_id=client_id_for(i),
+                                client_secret=spec["apps"][0]["secrets"][0]["value"])
+        bench = Bench(env, settings, engine, emu, tmp)
+        try:
+            yield bench
+        finally:
+            for p in bench.workers:
+                p.terminate()
+            for p in bench.workers:
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            engine.dispose()
+
+
+@contextmanager
+def _database(kind: str, tmp: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp / 'bench.db'}"
+        migrate(Settings(database_url=url))
+        yield url
+        return
+    name = f"tm_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        migrate(Settings(database_url=url))
+        yield url
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def message(i: int) -> dict[str, Any]:
+    """A small notification like the platform's."""
+    return {"to": [f"user{i % 997}@example.org"], "subject": f"Access review {i} is due",
+            "body": "<p>Please complete your access review before Friday.</p>", "body_type": "html"}

@@ -1,0 +1,295 @@
+"""worker.dispatcher.Dispatcher with a recording publish function, a real database and a real Redis."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import Engine, select, update
+
+from shared.db import make_engine
+from shared.models import DeliveryAttempt, Notification, State
+from shared.producer import Producer
+from shared.settings import Settings
+from tests.stack import ROOT, wait_until
+from worker.batch import EPOCH_KEY
+from worker.dispatcher import Dispatcher
+from worker.store import claim
+from worker.throttle import sendmark_key
+
+_N = Notification.__table__  # type: ignore[attr-defined]
+_A = DeliveryAttempt.__table__  # type: ignore[attr-defined]
+EPOCH = "epoch-aaaa"
+
+
+@dataclass
+class Recorder:
+    """A publish function that keeps the batches instead of sending them to Celery."""
+
+    batches: list[list[str]] = field(default_factory=list)
+    fail_on_call: int | None = None
+
+    def __call__(self, ids: list[str]) -> None:
+        if self.fail_on_call is not None and len(self.batches) + 1 >= self.fail_on_call:
+            raise ConnectionError("broker down")
+        self.batches.append(list(ids))
+
+    @property
+    def ids(self) -> list[str]:
+        return [i for b in self.batches for i in b]
+
+
+@dataclass
+class Env:
+    engine: Engine
+    redis: redis.Redis
+    producer: Producer
+    make: Callable[..., tuple[Dispatcher, Recorder]]
+
+
+@pytest.fixture
+def env(database_url: str, redis_url: str) -> Iterator[Env]:
+    engine = make_engine(Settings(database_url=database_url))
+    r = redis.Redis.from_url(redis_url)
+
+    def make(**overrides: Any) -> tuple[Dispatcher, Recorder]:
+        values: dict[str, Any] = dict(batch_size=5, tenant_window=12, dispatch_lease_ms=30_000)
+        values.update(overrides)
+        recorder = Recorder()
+        return Dispatcher(engine, r, recorder, Settings(**values)), recorder
+
+    yield Env(engine, r, Producer(engine, Settings(fair_spacing_ms=1)), make)
+    r.close()
+    engine.dispose()
+
+
+def _msg(i: int = 0) -> dict[str, Any]:
+    return {"to": [f"user{i}@example.org"], "subject": f"Review {i}", "body": "Please review."}
+
+
+def _enqueue(env: Env, tenant: str, n: int) -> list[str]:
+    return env.producer.enqueue_many([(tenant, _msg(i)) for i in range(n)])
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _row(env: Env, nid: str) -> Any:
+    with env.engine.connect() as conn:
+        return conn.execute(select(_N).where(_N.c.id == nid)).one()
+
+
+def _attempts(env: Env, nid: str) -> list[Any]:
+    with env.engine.connect() as conn:
+        return list(conn.execute(select(_A).where(_A.c.notification_id == nid)).all())
+
+
+def _claim_expired(env: Env, ids: list[str], epoch: str = EPOCH) -> int:
+    """Claim `ids` as a worker in `epoch` whose 1 ms send lease has already run out; returns a sweep time."""
+    now_ms = _now_ms()
+    claimed = claim(env.engine, ids, f"host:123/{epoch}", 1, now_ms)
+    assert [c.id for c in claimed] == ids
+    return now_ms + 10
+
+
+def test_dispatcher_tick_publishes_due_rows_in_batches(env: Env) -> None:
+    ids = _enqueue(env, "acme", 12)
+    dispatcher, published = env.make(batch_size=5)
+
+    count = dispatcher.tick()
+
+    assert count == 12
+    assert [len(b) for b in published.batches] == [5, 5, 2]
+    assert sorted(published.ids) == sorted(ids)
+    assert published.ids == ids  # fair_rank order
+    lease = _row(env, ids[0]).lease_until_ms
+    assert lease is not None and lease > _now_ms() + 20_000
+
+
+def test_dispatcher_tick_limits_each_tenant_to_its_window(env: Env) -> None:
+    # given a tenant with a backlog of 100 and another with 5, all due
+    big = _enqueue(env, "big", 100)
+    small = _enqueue(env, "small", 5)
+    dispatcher, published = env.make(tenant_window=12, batch_size=5)
+
+    # when one tick runs
+    count = dispatcher.tick()
+
+    # then the big tenant gets only its window and the small one is not starved behind it
+    assert count == 17
+    assert sum(1 for i in published.ids if i in set(big)) == 12
+    assert set(small) <= set(published.ids)
+    assert all(len(b) <= 5 for b in published.batches)
+
+
+def test_dispatcher_tick_counts_in_flight_rows_against_window(env: Env) -> None:
+    ids = _enqueue(env, "acme", 20)
+    claim(env.engine, ids[:10], f"host:1/{EPOCH}", 60_000, _now_ms())  # 10 being sent right now
+    dispatcher, published = env.make(tenant_window=12)
+
+    dispatcher.tick()
+
+    assert len(published.ids) == 2
+    assert set(published.ids) <= set(ids[10:])
+
+
+def test_dispatcher_tick_skips_rows_not_yet_due(env: Env) -> None:
+    due, later = _enqueue(env, "acme", 2)
+    with env.engine.begin() as conn:
+        conn.execute(update(_N).where(_N.c.id == later).values(state=State.RETRY_WAIT.value,
+                                                                 next_attempt_ms=_now_ms() + 60_000))
+    dispatcher, published = env.make()
+
+    dispatcher.tick()
+
+    assert published.ids == [due]
+
+
+def test_dispatcher_tick_does_not_republish_leased_rows(env: Env) -> None:
+    ids = _enqueue(env, "acme", 3)
+    dispatcher, published = env.make(dispatch_lease_ms=60_000)
+    assert dispatcher.tick() == 3
+
+    again = dispatcher.tick()
+    other_dispatcher, other_published = env.make(dispatch_lease_ms=60_000)
+    other = other_dispatcher.tick()
+
+    assert again == 0 and other == 0
+    assert sorted(published.ids) == sorted(ids) and other_published.ids == []
+
+
+def test_dispatcher_tick_republishes_after_lease_expires(env: Env) -> None:
+    ids = _enqueue(env, "acme", 3)
+    dispatcher, published = env.make(dispatch_lease_ms=50)
+    assert dispatcher.tick() == 3
+
+    wait_until(dispatcher.tick, timeout_s=10, what="the unclaimed rows to be published again")
+
+    assert len(published.batches) == 2
+    assert sorted(published.batches[1]) == sorted(ids)
+
+
+def test_dispatcher_tick_unleases_rows_when_publish_fails(env: Env) -> None:
+    ids = _enqueue(env, "acme", 12)
+    dispatcher, published = env.make(batch_size=5)
+    published.fail_on_call = 2  # the broker goes away after the first batch
+
+    count = dispatcher.tick()
+
+    assert count == 5
+    assert all(_row(env, i).lease_until_ms is not None for i in ids[:5])
+    assert all(_row(env, i).lease_until_ms is None for i in ids[5:])
+    published.fail_on_call = None
+    assert dispatcher.tick() == 7
+    assert published.batches[1:] == [ids[5:10], ids[10:]]
+
+
+def test_dispatcher_sweep_requeues_lost_row_never_sent(env: Env) -> None:
+    [nid] = _enqueue(env, "acme", 1)
+    env.redis.set(EPOCH_KEY, EPOCH)
+    sweep_ms = _claim_expired(env, [nid])
+
+    recovered = env.make()[0].sweep(sweep_ms)
+
+    row = _row(env, nid)
+    assert recovered == 1
+    assert (row.state, row.lease_until_ms, row.claimed_by) == (State.QUEUED.value, None, None)
+    assert row.possible_duplicate is False and row.attempts == 0 and row.ambiguous_count == 0
+    assert row.next_attempt_ms <= sweep_ms
+    assert _attempts(env, nid) == []
+
+
+def test_dispatcher_sweep_flags_marked_row_for_one_retry(env: Env) -> None:
+    [nid] = _enqueue(env, "acme", 1)
+    env.redis.set(EPOCH_KEY, EPOCH)
+    sweep_ms = _claim_expired(env, [nid])
+    env.redis.set(sendmark_key(nid), "1")  # the worker got a slot: the send may have gone out
+
+    env.make(ambiguous_policy="retry_once")[0].sweep(sweep_ms)
+
+    row = _row(env, nid)
+    assert row.state == State.RETRY_WAIT.value
+    assert row.possible_duplicate is True
+    assert (row.ambiguous_count, row.attempts, row.last_error_code) == (1, 1, "WorkerLost")
+    assert row.lease_until_ms is None and row.claimed_by is None
+    [attempt] = _attempts(env, nid)
+    assert (attempt.outcome, attempt.error_code, attempt.attempt_no, attempt.worker) == (
+        "ambiguous", "WorkerLost", 1, f"host:123/{EPOCH}")
+
+
+def test_dispatcher_sweep_marks_ambiguous_under_give_up(env: Env) -> None:
+    [nid] = _enqueue(env, "acme", 1)
+    env.redis.set(EPOCH_KEY, EPOCH)
+    sweep_ms = _claim_expired(env, [nid])
+    env.redis.set(sendmark_key(nid), "1")
+
+    env.make(ambiguous_policy="give_up")[0].sweep(sweep_ms)
+
+    row = _row(env, nid)
+    assert (row.state, row.possible_duplicate, row.ambiguous_count) == (State.AMBIGUOUS.value, True, 1)
+
+
+def test_dispatcher_sweep_second_ambiguity_is_final_under_retry_once(env: Env) -> None:
+    [nid] = _enqueue(env, "acme", 1)
+    with env.engine.begin() as conn:
+        conn.execute(update(_N).where(_N.c.id == nid).values(ambiguous_count=1, possible_duplicate=True))
+    env.redis.set(EPOCH_KEY, EPOCH)
+    sweep_ms = _claim_expired(env, [nid])
+    env.redis.set(sendmark_key(nid), "1")
+
+    env.make(ambiguous_policy="retry_once")[0].sweep(sweep_ms)
+
+    assert (_row(env, nid).state, _row(env, nid).ambiguous_count) == (State.AMBIGUOUS.value, 2)
+
+
+@pytest.mark.parametrize("current_epoch", ["epoch-bbbb", None])
+def test_dispatcher_sweep_treats_other_epoch_as_possibly_sent(env: Env, current_epoch: str | None) -> None:
+    # given a row claimed under one Redis epoch, and Redis since restarted empty (new epoch or none yet)
+    [nid] = _enqueue(env, "acme", 1)
+    sweep_ms = _claim_expired(env, [nid], epoch=EPOCH)
+    if current_epoch is not None:
+        env.redis.set(EPOCH_KEY, current_epoch)
+
+    # when the sweeper finds it, with no send mark (Redis lost the marks with its data)
+    env.make(ambiguous_policy="retry_once")[0].sweep(sweep_ms)
+
+    # then it cannot know the send did not start: flagged, not silently requeued
+    row = _row(env, nid)
+    assert (row.state, row.possible_duplicate) == (State.RETRY_WAIT.value, True)
+
+
+def test_dispatcher_sweep_leaves_live_and_other_rows_alone(env: Env) -> None:
+    live, queued = _enqueue(env, "acme", 2)
+    env.redis.set(EPOCH_KEY, EPOCH)
+    claim(env.engine, [live], f"host:1/{EPOCH}", 60_000, _now_ms())
+
+    recovered = env.make()[0].sweep(_now_ms())
+
+    assert recovered == 0
+    assert _row(env, live).state == State.SENDING.value
+    assert _row(env, queued).state == State.QUEUED.value
+
+
+def test_dispatcher_tick_sweeps_and_republishes_lost_rows(env: Env) -> None:
+    ids = _enqueue(env, "acme", 2)
+    env.redis.set(EPOCH_KEY, EPOCH)
+    _claim_expired(env, ids)
+    dispatcher, published = env.make()
+
+    wait_until(lambda: dispatcher.tick() or None, timeout_s=10, what="lost rows to be republished")
+
+    assert sorted(published.ids) == sorted(ids)
+
+
+def test_dispatcher_module_imports_without_warnings() -> None:
+    result = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", "import worker.dispatcher"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 0, result.stderr[-2000:]

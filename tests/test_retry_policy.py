@@ -1,0 +1,282 @@
+"""worker.retry_policy: every rule of its docstring, as pure functions (no I/O)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from shared.errors import (
+    AmbiguousOutcome,
+    AuthenticationExpired,
+    DeliveryError,
+    PermanentError,
+    Throttled,
+    TokenError,
+    TransientError,
+)
+from shared.models import State
+from shared.settings import Settings
+from worker.graph import GraphResponse, parse_retry_after
+from worker.retry_policy import Decision, classify, compute_backoff, decide, retry_delay_ms
+
+NOW_MS = 1_700_000_000_000
+BASE_MS = 100
+CAP_MS = 1_600
+
+
+def _settings(**overrides: object) -> Settings:
+    values: dict[str, object] = dict(backoff_base_ms=BASE_MS, backoff_cap_ms=CAP_MS, max_attempts=4,
+                                     max_age_s=60.0, ambiguous_policy="retry_once")
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def _resp(status: int, code: str | None = None, retry_after: str | None = None) -> GraphResponse:
+    return GraphResponse(status=status, request_id="req-1", client_request_id="crid-1", code=code,
+                         message=f"{code or status} happened" if status >= 400 else None,
+                         retry_after_s=parse_retry_after(retry_after), retry_after_present=retry_after is not None,
+                         latency_ms=1.0)
+
+
+def _decide(error: DeliveryError | None, *, attempts: int = 1, ambiguous_count: int = 0, age_s: float = 1.0,
+            settings: Settings | None = None, seed: int = 7) -> Decision:
+    return decide(error, attempts=attempts, ambiguous_count=ambiguous_count, age_s=age_s,
+                  now_ms=NOW_MS, settings=settings or _settings(), rng=random.Random(seed))
+
+
+# --- classify -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [200, 202])
+def test_classify_success_is_none(status: int) -> None:
+    assert classify(_resp(status)) is None
+
+
+def test_classify_401_is_authentication_expired_with_fields() -> None:
+    err = classify(_resp(401, "InvalidAuthenticationToken"))
+
+    assert type(err) is AuthenticationExpired
+    assert (err.status, err.code, err.request_id, err.client_request_id) == (
+        401, "InvalidAuthenticationToken", "req-1", "crid-1")
+
+
+def test_classify_429_is_throttled_carrying_retry_after() -> None:
+    err = classify(_resp(429, "ApplicationThrottled", retry_after="2.128"))
+
+    assert isinstance(err, Throttled) and isinstance(err, TransientError)
+    assert err.retry_after_s == pytest.approx(2.128)
+    assert err.code == "ApplicationThrottled"
+
+
+@pytest.mark.parametrize("status", [408, 500, 502, 503])
+def test_classify_server_errors_are_transient_not_throttled(status: int) -> None:
+    err = classify(_resp(status, f"HTTP{status}"))
+
+    assert type(err) is TransientError
+    assert err.status == status
+
+
+def test_classify_504_is_ambiguous() -> None:
+    err = classify(_resp(504, "GatewayTimeout"))
+
+    assert type(err) is AmbiguousOutcome
+    assert err.status == 504
+
+
+@pytest.mark.parametrize(("status", "code"), [
+    (403, "ErrorAccessDenied"), (404, "ErrorInvalidUser"), (404, "MailboxNotEnabledForRESTAPI"),
+    (400, "ErrorInvalidRecipients"), (403, "ErrorSendAsDenied"), (400, "ErrorMessageSizeExceeded"),
+    (413, "RequestEntityTooLarge"), (400, "BadRequest"), (409, "Conflict"),
+])
+def test_classify_other_4xx_is_permanent_with_code(status: int, code: str) -> None:
+    err = classify(_resp(status, code))
+
+    assert type(err) is PermanentError
+    assert (err.status, err.code, err.request_id) == (status, code, "req-1")
+
+
+def test_classify_message_falls_back_to_http_status() -> None:
+    resp = GraphResponse(500, None, "c", None, None, None, False, 1.0)
+
+    err = classify(resp)
+
+    assert err is not None and err.message == "HTTP 500"
+
+
+# --- decide -----------------------------------------------------------------------------------------
+
+
+def test_decide_success_is_sent_now_keeping_ambiguous_count() -> None:
+    d = _decide(None, ambiguous_count=1)
+
+    assert (d.state, d.next_attempt_ms, d.ambiguous_count, d.possible_duplicate) == (State.SENT, NOW_MS, 1, False)
+
+
+@pytest.mark.parametrize("error", [
+    PermanentError("denied", status=403, code="ErrorAccessDenied"),
+    TokenError("bad secret", code="AADSTS7000215"),
+])
+def test_decide_permanent_fails_on_first_attempt(error: PermanentError) -> None:
+    d = _decide(error, attempts=1)
+
+    assert d.state is State.FAILED
+    assert d.next_attempt_ms == NOW_MS
+
+
+def test_decide_token_endpoint_transient_error_retries() -> None:
+    d = _decide(TransientError("Entra ID error", code="TokenServiceError"), attempts=1)
+
+    assert d.state is State.RETRY_WAIT
+    assert NOW_MS + BASE_MS // 2 <= d.next_attempt_ms <= NOW_MS + BASE_MS
+
+
+@pytest.mark.parametrize(("header", "expected_delay_ms"), [("2", 2_001), ("2.128", 2_129), ("0", 1)])
+def test_decide_throttled_obeys_retry_after(header: str, expected_delay_ms: int) -> None:
+    error = classify(_resp(429, "ApplicationThrottled", retry_after=header))
+
+    d = _decide(error, attempts=1)
+
+    assert d.state is State.RETRY_WAIT
+    assert d.next_attempt_ms - NOW_MS == expected_delay_ms
+    assert d.next_attempt_ms - NOW_MS >= float(header) * 1000  # never earlier than the service asked
+
+
+def test_decide_retry_after_wins_over_backoff_cap() -> None:
+    error = classify(_resp(503, "ServiceUnavailable", retry_after="30"))
+
+    d = _decide(error, attempts=1)
+
+    assert d.next_attempt_ms - NOW_MS == 30_001 > CAP_MS
+
+
+def test_decide_without_retry_after_uses_seeded_backoff() -> None:
+    error = classify(_resp(429, "ApplicationThrottled"))
+
+    d = _decide(error, attempts=3, seed=42)
+
+    expected = compute_backoff(3, base_ms=BASE_MS, cap_ms=CAP_MS, rng=random.Random(42))
+    assert d.state is State.RETRY_WAIT
+    assert d.next_attempt_ms == NOW_MS + expected
+    assert BASE_MS * 4 // 2 <= expected <= BASE_MS * 4
+
+
+def test_decide_authentication_expired_retries() -> None:
+    d = _decide(AuthenticationExpired("expired", status=401, code="InvalidAuthenticationToken"), attempts=1)
+
+    assert d.state is State.RETRY_WAIT
+
+
+def test_decide_transient_is_capped_by_max_attempts() -> None:
+    error = TransientError("down", status=503)
+
+    below = _decide(error, attempts=3)
+    at_cap = _decide(error, attempts=4)
+
+    assert below.state is State.RETRY_WAIT
+    assert at_cap.state is State.FAILED
+
+
+def test_decide_transient_is_capped_by_max_age() -> None:
+    error = Throttled("slow down", status=429, retry_after_s=1.0)
+
+    young = _decide(error, age_s=59.9)
+    old = _decide(error, age_s=60.0)
+
+    assert young.state is State.RETRY_WAIT
+    assert old.state is State.FAILED
+
+
+def test_decide_ambiguous_retry_once_retries_first_time_flagged() -> None:
+    d = _decide(AmbiguousOutcome("timeout", code="Timeout"), ambiguous_count=0, seed=3)
+
+    assert d.state is State.RETRY_WAIT
+    assert d.possible_duplicate is True
+    assert d.ambiguous_count == 1
+    assert d.next_attempt_ms == NOW_MS + compute_backoff(1, base_ms=BASE_MS, cap_ms=CAP_MS, rng=random.Random(3))
+
+
+def test_decide_ambiguous_retry_once_stops_second_time() -> None:
+    d = _decide(AmbiguousOutcome("504", status=504), ambiguous_count=1)
+
+    assert (d.state, d.possible_duplicate, d.ambiguous_count) == (State.AMBIGUOUS, True, 2)
+
+
+def test_decide_ambiguous_give_up_stops_at_once() -> None:
+    d = _decide(AmbiguousOutcome("reset", code="ConnectionReset"), settings=_settings(ambiguous_policy="give_up"))
+
+    assert (d.state, d.possible_duplicate, d.ambiguous_count, d.next_attempt_ms) == (
+        State.AMBIGUOUS, True, 1, NOW_MS)
+
+
+def test_decide_ambiguous_retry_once_respects_max_age() -> None:
+    d = _decide(AmbiguousOutcome("504", status=504), ambiguous_count=0, age_s=60.0)
+
+    assert d.state is State.AMBIGUOUS
+
+
+def test_decide_ambiguous_retry_once_respects_max_attempts() -> None:
+    d = _decide(AmbiguousOutcome("504", status=504), attempts=4, ambiguous_count=0)
+
+    assert d.state is State.AMBIGUOUS
+
+
+def test_decide_survives_non_finite_retry_after() -> None:
+    error = classify(_resp(429, "ApplicationThrottled", retry_after="inf"))
+
+    d = _decide(error, attempts=1)
+
+    assert d.state in (State.RETRY_WAIT, State.FAILED)
+
+
+# --- compute_backoff / retry_delay_ms ------------------------------------------------------------------
+
+
+def test_compute_backoff_doubles_within_jitter_band() -> None:
+    rng = random.Random(1)
+
+    delays = [compute_backoff(a, base_ms=BASE_MS, cap_ms=100_000, rng=rng) for a in range(1, 6)]
+
+    for attempt, delay in enumerate(delays, start=1):
+        ceiling = BASE_MS * 2 ** (attempt - 1)
+        assert ceiling // 2 <= delay <= ceiling
+
+
+def test_compute_backoff_is_capped() -> None:
+    rng = random.Random(2)
+
+    delays = [compute_backoff(a, base_ms=BASE_MS, cap_ms=CAP_MS, rng=rng) for a in (5, 6, 10, 100, 10_000)]
+
+    assert all(CAP_MS // 2 <= d <= CAP_MS for d in delays)
+
+
+def test_compute_backoff_attempt_zero_counts_as_first() -> None:
+    assert BASE_MS // 2 <= compute_backoff(0, base_ms=BASE_MS, cap_ms=CAP_MS, rng=random.Random(0)) <= BASE_MS
+
+
+def test_compute_backoff_is_deterministic_with_seeded_rng() -> None:
+    a = [compute_backoff(4, base_ms=BASE_MS, cap_ms=CAP_MS, rng=random.Random(9)) for _ in range(3)]
+
+    assert len(set(a)) == 1
+
+
+def test_compute_backoff_jitters_without_seed() -> None:
+    delays = {compute_backoff(5, base_ms=1_000, cap_ms=100_000) for _ in range(50)}
+
+    assert len(delays) > 1
+
+
+def test_retry_delay_ms_absent_retry_after_is_backoff_of_attempts() -> None:
+    error = TransientError("refused", code="ConnectionRefused")
+
+    delay = retry_delay_ms(error, 2, _settings(), random.Random(5))
+
+    assert delay == compute_backoff(2, base_ms=BASE_MS, cap_ms=CAP_MS, rng=random.Random(5))
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    ("2", 2.0), ("2.128", 2.128), (" 3 ", 3.0), ("0", 0.0), (None, None), ("soon", None), ("-1", None),
+    ("nan", None), ("Wed, 21 Oct 2015 07:28:00 GMT", None),
+])
+def test_parse_retry_after_integers_and_fractions(header: str | None, expected: float | None) -> None:
+    assert parse_retry_after(header) == (pytest.approx(expected) if expected is not None else None)

@@ -1,0 +1,248 @@
+"""worker.throttle.MailboxThrottle against a real Redis; two instances stand for two worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as redis_async
+
+from worker.throttle import MARK_TTL_S, MailboxThrottle, Slot, sendmark_key
+
+MAILBOX = "app-1:governance@contoso.example"
+OTHER_MAILBOX = "app-1:ceo@contoso.example"
+
+
+def _lease() -> str:
+    return uuid.uuid4().hex
+
+
+def _run(redis_url: str, scenario: Callable[..., Awaitable[Any]], **throttle_kw: Any) -> Any:
+    """Run `scenario(r, t1, t2)` on a fresh loop with two throttles sharing one Redis."""
+    async def main() -> Any:
+        r = redis_async.Redis.from_url(redis_url)
+        try:
+            kw = {"limit": 4, "lease_ms": 10_000, **throttle_kw}
+            return await scenario(r, MailboxThrottle(r, **kw), MailboxThrottle(r, **kw))
+        finally:
+            await r.aclose()
+    return asyncio.run(main())
+
+
+async def _poll(predicate: Callable[[], Awaitable[Any]], timeout_s: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if value := await predicate():
+            return value
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def test_throttle_limit_is_shared_across_instances(redis_url: str) -> None:
+    async def scenario(r: Any, t1: MailboxThrottle, t2: MailboxThrottle) -> None:
+        # given three slots held by one process and one by the other
+        first = [await t1.try_acquire(MAILBOX, _lease()) for _ in range(3)]
+        held_by_t2 = _lease()
+        second = await t2.try_acquire(MAILBOX, held_by_t2)
+        # when either asks for a fifth
+        over_1 = await t1.try_acquire(MAILBOX, _lease())
+        over_2 = await t2.try_acquire(MAILBOX, _lease())
+        other_mailbox = await t2.try_acquire(OTHER_MAILBOX, _lease())
+        # then both are refused (not as a block), and another mailbox is unaffected
+        assert all(s.granted for s in first) and second.granted
+        assert over_1 == Slot(False, 0, False) and over_2 == Slot(False, 0, False)
+        assert other_mailbox.granted
+        # and a release by one process frees a slot for the other
+        await t2.release(MAILBOX, held_by_t2)
+        assert (await t1.try_acquire(MAILBOX, _lease())).granted
+        assert not (await t2.try_acquire(MAILBOX, _lease())).granted
+
+    _run(redis_url, scenario)
+
+
+def test_throttle_concurrent_acquires_never_exceed_limit(redis_url: str) -> None:
+    async def scenario(r: Any, t1: MailboxThrottle, t2: MailboxThrottle) -> list[Slot]:
+        return list(await asyncio.gather(*(t.try_acquire(MAILBOX, _lease()) for t in (t1, t2) for _ in range(20))))
+
+    slots = _run(redis_url, scenario)
+
+    assert sum(s.granted for s in slots) == 4
+
+
+def test_throttle_expired_lease_frees_slot(redis_url: str) -> None:
+    async def scenario(r: Any, t1: MailboxThrottle, t2: MailboxThrottle) -> None:
+        # given four slots taken by a process that then dies (never releases)
+        assert all([(await t1.try_acquire(MAILBOX, _lease())).granted for _ in range(4)])
+        assert not (await t2.try_acquire(MAILBOX, _lease())).granted
+        # when the 50 ms leases run out, then the other process gets a slot
+        late = _lease()
+        slot = await _poll(lambda: _granted(t2, late))
+        assert slot.granted
+
+    _run(redis_url, scenario, lease_ms=50)
+
+
+async def _granted(t: MailboxThrottle, lease_id: str) -> Slot | None:
+    slot = await t.try_acquire(MAILBOX, lease_id)
+    return slot if slot.granted else None
+
+
+def test_throttle_block_refuses_every_instance_with_wait(redis_url: str) -> None:
+    async def scenario(r: Any, t1: MailboxThrottle, t2: MailboxThrottle) -> None:
+        until_ms = await t1.block(MAILBOX, 5_000)
+
+        refused = await t2.try_acquire(MAILBOX, _lease())
+        other = await t2.try_acquire(OTHER_MAILBOX, _lease())
+
+        redis_now_s, redis_now_us = await r.time()
+        assert until_ms - (redis_now_s * 1000 + redis_now_us // 1000) > 4_000
+        assert refused.granted is False and refused.blocked is True
+        assert 4_000 < refused.wait_ms <= 5_000
+        assert other.granted
+
+    _run(redis_url, scenario)
+
+
+def test_throttle_block_never_shortens(redis_url: str) -> None:
+    async def scenario(r: Any, t1: MailboxThrottle, t2: MailboxThrottle) -> None:
+        long_until = await t1.block(MAILBOX, 5_000)
+
+        short_until = await t2.block(MAILBOX, 10)
+        slot = await t2.try_acquire(MAILBOX, _lease())
+
+        assert short_until == long_until
+        assert slot.blocked and slot.wait_ms > 4_000
+
+    _run(redis_url, scenario)
+
+
+def test_throttle_block_expires(redis_url: str) -> None:
+    async def scenario(r: Any, t1: MailboxThrottle, t2: MailboxThrottle) -> None:
+        await t1.block(MAILBOX, 50)
+        assert (await t2.try_acquire(MAILBOX, _lease())).blocked
+
+        slot = await _poll(lambda: _granted(t2, _lease()))
+
+        assert slot.granted
+
+    _run(redis_url, scenario)
+
+
+def test_throttle_acquire_returns_at_once_when_blocked(redis_url: str) -> None:
+    async def scenario(r: Any, t1: MailboxThrottle, t2: MailboxThrottle) -> tuple[Slot, float]:
+        await t1.block(MAILBOX, 60_000)
+        started = time.monotonic()
+        slot = await t2.acquire(MAILBOX, _lease(), max_wait_ms=30_000)
+        return slot, time.monotonic() - started
+
+    slot, elapsed_s = _run(redis_url, scenario)
+
+    assert slot.blocked and not slot.granted
+    assert elapsed_s < 5.0  # did not sleep out the block nor the 30 s max wait
+
+
+def test_throttle_acquire_waits_for_a_freed_slot(redis_url: str) -> None:
+    async def scenario(r: Any, t1: MailboxThrottle, t2: MailboxThrottle) -> Slot:
+        for _ in range(4):
+            assert (await t1.try_acquire(MAILBOX, _lease())).granted
+        return await t2.acquire(MAILBOX, _lease(), max_wait_ms=10_000)
+
+    assert _run(redis_url, scenario, lease_ms=50).granted
+
+
+def test_throttle_acquire_gives_up_after_max_wait(redis_url: str) -> None:
+    async def scenario(r: Any, t1: MailboxThrottle, t2: MailboxThrottle) -> Slot:
+        for _ in range(4):
+            assert (await t1.try_acquire(MAILBOX, _lease())).granted
+        return await t2.acquire(MAILBOX, _lease(), max_wait_ms=100)
+
+    slot = _run(redis_url, scenario)
+
+    assert slot == Slot(False, 0, False)
+
+
+def test_throttle_block_locally_refuses_only_this_process(redis_url: str) -> None:
+    async def scenario(r: Any, t1: MailboxThrottle, t2: MailboxThrottle) -> None:
+        t1.block_locally(MAILBOX, 5_000)
+
+        remaining_ms = t1.local_block_ms(MAILBOX)
+        here = await t1.try_acquire(MAILBOX, _lease())
+        elsewhere = await t2.try_acquire(MAILBOX, _lease())
+
+        assert 4_000 < remaining_ms <= 5_001
+        assert here.blocked and not here.granted and 4_000 < here.wait_ms <= 5_001
+        assert elsewhere.granted  # Redis has not heard of it
+        assert t1.local_block_ms(OTHER_MAILBOX) == 0
+        assert t2.local_block_ms(MAILBOX) == 0
+
+    _run(redis_url, scenario)
+
+
+def test_throttle_block_locally_keeps_the_longer_block(redis_url: str) -> None:
+    async def scenario(r: Any, t1: MailboxThrottle, t2: MailboxThrottle) -> None:
+        t1.block_locally(MAILBOX, 5_000)
+        t1.block_locally(MAILBOX, 10)
+
+        assert t1.local_block_ms(MAILBOX) > 4_000
+
+    _run(redis_url, scenario)
+
+
+def test_throttle_local_block_ends(redis_url: str) -> None:
+    async def scenario(r: Any, t1: MailboxThrottle, t2: MailboxThrottle) -> None:
+        t1.block_locally(MAILBOX, 30)
+
+        async def unblocked() -> bool:
+            return t1.local_block_ms(MAILBOX) == 0
+
+        await _poll(unblocked)
+        assert (await t1.try_acquire(MAILBOX, _lease())).granted
+
+    _run(redis_url, scenario)
+
+
+def test_throttle_pacing_spaces_grants_across_instances(redis_url: str) -> None:
+    async def scenario(r: Any, t1: MailboxThrottle, t2: MailboxThrottle) -> None:
+        first = await t1.try_acquire(MAILBOX, _lease())
+        paced = await t2.try_acquire(MAILBOX, _lease())
+
+        assert first.granted
+        assert paced.granted is False and paced.blocked is False
+        assert 0 < paced.wait_ms <= 10_000
+
+    _run(redis_url, scenario, pacing_ms=10_000)
+
+
+def test_throttle_pacing_grants_again_after_interval(redis_url: str) -> None:
+    async def scenario(r: Any, t1: MailboxThrottle, t2: MailboxThrottle) -> None:
+        assert (await t1.try_acquire(MAILBOX, _lease())).granted
+        assert not (await t2.try_acquire(MAILBOX, _lease())).granted
+
+        slot = await _poll(lambda: _granted(t2, _lease()))
+
+        assert slot.granted
+
+    _run(redis_url, scenario, pacing_ms=50)
+
+
+def test_throttle_acquire_sets_send_mark_only_when_granted(redis_url: str) -> None:
+    async def scenario(r: Any, t1: MailboxThrottle, t2: MailboxThrottle) -> None:
+        granted_ids = [_lease() for _ in range(4)]
+        for lease_id in granted_ids:
+            assert (await t1.try_acquire(MAILBOX, lease_id)).granted
+        refused_id = _lease()
+        assert not (await t2.try_acquire(MAILBOX, refused_id)).granted
+
+        for lease_id in granted_ids:
+            assert await r.get(sendmark_key(lease_id)) == b"1"
+            assert MARK_TTL_S - 60 < await r.ttl(sendmark_key(lease_id)) <= MARK_TTL_S
+        assert await r.exists(sendmark_key(refused_id)) == 0
+
+    _run(redis_url, scenario)
+
+
+def test_throttle_sendmark_key_names_the_notification() -> None:
+    assert sendmark_key("abc123") == "tm:sendmark:abc123"
