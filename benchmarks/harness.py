@@ -49,7 +49,7 @@ class Bench:
     def start_workers(self, n: int, concurrency: int) -> None:
         """Start n worker processes and wait until one of them leads the dispatch."""
         for i in range(n):
-            log = open(self.tmp / f"worker{i}.log", "wb")  # noqa: SIM115
+            log = open(self.tmp / f"worker{i}.log", "wb")
             self.workers.append(subprocess.Popen(
                 [sys.executable, "-m", "shared.cli", "worker", f"--concurrency={concurrency}",
                  f"--hostname=bench{i}@%h"], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))

@@ -19,11 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import select  # noqa: E402
+from sqlalchemy import select
 
-from benchmarks.harness import bench_stack, message  # noqa: E402
-from shared.models import Notification  # noqa: E402
-from shared.producer import Producer  # noqa: E402
+from benchmarks.harness import bench_stack, message
+from shared.models import Notification
+from shared.producer import Producer
 
 _N = Notification.__table__  # type: ignore[attr-defined]
 
@@ -68,8 +68,10 @@ def main() -> int:
             "p50_s": round(_pct(waits, 50), 3), "p95_s": round(_pct(waits, 95), 3), "p99_s": round(_pct(waits, 99), 3),
             "worker_cpu_ms_per_msg": round(cpu * 1000 / args.messages, 3),
             "worker_peak_rss_mb": [round(x, 1) for x in bench.worker_rss_mb()],
-            "emulator_accepted": counters["accepted"], "max_mailbox_concurrency": max(counters["max_concurrency"].values()),
-            "throttled_429": counters["throttled_429"], "requests_inside_retry_after": counters["requests_inside_retry_after"],
+            "emulator_accepted": counters["accepted"],
+            "max_mailbox_concurrency": max(counters["max_concurrency"].values()),
+            "throttled_429": counters["throttled_429"],
+            "requests_inside_retry_after": counters["requests_inside_retry_after"],
             "token_requests_during_run": sum(counters["token_requests"].values()),
             "machine": f"{platform.machine()} {platform.python_version()}",
         }
