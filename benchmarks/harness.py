@@ -44,6 +44,7 @@ class Bench:
     engine: Engine
     emulator: Any
     tmp: Path
+    emulator_pid: int | None = None
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start_workers(self, n: int, concurrency: int) -> None:
@@ -66,15 +67,21 @@ class Bench:
 
     def worker_cpu_s(self) -> float:
         """User+system CPU seconds used so far by the worker processes (from /proc)."""
-        total = 0.0
-        tick = os.sysconf("SC_CLK_TCK")
-        for p in self.workers:
-            try:
-                fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / tick
-            except (FileNotFoundError, IndexError):
-                pass
-        return total
+        return sum(_cpu_s(p.pid) for p in self.workers)
+
+    def cpu_by_role_s(self) -> dict[str, float]:
+        """CPU seconds so far of the workers, the emulator, PostgreSQL and Redis on this machine."""
+        roles = {"workers": self.worker_cpu_s(), "emulator": _cpu_s(self.emulator_pid),
+                 "postgres": 0.0, "redis": 0.0}
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    comm = (proc / "comm").read_text().strip()
+                except OSError:
+                    continue
+                if comm in ("postgres", "redis-server"):
+                    roles["postgres" if comm == "postgres" else "redis"] += _cpu_s(int(proc.name))
+        return roles
 
     def worker_rss_mb(self) -> list[float]:
         """Peak resident set size of each worker process (VmHWM), in MB."""
@@ -91,12 +98,22 @@ class Bench:
         while self.terminal_count() < count:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {self.terminal_count()}/{count} finished\n" + self.logs())
-            time.sleep(0.05)
+            time.sleep(0.25)
 
     def terminal_count(self) -> int:
         """How many notifications are in a terminal state."""
         with self.engine.connect() as conn:
             return int(conn.scalar(select(func.count()).where(_N.c.state.in_(TERMINAL_STATES))) or 0)
+
+
+def _cpu_s(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
@@ -111,7 +128,8 @@ def bench_stack(*, tenants: int, latency_ms: float, database: str = "postgres",
         directory = demo_directory()
         directory["tenants"] += [make_tenant(i) for i in range(tenants)]
         extra = ["--token-lifetime-s", str(token_lifetime_s)] if token_lifetime_s else []
-        emu = stack.enter_context(EmulatorProcess(directory=directory, latency_ms=latency_ms, extra_args=extra))
+        emu_proc = EmulatorProcess(directory=directory, latency_ms=latency_ms, extra_args=extra)
+        emu = stack.enter_context(emu_proc)
         env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTMAIL_")}
         env.update({
             "DATABASE_URL": db_url, "REDIS_URL": redis_url, "PYTHONPATH": str(ROOT),
@@ -130,7 +148,7 @@ def bench_stack(*, tenants: int, latency_ms: float, database: str = "postgres",
             save_graph_provider(engine, box, f"t{i}", sender_address=spec["mailboxes"][0]["address"],
                                 azure_tenant=tenant_id_for(i), client_id=client_id_for(i),
                                 client_secret=spec["apps"][0]["secrets"][0]["value"])
-        bench = Bench(env, settings, engine, emu, tmp)
+        bench = Bench(env, settings, engine, emu, tmp, emu_proc.process.pid if emu_proc.process else None)
         try:
             yield bench
         finally:

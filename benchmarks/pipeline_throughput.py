@@ -36,14 +36,19 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--database", choices=["postgres", "sqlite"], default="postgres")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="extra TENANTMAIL_ setting for the workers, e.g. --set BATCH_SIZE=100")
     args = ap.parse_args()
-    with bench_stack(tenants=args.tenants, latency_ms=args.latency_ms, database=args.database) as bench:
+    extra = {f"TENANTMAIL_{k.upper()}": v for k, v in (item.split("=", 1) for item in args.set)}
+    with bench_stack(tenants=args.tenants, latency_ms=args.latency_ms, database=args.database,
+                     extra_env=extra) as bench:
         producer = Producer(bench.engine, bench.settings)
         bench.start_workers(args.workers, args.concurrency)
         producer.enqueue_many([(f"t{i}", message(i)) for i in range(args.tenants)])
         bench.wait_terminal(args.tenants, timeout_s=120)
         bench.emulator.control.reset()
         cpu0 = bench.worker_cpu_s()
+        roles0 = bench.cpu_by_role_s()
 
         t0 = time.time()
         for start in range(0, args.messages, 1000):
@@ -59,14 +64,16 @@ def main() -> int:
         waits = sorted(r.sent_at.timestamp() - r.created_at.timestamp() for r in rows if r.sent_at)
         counters = bench.emulator.control.counters()
         cpu = bench.worker_cpu_s() - cpu0
+        roles = {k: round((v - roles0[k]) * 1000 / args.messages, 3) for k, v in bench.cpu_by_role_s().items()}
         result = {
             "scenario": "pipeline_throughput", "tenants": args.tenants, "messages": args.messages,
             "latency_ms": args.latency_ms, "workers": args.workers, "concurrency": args.concurrency,
-            "database": args.database, "elapsed_s": round(elapsed, 2),
+            "database": args.database, "settings": extra, "elapsed_s": round(elapsed, 2),
             "messages_per_s": round(args.messages / elapsed, 1), "enqueue_s": round(enqueued_s, 2),
             "sent": sum(r.state == "sent" for r in rows),
             "p50_s": round(_pct(waits, 50), 3), "p95_s": round(_pct(waits, 95), 3), "p99_s": round(_pct(waits, 99), 3),
             "worker_cpu_ms_per_msg": round(cpu * 1000 / args.messages, 3),
+            "cpu_ms_per_msg_by_role": roles,
             "worker_peak_rss_mb": [round(x, 1) for x in bench.worker_rss_mb()],
             "emulator_accepted": counters["accepted"],
             "max_mailbox_concurrency": max(counters["max_concurrency"].values()),

@@ -46,9 +46,9 @@ def make_engine(settings: Settings, *, pool_size: int = 10) -> Engine:
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
-    return create_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800
-    )
+    # No pre-ping: it costs a round trip per checkout on the hot path. A dead connection fails
+    # its statement instead; outcome writes retry (worker.store) and claims are re-dispatched.
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
 
 
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -46,14 +46,15 @@ class Settings(BaseSettings):
 
     # Worker and dispatcher.
     worker_concurrency: int = 16
-    batch_size: int = 25
-    tenant_window: int = 12
+    batch_size: int = 50
+    tenant_window: int = 16
+    tenant_affinity: bool = True
     dispatch_interval_ms: int = 50
     dispatch_page: int = 2000
     dispatch_lease_ms: int = 30_000
     send_lease_ms: int = 120_000
     fair_spacing_ms: int = 50
-    provider_cache_ttl_ms: int = 2_000
+    provider_cache_ttl_ms: int = 3_000
     http_timeout_s: float = 30.0
     http_connect_timeout_s: float = 10.0
     token_timeout_s: float = 30.0

@@ -132,12 +132,34 @@ def test_dispatcher_tick_limits_each_tenant_to_its_window(env: Env) -> None:
 def test_dispatcher_tick_counts_in_flight_rows_against_window(env: Env) -> None:
     ids = _enqueue(env, "acme", 20)
     claim(env.engine, ids[:10], f"host:1/{EPOCH}", 60_000, _now_ms())  # 10 being sent right now
-    dispatcher, published = env.make(tenant_window=12)
+    dispatcher, published = env.make(tenant_window=12, tenant_affinity=False)
 
     dispatcher.tick()
 
     assert len(published.ids) == 2
     assert set(published.ids) <= set(ids[10:])
+
+
+def test_dispatcher_with_affinity_waits_until_a_tenants_rows_are_done(env: Env) -> None:
+    ids = _enqueue(env, "acme", 20)
+    other = _enqueue(env, "other", 3)
+    claim(env.engine, ids[:1], f"host:1/{EPOCH}", 60_000, _now_ms())  # one still being sent
+    dispatcher, published = env.make(tenant_window=12, tenant_affinity=True)
+
+    dispatcher.tick()
+
+    assert sorted(published.ids) == sorted(other)
+
+
+def test_dispatcher_keeps_each_tenants_rows_in_one_batch(env: Env) -> None:
+    a = _enqueue(env, "a", 6)
+    b = _enqueue(env, "b", 6)
+    c = _enqueue(env, "c", 6)
+    dispatcher, published = env.make(tenant_window=12, batch_size=10)
+
+    dispatcher.tick()
+
+    assert sorted(map(sorted, published.batches)) == sorted(map(sorted, [a, b, c]))
 
 
 def test_dispatcher_tick_skips_rows_not_yet_due(env: Env) -> None:
@@ -178,7 +200,7 @@ def test_dispatcher_tick_republishes_after_lease_expires(env: Env) -> None:
 
 def test_dispatcher_tick_unleases_rows_when_publish_fails(env: Env) -> None:
     ids = _enqueue(env, "acme", 12)
-    dispatcher, published = env.make(batch_size=5)
+    dispatcher, published = env.make(batch_size=5, tenant_affinity=False)
     published.fail_on_call = 2  # the broker goes away after the first batch
 
     count = dispatcher.tick()

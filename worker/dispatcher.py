@@ -3,7 +3,9 @@
 The database decides what is due; the broker only carries batches of ids. Each tick:
 1. counts rows in flight per tenant (dispatched but unclaimed, or being sent);
 2. reads a page of due rows in `fair_rank` order and takes, per tenant, only up to
-   `tenant_window` in flight, so one tenant's backlog never fills the workers;
+   `tenant_window` in flight, so one tenant's backlog never fills the workers; with
+   `tenant_affinity` (default) a tenant gets its next rows only once its previous ones are
+   done, so each tenant's rows are in one batch, on one process, at a time;
 3. stamps them with a dispatch lease and publishes them in batches of `batch_size`.
 A row whose dispatch lease runs out unclaimed (the broker lost it: Redis flushed or restarted)
 becomes due again by itself. Every second it also sweeps `sending` rows whose lease expired
@@ -82,22 +84,39 @@ class Dispatcher:
             return 0
         with self._engine.begin() as conn:
             conn.execute(
-                update(_N).where(_N.c.id.in_(chosen), _N.c.state.in_(ACTIVE_STATES))
+                update(_N).where(_N.c.id.in_([nid for nid, _ in chosen]), _N.c.state.in_(ACTIVE_STATES))
                 .values(lease_until_ms=now_ms + self._s.dispatch_lease_ms)
             )
         published = 0
-        for i in range(0, len(chosen), self._s.batch_size):
-            batch = chosen[i:i + self._s.batch_size]
+        for batch in self._batches(chosen):
             try:
                 self._publish(batch)
                 published += len(batch)
             except Exception:
                 log.warning("dispatcher.publish_failed", rows=len(chosen) - published, exc_info=True)
-                self._unlease(chosen[i:])
+                self._unlease([nid for nid, _ in chosen][published:])
                 break
         return published
 
-    def _choose(self, now_ms: int) -> list[str]:
+    def _batches(self, chosen: list[tuple[str, str]]) -> list[list[str]]:
+        """Pack rows into batches of at most batch_size, keeping each tenant's rows together so
+        that one process sends them: its in-process gate then queues them for the mailbox slots
+        instead of several processes polling Redis for the same slots."""
+        groups: dict[str, list[str]] = {}
+        for nid, tenant_id in chosen:
+            groups.setdefault(tenant_id, []).append(nid)
+        batches: list[list[str]] = [[]]
+        size = self._s.batch_size
+        for ids in groups.values():
+            if len(batches[-1]) + len(ids) > size and batches[-1]:
+                batches.append([])
+            for i in range(0, len(ids), size):
+                if i:
+                    batches.append([])
+                batches[-1].extend(ids[i:i + size])
+        return [b for b in batches if b]
+
+    def _choose(self, now_ms: int) -> list[tuple[str, str]]:
         with self._engine.connect() as conn:
             inflight = Counter(dict(conn.execute(
                 select(_N.c.tenant_id, func.count())
@@ -110,11 +129,12 @@ class Dispatcher:
                        or_(_N.c.lease_until_ms.is_(None), _N.c.lease_until_ms <= now_ms))
                 .order_by(_N.c.fair_rank).limit(self._s.dispatch_page)
             ).all()
-        chosen: list[str] = []
+        chosen: list[tuple[str, str]] = []
+        busy = {t for t, n in inflight.items() if n > 0} if self._s.tenant_affinity else set()
         for nid, tenant_id in page:
-            if inflight[tenant_id] < self._s.tenant_window:
+            if tenant_id not in busy and inflight[tenant_id] < self._s.tenant_window:
                 inflight[tenant_id] += 1
-                chosen.append(nid)
+                chosen.append((nid, tenant_id))
         return chosen
 
     def _unlease(self, ids: Sequence[str]) -> None:

@@ -109,7 +109,7 @@ class MailboxThrottle:
         """Wait up to max_wait_ms for a slot; a Retry-After block returns at once (never slept out)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max_wait_ms / 1000
-        pause_s = 0.005
+        pause_s = 0.02  # another process holds the slots: its sends take tens of ms at least
         while True:
             slot = await self.try_acquire(mailbox_key, lease_id)
             if slot.granted or slot.blocked:
@@ -118,7 +118,7 @@ class MailboxThrottle:
             if remaining <= 0:
                 return slot
             await asyncio.sleep(min(remaining, max(pause_s, slot.wait_ms / 1000)) * random.uniform(0.8, 1.2))
-            pause_s = min(pause_s * 2, 0.05)
+            pause_s = min(pause_s * 2, 0.1)
 
     async def release(self, mailbox_key: str, lease_id: str) -> None:
         """Give the slot back."""
