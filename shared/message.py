@@ -174,19 +174,21 @@ def message_to_dict(m: Message) -> dict[str, Any]:
 
 
 def graph_request_body(
-    m: Message, *, sender_address: str, sender_name: str | None, reply_to: str | None, notification_id: str
+    m: Message, *, sender_address: str, sender_name: str | None, reply_to: str | None, notification_id: str,
+    checked: bool = False,
 ) -> bytes:
     """JSON bytes for Graph `sendMail`: `{"message": {...}, "saveToSentItems": false}`.
 
-    `m` is validated again (a hand-built Message gets the same checks as a producer's dict), and so
-    are the sender, the default reply-to and the notification id, which ride in headers too.
+    `m` is validated again (a hand-built Message gets the same checks as a producer's dict) unless
+    `checked` says it came straight from `parse_message`; the sender, the default reply-to and the
+    notification id, which ride in headers too, are always checked.
     """
-    checked = parse_message(message_to_dict(m))
+    message = m if checked else parse_message(message_to_dict(m))
     sender = _address(sender_address, "sender_address")
     name = _line(sender_name, "sender_name", MAX_NAME_CHARS) or None
     default_reply_to = None if reply_to is None else _address(reply_to, "reply_to")
     notification = _header_value(notification_id, "notification_id", MAX_NOTIFICATION_ID_CHARS)
-    body = _render(checked, sender, name, default_reply_to, notification)
+    body = _render(message, sender, name, default_reply_to, notification)
     if len(body) > MAX_REQUEST_BYTES:  # unreachable while parse_message sizes with the worst case
         raise ValidationFailed("message", f"the Graph request is {len(body)} bytes, over {MAX_REQUEST_BYTES}")
     return body

@@ -45,8 +45,8 @@ class Settings(BaseSettings):
     platform_cloud: str = "global"
 
     # Worker and dispatcher.
-    worker_concurrency: int = 16
-    batch_size: int = 50
+    worker_concurrency: int = 32
+    batch_size: int = 200
     tenant_window: int = 16
     tenant_affinity: bool = True
     dispatch_interval_ms: int = 50

@@ -204,10 +204,14 @@ def test_throttle_local_block_ends(redis_url: str) -> None:
     _run(redis_url, scenario)
 
 
-def test_throttle_pacing_spaces_grants_across_instances(redis_url: str) -> None:
+def test_throttle_pacing_spaces_sends_across_instances(redis_url: str) -> None:
     async def scenario(r: Any, t1: MailboxThrottle, t2: MailboxThrottle) -> None:
-        first = await t1.try_acquire(MAILBOX, _lease())
-        paced = await t2.try_acquire(MAILBOX, _lease())
+        lane1, lane2 = _lease(), _lease()
+        assert (await t1.try_acquire(MAILBOX, lane1)).granted
+        assert (await t2.try_acquire(MAILBOX, lane2)).granted
+
+        first = await t1.begin_send(MAILBOX, lane1, "n1")
+        paced = await t2.begin_send(MAILBOX, lane2, "n2")
 
         assert first.granted
         assert paced.granted is False and paced.blocked is False
@@ -216,30 +220,50 @@ def test_throttle_pacing_spaces_grants_across_instances(redis_url: str) -> None:
     _run(redis_url, scenario, pacing_ms=10_000)
 
 
-def test_throttle_pacing_grants_again_after_interval(redis_url: str) -> None:
+def test_throttle_pacing_allows_the_next_send_after_interval(redis_url: str) -> None:
     async def scenario(r: Any, t1: MailboxThrottle, t2: MailboxThrottle) -> None:
-        assert (await t1.try_acquire(MAILBOX, _lease())).granted
-        assert not (await t2.try_acquire(MAILBOX, _lease())).granted
+        lane = _lease()
+        assert (await t1.try_acquire(MAILBOX, lane)).granted
+        assert (await t1.begin_send(MAILBOX, lane, "n1")).granted
+        assert not (await t1.begin_send(MAILBOX, lane, "n2")).granted
 
-        slot = await _poll(lambda: _granted(t2, _lease()))
+        async def sent() -> Slot | None:
+            slot = await t1.begin_send(MAILBOX, lane, "n2")
+            return slot if slot.granted else None
 
-        assert slot.granted
+        assert (await _poll(sent)).granted
 
     _run(redis_url, scenario, pacing_ms=50)
 
 
-def test_throttle_acquire_sets_send_mark_only_when_granted(redis_url: str) -> None:
+def test_throttle_begin_send_sets_mark_only_on_a_held_slot(redis_url: str) -> None:
     async def scenario(r: Any, t1: MailboxThrottle, t2: MailboxThrottle) -> None:
-        granted_ids = [_lease() for _ in range(4)]
-        for lease_id in granted_ids:
-            assert (await t1.try_acquire(MAILBOX, lease_id)).granted
-        refused_id = _lease()
-        assert not (await t2.try_acquire(MAILBOX, refused_id)).granted
+        lane = _lease()
+        assert (await t1.try_acquire(MAILBOX, lane)).granted
+        assert await r.exists(sendmark_key("n1")) == 0  # holding a slot is not sending
 
-        for lease_id in granted_ids:
-            assert await r.get(sendmark_key(lease_id)) == b"1"
-            assert MARK_TTL_S - 60 < await r.ttl(sendmark_key(lease_id)) <= MARK_TTL_S
-        assert await r.exists(sendmark_key(refused_id)) == 0
+        granted = await t1.begin_send(MAILBOX, lane, "n1")
+        not_held = await t2.begin_send(MAILBOX, _lease(), "n2")
+
+        assert granted.granted
+        assert await r.get(sendmark_key("n1")) == b"1"
+        assert MARK_TTL_S - 60 < await r.ttl(sendmark_key("n1")) <= MARK_TTL_S
+        assert not_held == Slot(False, 0, False)
+        assert await r.exists(sendmark_key("n2")) == 0
+
+    _run(redis_url, scenario)
+
+
+def test_throttle_begin_send_refuses_while_blocked(redis_url: str) -> None:
+    async def scenario(r: Any, t1: MailboxThrottle, t2: MailboxThrottle) -> None:
+        lane = _lease()
+        assert (await t1.try_acquire(MAILBOX, lane)).granted
+        await t2.block(MAILBOX, 5_000)
+
+        slot = await t1.begin_send(MAILBOX, lane, "n1")
+
+        assert slot.granted is False and slot.blocked is True and slot.wait_ms > 4_000
+        assert await r.exists(sendmark_key("n1")) == 0
 
     _run(redis_url, scenario)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -30,10 +31,12 @@ from shared.settings import Settings
 from worker.graph import GraphClient
 from worker.retry_policy import classify, decide, retry_delay_ms
 from worker.store import AttemptRecord, ClaimedRow, RowOutcome
-from worker.throttle import MailboxThrottle
+from worker.throttle import MailboxThrottle, Slot
 from worker.tokens import TokenProvider
 
 log = structlog.get_logger(__name__)
+_GO = Slot(True)
+_STOP = Slot(False)
 
 
 class Sender:
@@ -48,11 +51,72 @@ class Sender:
 
     async def send_all(self, rows: Sequence[ClaimedRow],
                        providers: dict[str, ResolvedProvider | ProviderError]) -> list[RowOutcome]:
-        """Send every row concurrently; one outcome per row, in order."""
-        return list(await asyncio.gather(*(self.send_one(r, providers[r.tenant_id]) for r in rows)))
+        """Send every row; one outcome per row, in order.
 
-    async def send_one(self, row: ClaimedRow, provider: ResolvedProvider | ProviderError) -> RowOutcome:
-        """Deliver one row and decide its next state; never raises.
+        Rows are grouped by (app, mailbox). Each group is served by up to `mailbox_concurrency`
+        lanes; a lane takes one fleet-wide slot and sends the group's rows one after another on
+        it, so a send costs one Redis round trip (`begin_send`) instead of an acquire and a release.
+        """
+        outcomes: dict[str, RowOutcome] = {}
+        groups: dict[str, deque[tuple[ClaimedRow, ResolvedProvider]]] = {}
+        for row in rows:
+            provider = providers[row.tenant_id]
+            if isinstance(provider, ProviderError):
+                error = DeliveryError(str(provider), code=type(provider).__name__)
+                outcomes[row.id] = self._finish(row, None, error, (_record(datetime.now(UTC), "failed", error),))
+            else:
+                groups.setdefault(provider.mailbox_key, deque()).append((row, provider))
+        await asyncio.gather(*(self._mailbox(key, queue, outcomes) for key, queue in groups.items()))
+        return [outcomes[r.id] for r in rows]
+
+    async def _mailbox(self, key: str, queue: deque[tuple[ClaimedRow, ResolvedProvider]],
+                       outcomes: dict[str, RowOutcome]) -> None:
+        lanes = min(self._settings.mailbox_concurrency, len(queue))
+        await asyncio.gather(*(self._lane(key, queue, outcomes) for _ in range(lanes)))
+        while queue:  # no lane got a slot in time: back to the database, due again shortly
+            row, provider = queue.popleft()
+            delay_ms = self._throttle.local_block_ms(key) or self._settings.slot_requeue_ms
+            outcomes[row.id] = self._requeue(row, provider, delay_ms)
+
+    async def _lane(self, key: str, queue: deque[tuple[ClaimedRow, ResolvedProvider]],
+                    outcomes: dict[str, RowOutcome]) -> None:
+        gate = self._throttle.local_gate(key)  # other batches of this process may share the mailbox
+        wait_ms = self._settings.slot_wait_max_ms
+        t0 = time.monotonic()
+        try:
+            await asyncio.wait_for(gate.acquire(), wait_ms / 1000)
+        except TimeoutError:
+            return
+        lane_id = uuid.uuid4().hex
+        try:
+            waited_ms = int((time.monotonic() - t0) * 1000)
+            slot = await self._throttle.acquire(key, lane_id, max_wait_ms=max(0, wait_ms - waited_ms))
+            if slot.blocked:
+                self._requeue_all(queue, outcomes, slot.wait_ms)
+            if not slot.granted:
+                return
+            try:
+                while queue:
+                    row, provider = queue.popleft()
+                    outcome, slot = await self.send_one(row, provider, lane_id)
+                    outcomes[row.id] = outcome
+                    if not slot.granted:
+                        if slot.blocked:
+                            self._requeue_all(queue, outcomes, slot.wait_ms)
+                        break
+            finally:
+                await self._release(key, lane_id)
+        finally:
+            gate.release()
+
+    def _requeue_all(self, queue: deque[tuple[ClaimedRow, ResolvedProvider]],
+                     outcomes: dict[str, RowOutcome], delay_ms: int) -> None:
+        while queue:
+            row, provider = queue.popleft()
+            outcomes[row.id] = self._requeue(row, provider, delay_ms)
+
+    async def send_one(self, row: ClaimedRow, provider: ResolvedProvider, lane_id: str) -> tuple[RowOutcome, Slot]:
+        """Deliver one row on a held slot; never raises. The Slot says whether the lane may go on.
 
         This is the top boundary of a send: a bug below it is logged and recorded against the
         row (as ambiguous once a Graph request may have left, else as a retry), never left to
@@ -60,56 +124,36 @@ class Sender:
         """
         progress: list[str] = []
         try:
-            return await self._send_one(row, provider, progress)
+            return await self._send_one(row, provider, lane_id, progress)
         except Exception as exc:
             log.exception("send.unexpected_error", notification_id=row.id, tenant_id=row.tenant_id)
             cls = AmbiguousOutcome if "posting" in progress else TransientError
             error = cls(f"internal error: {type(exc).__name__}", code="InternalError")
-            version = provider.version if isinstance(provider, ResolvedProvider) else None
-            return self._finish(row, provider if version is not None else None, error,  # type: ignore[arg-type]
-                                (_record(datetime.now(UTC), "ambiguous" if cls is AmbiguousOutcome else "retry",
-                                         error),))
+            record = _record(datetime.now(UTC), "ambiguous" if cls is AmbiguousOutcome else "retry", error)
+            return self._finish(row, provider, error, (record,)), _STOP
 
-    async def _send_one(self, row: ClaimedRow, provider: ResolvedProvider | ProviderError,
-                        progress: list[str]) -> RowOutcome:
+    async def _send_one(self, row: ClaimedRow, provider: ResolvedProvider, lane_id: str,
+                        progress: list[str]) -> tuple[RowOutcome, Slot]:
         started = datetime.now(UTC)
-        if isinstance(provider, ProviderError):
-            error = DeliveryError(str(provider), code=type(provider).__name__)
-            return self._finish(row, None, error, (_record(started, "failed", error),))
         try:
             token = await self._tokens.get(provider)
         except (TokenError, TransientError) as exc:
-            return self._finish(row, provider, exc, (_record(started, "token_error", exc),))
-        mailbox_key = provider.mailbox_key
-        gate = self._throttle.local_gate(mailbox_key)
-        wait_ms = self._settings.slot_wait_max_ms
-        t0 = time.monotonic()
-        try:
-            await asyncio.wait_for(gate.acquire(), wait_ms / 1000)
-        except TimeoutError:
-            return self._requeue(row, provider, self._throttle.local_block_ms(mailbox_key)
-                                 or self._settings.slot_requeue_ms)
-        try:
-            waited_ms = int((time.monotonic() - t0) * 1000)
-            slot = await self._throttle.acquire(mailbox_key, row.id, max_wait_ms=max(0, wait_ms - waited_ms))
-            if not slot.granted:
-                delay_ms = slot.wait_ms if slot.blocked else self._settings.slot_requeue_ms
-                return self._requeue(row, provider, delay_ms)
-            try:
-                if blocked_ms := self._throttle.local_block_ms(mailbox_key):
-                    return self._requeue(row, provider, blocked_ms)  # a 429 arrived while we waited
-                progress.append("posting")
-                return await self._send_in_slot(row, provider, token, started)
-            finally:
-                await self._release(mailbox_key, row.id)
-        finally:
-            gate.release()
+            return self._finish(row, provider, exc, (_record(started, "token_error", exc),)), _GO
+        slot = await self._throttle.begin_send(provider.mailbox_key, lane_id, row.id)
+        if not slot.granted:
+            delay_ms = slot.wait_ms or self._settings.slot_requeue_ms
+            return self._requeue(row, provider, delay_ms), slot
+        progress.append("posting")
+        outcome = await self._send_in_slot(row, provider, token, started)
+        if blocked_ms := self._throttle.local_block_ms(provider.mailbox_key):
+            return outcome, Slot(False, blocked_ms, True)  # a 429: the lane stops, its rows wait
+        return outcome, _GO
 
     async def _send_in_slot(self, row: ClaimedRow, provider: ResolvedProvider, token: str,
                             started: datetime) -> RowOutcome:
         body = graph_request_body(
             parse_message(row.payload), sender_address=provider.sender_address,
-            sender_name=provider.sender_name, reply_to=provider.reply_to, notification_id=row.id,
+            sender_name=provider.sender_name, reply_to=provider.reply_to, notification_id=row.id, checked=True,
         )
         records: list[AttemptRecord] = []
         for resend in (False, True):

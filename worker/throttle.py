@@ -4,7 +4,8 @@ Graph allows 4 concurrent requests per app and mailbox and answers 429 with a Re
 are enforced here for the whole fleet. A slot is a member of a sorted set scored by its expiry,
 so a worker that dies mid-send frees its slots when the lease runs out. A 429 blocks the mailbox
 for everyone until Retry-After has passed. Redis's own clock (TIME) is used so that workers on
-machines with skewed clocks agree. Acquiring a slot also sets a per-notification "send started"
+machines with skewed clocks agree. A slot is held by a lane that sends several notifications in
+turn; before each send, `begin_send` renews the lease and sets a per-notification "send started"
 mark, which lets the sweeper tell a never-sent row from one that may have gone out.
 """
 
@@ -23,7 +24,18 @@ local blocked = tonumber(redis.call('GET', KEYS[2]) or '0')
 if blocked > now then return {0, blocked - now, 1} end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return {0, 0, 2} end
-local pace = tonumber(ARGV[4])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) + 1000)
+return {1, 0, 0}
+"""
+
+_MARK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local blocked = tonumber(redis.call('GET', KEYS[2]) or '0')
+if blocked > now then return {0, blocked - now, 1} end
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return {0, 0, 2} end
+local pace = tonumber(ARGV[3])
 if pace > 0 then
   local nxt = tonumber(redis.call('GET', KEYS[3]) or '0')
   if nxt > now then return {0, nxt - now, 3} end
@@ -31,7 +43,7 @@ if pace > 0 then
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) + 1000)
-redis.call('SET', KEYS[4], '1', 'EX', tonumber(ARGV[5]))
+redis.call('SET', KEYS[4], '1', 'EX', tonumber(ARGV[4]))
 return {1, 0, 0}
 """
 
@@ -70,6 +82,7 @@ class MailboxThrottle:
         self._lease_ms = lease_ms
         self._pacing_ms = pacing_ms
         self._acquire = redis.register_script(_ACQUIRE)
+        self._mark = redis.register_script(_MARK)
         self._block = redis.register_script(_BLOCK)
         self._local: dict[str, asyncio.Semaphore] = {}
         self._blocked_until: dict[str, float] = {}
@@ -96,13 +109,26 @@ class MailboxThrottle:
         return int(remaining * 1000) + 1 if remaining > 0 else 0
 
     async def try_acquire(self, mailbox_key: str, lease_id: str) -> Slot:
-        """One attempt at a slot; on success the notification's send mark is set."""
+        """One attempt at a slot (held under `lease_id` until released or its lease runs out)."""
+        if blocked_ms := self.local_block_ms(mailbox_key):
+            return Slot(False, blocked_ms, True)
+        keys = [f"tm:mbx:{mailbox_key}:leases", f"tm:mbx:{mailbox_key}:block"]
+        ok, wait_ms, reason = await self._acquire(keys=keys, args=[lease_id, self._lease_ms, self._limit])
+        return Slot(bool(ok), int(wait_ms), reason == 1)
+
+    async def begin_send(self, mailbox_key: str, lease_id: str, notification_id: str) -> Slot:
+        """Right before a send on a held slot: check the mailbox is not blocked, apply pacing,
+        renew the slot's lease and set the notification's send mark, in one round trip.
+
+        Not granted when blocked (`blocked`), when pacing asks to wait (`wait_ms`), or when the
+        slot's lease was lost (then `wait_ms` is 0 and the caller must acquire again).
+        """
         if blocked_ms := self.local_block_ms(mailbox_key):
             return Slot(False, blocked_ms, True)
         keys = [f"tm:mbx:{mailbox_key}:leases", f"tm:mbx:{mailbox_key}:block",
-                f"tm:mbx:{mailbox_key}:pace", sendmark_key(lease_id)]
-        ok, wait_ms, reason = await self._acquire(
-            keys=keys, args=[lease_id, self._lease_ms, self._limit, self._pacing_ms, MARK_TTL_S])
+                f"tm:mbx:{mailbox_key}:pace", sendmark_key(notification_id)]
+        ok, wait_ms, reason = await self._mark(
+            keys=keys, args=[lease_id, self._lease_ms, self._pacing_ms, MARK_TTL_S])
         return Slot(bool(ok), int(wait_ms), reason == 1)
 
     async def acquire(self, mailbox_key: str, lease_id: str, *, max_wait_ms: int) -> Slot:
