@@ -34,7 +34,7 @@ def main() -> int:
     ap.add_argument("--messages", type=int, default=10_000)
     ap.add_argument("--latency-ms", type=float, default=200)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--database", choices=["postgres", "sqlite"], default="postgres")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="extra TENANTMAIL_ setting for the workers, e.g. --set BATCH_SIZE=100")

@@ -27,8 +27,8 @@ from emulator.demo import (
     PLATFORM_CLIENT_SECRET,
     PLATFORM_NO_REPLY,
     PLATFORM_TENANT_ID,
+    demo_directory,
 )
-from emulator.directory import demo_directory
 from emulator.testing import running_emulator
 from shared.activity import format_activity, recent_activity
 from shared.db import make_engine, migrate

@@ -26,7 +26,7 @@ def redis_server_binary() -> str:
     if found:
         return found
     try:
-        import redis_server  # type: ignore[import-not-found]
+        import redis_server
     except ImportError as exc:
         raise ConfigurationError(
             "no redis-server found: install Redis (apt-get install redis-server) or set REDIS_URL"

@@ -23,6 +23,7 @@ from shared.secretbox import SecretBox
 from shared.settings import Settings
 
 PLATFORM_TENANT_KEY = "__platform__"
+_P = ProviderConfig.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +84,7 @@ def set_platform_default(engine: Engine, tenant_id: str, *, created_by: str | No
 
 def _insert_version(engine: Engine, row: ProviderConfig) -> int:
     with Session(engine) as session:
-        current = session.scalar(
-            select(func.max(ProviderConfig.version)).where(ProviderConfig.tenant_id == row.tenant_id)
-        )
+        current = session.scalar(select(func.max(_P.c.version)).where(_P.c.tenant_id == row.tenant_id))
         row.version = (current or 0) + 1
         session.add(row)
         session.commit()
@@ -125,12 +124,12 @@ class ProviderResolver:
 
     def _load(self, tenant_ids: list[str]) -> dict[str, ResolvedProvider | ProviderError]:
         latest = (
-            select(ProviderConfig.tenant_id, func.max(ProviderConfig.version).label("v"))
-            .where(ProviderConfig.tenant_id.in_(tenant_ids), ProviderConfig.active)  # type: ignore[attr-defined]
-            .group_by(ProviderConfig.tenant_id).subquery()
+            select(_P.c.tenant_id, func.max(_P.c.version).label("v"))
+            .where(_P.c.tenant_id.in_(tenant_ids), _P.c.active.is_(True))
+            .group_by(_P.c.tenant_id).subquery()
         )
         query = select(ProviderConfig).join(
-            latest, (ProviderConfig.tenant_id == latest.c.tenant_id) & (ProviderConfig.version == latest.c.v)
+            latest, (_P.c.tenant_id == latest.c.tenant_id) & (_P.c.version == latest.c.v)
         )
         with Session(self._engine) as session:
             rows = {r.tenant_id: r for r in session.scalars(query).all()}

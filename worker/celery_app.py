@@ -41,7 +41,7 @@ def create_celery(settings: Settings) -> Celery:
     )
     redis_url = settings.redis_url
 
-    @app.task(name=TASK, ignore_result=True)
+    @app.task(name=TASK, ignore_result=True)  # type: ignore[untyped-decorator]
     def deliver(ids: list[str]) -> dict[str, int]:
         return deliver_batch(get_runtime(settings, redis_url), ids)
 
@@ -71,19 +71,19 @@ def run_worker(settings: Settings, *, concurrency: int, with_dispatcher: bool, h
     app = create_celery(settings)
     holder: dict[str, Dispatcher] = {}
 
-    @signals.worker_ready.connect(weak=False)
+    @signals.worker_ready.connect(weak=False)  # type: ignore[untyped-decorator]
     def _ready(**_: Any) -> None:
         get_runtime(settings, settings.redis_url or "")
         if with_dispatcher:
             holder["d"] = start_dispatcher(app, settings)
         log.info("worker.ready", concurrency=concurrency, dispatcher=with_dispatcher)
 
-    @signals.worker_shutting_down.connect(weak=False)
+    @signals.worker_shutting_down.connect(weak=False)  # type: ignore[untyped-decorator]
     def _stopping(**_: Any) -> None:
         if "d" in holder:
             holder["d"].stop_event.set()
 
-    @signals.worker_shutdown.connect(weak=False)
+    @signals.worker_shutdown.connect(weak=False)  # type: ignore[untyped-decorator]
     def _shutdown(**_: Any) -> None:
         close_runtime()
 

@@ -7,6 +7,7 @@ mailbox sends the row back to the database with the time it may be tried again.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections import deque
@@ -213,9 +214,11 @@ class Sender:
         now = time.time()
         d = decide(error, attempts=row.attempts + len(records), ambiguous_count=row.ambiguous_count,
                    age_s=now - row.created_at.timestamp(), now_ms=int(now * 1000), settings=self._settings)
-        if error is not None and d.state is not State.RETRY_WAIT:
-            log.info("notification.finished", notification_id=row.id, tenant_id=row.tenant_id,
-                     state=d.state.value, code=error.code, status=error.status, request_id=error.request_id)
+        if error is not None:
+            log.log(logging.INFO if d.state is State.RETRY_WAIT else logging.WARNING, "notification.attempt",
+                    notification_id=row.id, tenant_id=row.tenant_id, attempt=row.attempts + len(records),
+                    state=d.state.value, code=error.code, status=error.status, request_id=error.request_id,
+                    client_request_id=error.client_request_id)
         return RowOutcome(row, d.state, d.next_attempt_ms, records,
                           row.possible_duplicate or d.possible_duplicate, d.ambiguous_count,
                           provider.version if provider else None, provider.sender_address if provider else None)

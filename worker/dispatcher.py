@@ -118,7 +118,7 @@ class Dispatcher:
 
     def _choose(self, now_ms: int) -> list[tuple[str, str]]:
         with self._engine.connect() as conn:
-            inflight = Counter(dict(conn.execute(
+            inflight: Counter[str] = Counter(dict(conn.execute(
                 select(_N.c.tenant_id, func.count())
                 .where(_N.c.state.in_((*ACTIVE_STATES, State.SENDING.value)), _N.c.lease_until_ms > now_ms)
                 .group_by(_N.c.tenant_id)

@@ -55,7 +55,7 @@ class _TimeoutSession(requests.Session):
         self.verify = verify
         self._timeout_s = timeout_s
 
-    def request(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def request(self, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", self._timeout_s)
         return super().request(*args, **kwargs)
 

@@ -1,0 +1,103 @@
+"""What a delivery error means and how to fix it, for admins and operators.
+
+Keyed on the service's code (never on its message text), except where Microsoft uses one code for
+two causes: ErrorAccessDenied is an Application Access Policy refusal when the message carries the
+policy marker "[RAOP]" / "AccessPolicy", and a missing Mail.Send permission otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnosis:
+    """A one-line cause and the fix."""
+
+    cause: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.cause} Fix: {self.fix}"
+
+
+_BY_CODE: dict[str, Diagnosis] = {
+    "ErrorAccessDenied": Diagnosis(
+        "The app lacks the Mail.Send application permission, or admin consent was not granted.",
+        "In Entra ID > App registrations > API permissions, add Microsoft Graph > Application "
+        "permissions > Mail.Send and click 'Grant admin consent'."),
+    "ErrorInvalidUser": Diagnosis(
+        "The sender mailbox does not exist in the tenant (or is a group, not a mailbox).",
+        "Check the sender email address; it must be a user mailbox in the Microsoft 365 tenant."),
+    "MailboxNotEnabledForRESTAPI": Diagnosis(
+        "The sender mailbox is unlicensed, inactive, soft-deleted or hosted on-premises.",
+        "Assign an Exchange Online licence to the sender, or choose a cloud mailbox."),
+    "ErrorSendAsDenied": Diagnosis(
+        "The mailbox used to send has no Send As right on the From address.",
+        "Grant Send As on the From mailbox (Add-RecipientPermission) or send from that mailbox itself."),
+    "ErrorInvalidRecipients": Diagnosis(
+        "Graph refused a recipient address.", "Correct the recipient addresses of the notification."),
+    "ErrorMessageSizeExceeded": Diagnosis(
+        "The message exceeds the mailbox's maximum send size.", "Send smaller attachments or raise MaxSendSize."),
+    "InvalidInternetMessageHeader": Diagnosis(
+        "A custom header does not start with 'X-'.", "Name custom headers X-Something."),
+    "InvalidAuthenticationToken": Diagnosis(
+        "Graph rejected the access token twice in a row.", "Check the system clock and the tenant's cloud setting."),
+    "AADSTS90002": Diagnosis(
+        "The Azure tenant ID was not found in this cloud.",
+        "Copy the Directory (tenant) ID from the app's Overview page, and check the cloud "
+        "(global, GCC High, DoD, China)."),
+    "AADSTS900023": Diagnosis(
+        "The Azure tenant ID is malformed (neither a GUID nor a domain).",
+        "Paste the Directory (tenant) ID GUID from the app's Overview page."),
+    "AADSTS700016": Diagnosis(
+        "The application (client) ID is not registered in that tenant.",
+        "Copy the Application (client) ID from the app's Overview page, and check the tenant ID matches."),
+    "AADSTS7000215": Diagnosis(
+        "The client secret is wrong; often the secret's ID was pasted instead of its Value.",
+        "Create a new client secret and paste its Value (shown only once) into the settings."),
+    "AADSTS7000222": Diagnosis(
+        "The client secret has expired.",
+        "Create a new client secret in Certificates & secrets and save it here; rotate 30 days before expiry."),
+    "AADSTS7000218": Diagnosis(
+        "No client secret or certificate was sent.", "Enter the client secret (or certificate) in the settings."),
+    "AADSTS700027": Diagnosis(
+        "The certificate does not match any certificate registered on the app.",
+        "Upload the certificate's public key in Certificates & secrets, or configure the matching private key."),
+    "AADSTS1002012": Diagnosis(
+        "The token scope is not /.default.", "This is a tenantmail bug; report it."),
+    "NoProviderConfigured": Diagnosis(
+        "The tenant has no email provider and the platform default is not configured.",
+        "Configure the tenant's provider, or set TENANTMAIL_PLATFORM_TENANT, _CLIENT_ID and _CLIENT_SECRET."),
+    "AuthorityUnreachable": Diagnosis(
+        "Entra ID could not be reached.", "Check outbound HTTPS to the cloud's login host; it is retried."),
+    "WorkerLost": Diagnosis(
+        "The worker sending this died mid-send; it may or may not have been delivered.",
+        "Nothing to do: it is flagged possible_duplicate; check message trace if a copy matters."),
+    "Timeout": Diagnosis(
+        "Graph did not answer in time; the message may have been accepted.",
+        "Nothing to do: it is retried once and flagged possible_duplicate."),
+    "ConnectionReset": Diagnosis(
+        "The connection to Graph broke after sending; the message may have been accepted.",
+        "Nothing to do: it is retried once and flagged possible_duplicate."),
+    "ConnectionRefused": Diagnosis("Graph could not be reached.", "Check outbound HTTPS; it is retried."),
+    "MaxAgeExceeded": Diagnosis(
+        "The mailbox stayed throttled until the notification's maximum age.",
+        "Lower the sending rate for this mailbox (TENANTMAIL_MAILBOX_PACING_MS) or raise the maximum age."),
+}
+
+_POLICY = Diagnosis(
+    "The sender mailbox is outside the app's Application Access Policy.",
+    "Add the sender to the policy's mail-enabled security group (or use a sender inside it), then check with "
+    "Test-ApplicationAccessPolicy -Identity <sender> -AppId <client id>; changes can take an hour to apply.")
+
+
+def diagnose(code: str | None, message: str | None = None) -> Diagnosis | None:
+    """The diagnosis for a recorded error code, or None when there is nothing to say."""
+    if not code:
+        return None
+    if code == "ErrorAccessDenied" and message and ("RAOP" in message or "AccessPolicy" in message):
+        return _POLICY
+    if code.startswith("HTTP5") or code in ("ServiceUnavailable", "MailboxInfoStale", "UnknownError"):
+        return Diagnosis("Graph had a transient failure.", "Nothing to do: it is retried with backoff.")
+    return _BY_CODE.get(code)

@@ -1,0 +1,38 @@
+"""Diagnoses: every code the pipeline records for a failure has one, and the two ErrorAccessDenied texts differ."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.diagnosis import diagnose
+
+
+def test_diagnose_access_policy_refusal_points_at_test_applicationaccesspolicy() -> None:
+    d = diagnose("ErrorAccessDenied", "Access to OData is disabled: [RAOP] : Blocked by tenant configured "
+                                      "AppOnly AccessPolicy settings.")
+    assert d is not None and "Access Policy" in d.cause and "Test-ApplicationAccessPolicy" in d.fix
+
+
+def test_diagnose_missing_mail_send_points_at_admin_consent() -> None:
+    d = diagnose("ErrorAccessDenied", "Access is denied. Check credentials and try again.")
+    assert d is not None and "Mail.Send" in d.cause and "admin consent" in d.fix
+
+
+@pytest.mark.parametrize("code", [
+    "ErrorInvalidUser", "MailboxNotEnabledForRESTAPI", "ErrorSendAsDenied", "ErrorInvalidRecipients",
+    "ErrorMessageSizeExceeded", "AADSTS90002", "AADSTS900023", "AADSTS700016", "AADSTS7000215",
+    "AADSTS7000222", "AADSTS7000218", "AADSTS700027", "NoProviderConfigured", "WorkerLost", "Timeout",
+    "ConnectionReset", "HTTP503", "MaxAgeExceeded",
+])
+def test_diagnose_knows_every_recorded_failure_code(code: str) -> None:
+    d = diagnose(code)
+    assert d is not None and d.cause and d.fix
+
+
+def test_diagnose_wrong_secret_mentions_secret_id_versus_value() -> None:
+    d = diagnose("AADSTS7000215")
+    assert d is not None and "ID" in d.cause and "Value" in d.fix
+
+
+def test_diagnose_nothing_for_no_code() -> None:
+    assert diagnose(None) is None and diagnose("") is None
