@@ -252,3 +252,49 @@ def test_new_provider_version_is_used_within_5_seconds(make_stack: Any, emulator
 
     wait_until(sent_from_new_sender, timeout_s=10, what="the new provider version")
     assert time.monotonic() - changed_at < 5.0
+
+
+RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def _rabbit_available() -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_pipeline_runs_on_rabbitmq_quorum_queue(make_stack: Any, emulator: Any) -> None:
+    import os
+
+    import pytest
+    from kombu import Connection
+
+    if not _rabbit_available():
+        if os.environ.get("CI") == "true":
+            pytest.fail("RabbitMQ is not reachable on 127.0.0.1:5672 (CI must provide it)")
+        pytest.skip("RabbitMQ not available")
+    with Connection(RABBIT_URL) as conn:  # a queue left by an earlier run would only hold stale ids
+        conn.default_channel.queue_purge("tenantmail") if _queue_exists(conn) else None
+    stack = make_stack(BROKER_URL=RABBIT_URL)
+    _configure(stack)
+    ids = [stack.producer.enqueue("acme", _msg(i)) for i in range(20)]
+    stack.start_workers(2, concurrency=4)
+
+    assert set(stack.wait_terminal(ids).values()) == {"sent"}
+    assert sorted(_outbox_ids(emulator)) == sorted(ids)
+    with Connection(RABBIT_URL) as conn:
+        _, _, consumers = conn.default_channel.queue_declare("tenantmail", passive=True)
+        assert consumers >= 1
+
+
+def _queue_exists(conn: Any) -> bool:
+    try:
+        conn.default_channel.queue_declare("tenantmail", passive=True)
+        return True
+    except Exception:
+        conn.close()
+        return False

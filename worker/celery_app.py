@@ -2,7 +2,9 @@
 
 Tasks carry batches of notification ids, never payloads or secrets. Messages are acknowledged
 when a task starts: the database, not the broker, is what guarantees delivery (see
-worker.dispatcher), so broker redeliveries are neither needed nor wanted.
+worker.dispatcher), so broker redeliveries are neither needed nor wanted. The broker is Redis by
+default; a BROKER_URL of amqp:// selects RabbitMQ with a quorum queue (Redis stays the token cache
+and throttle store).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import redis as redis_sync
 import structlog
 from celery import Celery, signals
+from kombu.entity import Queue
 
 from shared.db import make_engine
 from shared.errors import ConfigurationError
@@ -32,13 +35,19 @@ def create_celery(settings: Settings) -> Celery:
     if not broker or not settings.redis_url:
         raise ConfigurationError("REDIS_URL (and optionally BROKER_URL) must be set for workers")
     app = Celery("tenantmail", broker=broker, set_as_current=False)
+    if broker.startswith(("amqp://", "amqps://", "pyamqp://")):
+        # RabbitMQ: a durable quorum queue (replicated, no visibility timeout), publisher confirms.
+        app.conf.task_queues = [Queue(QUEUE, queue_arguments={"x-queue-type": "quorum"}, durable=True)]  # type: ignore[no-untyped-call]
+        app.conf.broker_transport_options = {"confirm_publish": True}
     app.conf.update(
         task_serializer="json", accept_content=["json"], task_ignore_result=True, result_backend=None,
         task_acks_late=False, worker_prefetch_multiplier=2, task_default_queue=QUEUE,
-        broker_transport_options={"visibility_timeout": 600}, broker_connection_retry_on_startup=True,
+        broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False, worker_redirect_stdouts=False, worker_send_task_events=False,
         task_send_sent_event=False, broker_pool_limit=16,
     )
+    if not broker.startswith(("amqp://", "amqps://", "pyamqp://")):
+        app.conf.broker_transport_options = {"visibility_timeout": 600}
     redis_url = settings.redis_url
 
     @app.task(name=TASK, ignore_result=True)  # type: ignore[untyped-decorator]
