@@ -23,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int, default=None)
     worker.add_argument("--no-dispatcher", action="store_true", help="do not run a standby dispatcher")
     worker.add_argument("--hostname", default=None)
+    worker.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
 
     sub.add_parser("dispatcher", help="run only the dispatcher loop")
     sub.add_parser("migrate", help="upgrade the database schema")
@@ -56,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from worker.celery_app import run_worker
 
         run_worker(settings, concurrency=args.concurrency or settings.worker_concurrency,
-                   with_dispatcher=not args.no_dispatcher, hostname=args.hostname)
+                   with_dispatcher=not args.no_dispatcher, hostname=args.hostname,
+                   metrics_port=args.metrics_port or settings.metrics_port)
         return 0
     if command == "dispatcher":
         return _run_dispatcher(settings)

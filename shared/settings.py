@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     ambiguous_policy: AmbiguousPolicy = "retry_once"
     token_refresh_margin_s: float = 300.0
 
+    metrics_port: int | None = None
+
     log_level: str = "INFO"
     log_json: bool = True
 

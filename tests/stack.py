@@ -67,7 +67,7 @@ class Stack:
         self.box = SecretBox.from_settings(self.settings)
 
     def start_workers(
-        self, n: int = 1, *, concurrency: int = 8, dispatcher: bool = True
+        self, n: int = 1, *, concurrency: int = 8, dispatcher: bool = True, metrics_port: int | None = None
     ) -> list[subprocess.Popen[bytes]]:
         """Launch n worker processes (each with a standby dispatcher unless told otherwise)."""
         started = []
@@ -75,6 +75,8 @@ class Stack:
             i = len(self.procs)
             cmd = [sys.executable, "-m", "shared.cli", "worker", f"--concurrency={concurrency}",
                    f"--hostname=w{i}@%h"]
+            if metrics_port:
+                cmd.append(f"--metrics-port={metrics_port}")
             if not dispatcher:
                 cmd.append("--no-dispatcher")
             log = open(self.log_dir / f"worker{i}.log", "wb")

@@ -22,6 +22,7 @@ from shared.errors import ConfigurationError
 from shared.settings import Settings
 from worker.batch import deliver_batch
 from worker.dispatcher import Dispatcher
+from worker.metrics import metrics
 from worker.runtime import close_runtime, get_runtime
 
 log = structlog.get_logger(__name__)
@@ -75,7 +76,8 @@ def start_dispatcher(app: Celery, settings: Settings) -> Dispatcher:
     return dispatcher
 
 
-def run_worker(settings: Settings, *, concurrency: int, with_dispatcher: bool, hostname: str | None) -> None:
+def run_worker(settings: Settings, *, concurrency: int, with_dispatcher: bool, hostname: str | None,
+               metrics_port: int | None = None) -> None:
     """Run a Celery worker (threads pool) in this process until it is told to stop."""
     app = create_celery(settings)
     holder: dict[str, Dispatcher] = {}
@@ -83,6 +85,8 @@ def run_worker(settings: Settings, *, concurrency: int, with_dispatcher: bool, h
     @signals.worker_ready.connect(weak=False)  # type: ignore[untyped-decorator]
     def _ready(**_: Any) -> None:
         get_runtime(settings, settings.redis_url or "")
+        if metrics_port:
+            metrics.serve(metrics_port)
         if with_dispatcher:
             holder["d"] = start_dispatcher(app, settings)
         log.info("worker.ready", concurrency=concurrency, dispatcher=with_dispatcher)

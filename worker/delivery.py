@@ -30,6 +30,7 @@ from shared.models import State
 from shared.providers import ResolvedProvider
 from shared.settings import Settings
 from worker.graph import GraphClient
+from worker.metrics import metrics
 from worker.retry_policy import classify, decide, retry_delay_ms
 from worker.store import AttemptRecord, ClaimedRow, RowOutcome
 from worker.throttle import MailboxThrottle, Slot
@@ -172,6 +173,7 @@ class Sender:
         if isinstance(error, Throttled):
             delay_ms = retry_delay_ms(error, row.attempts + len(records), self._settings)
             self._throttle.block_locally(provider.mailbox_key, delay_ms)
+            metrics.throttle_blocks.inc()
             try:
                 await self._throttle.block(provider.mailbox_key, delay_ms)
             except Exception:  # this process is blocked already; the row is rescheduled either way
@@ -187,11 +189,14 @@ class Sender:
             resp = await self._graph.send_mail(provider.cloud.graph_base, token, provider.sender_address,
                                                body, client_request_id)
         except DeliveryError as exc:
+            metrics.sends.labels("transport_error", exc.code or "").inc()
             records.append(_record(started, "ambiguous" if exc.code not in ("ConnectionRefused", "ConnectTimeout")
                                    else "retry", exc, latency_ms=(time.perf_counter() - t0) * 1000,
                                    mailbox=provider.sender_address))
             return exc
         error = classify(resp)
+        metrics.sends.labels("sent" if error is None else _outcome_name(error), resp.code or "").inc()
+        metrics.graph_latency.observe(resp.latency_ms / 1000)
         records.append(AttemptRecord(
             started_at=started, outcome="sent" if error is None else _outcome_name(error),
             latency_ms=resp.latency_ms, http_status=resp.status, error_code=resp.code,
@@ -214,6 +219,11 @@ class Sender:
         now = time.time()
         d = decide(error, attempts=row.attempts + len(records), ambiguous_count=row.ambiguous_count,
                    age_s=now - row.created_at.timestamp(), now_ms=int(now * 1000), settings=self._settings)
+        metrics.notifications.labels(d.state.value).inc()
+        if d.state is State.RETRY_WAIT:
+            metrics.retries.inc()
+        if isinstance(error, AmbiguousOutcome):
+            metrics.ambiguous.inc()
         if error is not None:
             log.log(logging.INFO if d.state is State.RETRY_WAIT else logging.WARNING, "notification.attempt",
                     notification_id=row.id, tenant_id=row.tenant_id, attempt=row.attempts + len(records),

@@ -32,6 +32,7 @@ from sqlalchemy import Engine, and_, func, insert, or_, select, update
 from shared.models import ACTIVE_STATES, DeliveryAttempt, Notification, State
 from shared.settings import Settings
 from worker.batch import EPOCH_KEY
+from worker.metrics import metrics
 from worker.throttle import sendmark_key
 
 log = structlog.get_logger(__name__)
@@ -78,6 +79,7 @@ class Dispatcher:
         now_ms = int(time.time() * 1000)
         if time.monotonic() - self._last_sweep >= 1.0:
             self.sweep(now_ms)
+            self._measure_queue(now_ms)
             self._last_sweep = time.monotonic()
         chosen = self._choose(now_ms)
         if not chosen:
@@ -115,6 +117,13 @@ class Dispatcher:
                     batches.append([])
                 batches[-1].extend(ids[i:i + size])
         return [b for b in batches if b]
+
+    def _measure_queue(self, now_ms: int) -> None:
+        with self._engine.connect() as conn:
+            depth, oldest = conn.execute(
+                select(func.count(), func.min(_N.c.created_at)).where(_N.c.state.in_(ACTIVE_STATES))).one()
+        metrics.queue_depth.set(depth or 0)
+        metrics.oldest_queued_age.set(max(0.0, now_ms / 1000 - oldest.timestamp()) if oldest else 0.0)
 
     def _choose(self, now_ms: int) -> list[tuple[str, str]]:
         with self._engine.connect() as conn:

@@ -28,6 +28,7 @@ from shared.errors import TokenError, TransientError
 from shared.providers import ResolvedProvider
 from shared.secretbox import SecretBox
 from shared.settings import Settings
+from worker.metrics import metrics
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -88,6 +89,7 @@ class TokenProvider:
         key = provider.token_key
         hit = self._local.get(key)
         if hit and time.time() < hit.refresh_at:
+            metrics.token_lookups.labels("memory").inc()
             return hit.access_token
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
@@ -129,6 +131,7 @@ class TokenProvider:
         while True:
             cached = await self._read_redis(key)
             if cached and time.time() < cached.refresh_at:
+                metrics.token_lookups.labels("redis").inc()
                 return cached
             if not await self._redis.exists(f"tm:toklock:{key}"):
                 # The lock is taken in the executor thread, right before MSAL runs: a request
@@ -155,6 +158,7 @@ class TokenProvider:
             if cached and time.time() < cached.refresh_at:
                 return cached
             token = self._acquire_blocking(provider)
+            metrics.token_lookups.labels("entra").inc()
             self._redis_sync.set(f"tm:tok:{key}", self._encode(token), ex=max(1, int(token.expires_at - time.time())))
             return token
         finally:

@@ -1,0 +1,44 @@
+"""Prometheus metrics of a worker, scraped over HTTP after real sends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from emulator.demo import DEMO_CEO, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_SENDER, DEMO_TENANT_ID
+from shared.embedded import free_port
+from shared.providers import save_graph_provider
+from tests.stack import wait_until
+
+
+def _samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_count_what_was_sent_and_refused(make_stack: Any, emulator: Any) -> None:
+    # given one tenant that can send and one whose sender the Access Policy blocks
+    stack = make_stack()
+    for tenant, sender in (("ok", DEMO_SENDER), ("blocked", DEMO_CEO)):
+        save_graph_provider(stack.engine, stack.box, tenant, sender_address=sender, azure_tenant=DEMO_TENANT_ID,
+                            client_id=DEMO_CLIENT_ID, client_secret=DEMO_CLIENT_SECRET)
+    ids = [stack.producer.enqueue("ok", {"to": [f"u{i}@example.org"], "subject": "hi"}) for i in range(9)]
+    ids.append(stack.producer.enqueue("blocked", {"to": ["x@example.org"], "subject": "hi"}))
+    port = free_port()
+
+    # when a worker delivers them
+    stack.start_workers(1, metrics_port=port)
+    stack.wait_terminal(ids)
+
+    # then its /metrics agrees with the activity table and the emulator
+    samples = wait_until(lambda: _samples(port), what="the metrics endpoint")
+    assert samples[("tenantmail_graph_sends_total", (("code", ""), ("outcome", "sent")))] == 9
+    assert samples[("tenantmail_graph_sends_total", (("code", "ErrorAccessDenied"), ("outcome", "failed")))] == 1
+    assert samples[("tenantmail_notifications_total", (("state", "sent"),))] == 9
+    assert samples[("tenantmail_notifications_total", (("state", "failed"),))] == 1
+    assert samples[("tenantmail_graph_latency_seconds_count", ())] == 10
+    assert samples[("tenantmail_token_lookups_total", (("source", "entra"),))] == 2  # one per tenant config
+    assert len(emulator.outbox()) == 9
