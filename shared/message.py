@@ -159,6 +159,24 @@ def parse_message(data: object) -> Message:
     return message
 
 
+def message_from_stored(data: Mapping[str, Any]) -> Message:
+    """Rebuild a message from `message_to_dict` output that this service validated and stored.
+
+    No checks, for the send path: never call it on anything a producer sent (use `parse_message`).
+    """
+    def recipients(key: str) -> tuple[Recipient, ...]:
+        return tuple(Recipient(r["address"], r.get("name")) for r in data.get(key) or ())
+
+    return Message(
+        to=recipients("to"), cc=recipients("cc"), bcc=recipients("bcc"), reply_to=recipients("reply_to"),
+        subject=data.get("subject", ""), body=data.get("body", ""), body_type=data.get("body_type", "text"),
+        importance=data.get("importance", "normal"),
+        headers=tuple((h["name"], h["value"]) for h in data.get("headers") or ()),
+        attachments=tuple(Attachment(a["name"], a["content_type"], a["content_bytes"], a.get("is_inline", False),
+                                     a.get("content_id")) for a in data.get("attachments") or ()),
+    )
+
+
 def message_to_dict(m: Message) -> dict[str, Any]:
     """A JSON-safe dict of `m`; `parse_message` of it gives back a message equal to `m`."""
     out: dict[str, Any] = {"to": [_recipient_dict(r) for r in m.to]}

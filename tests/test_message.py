@@ -638,3 +638,16 @@ def test_injected_line_breaks_are_always_rejected(text: str, brk: str, at: int, 
 def test_injected_line_breaks_in_header_names_are_always_rejected(name: str, brk: str, at: int) -> None:
     field = rejected(msg(headers=[{"name": inject(name, brk, at), "value": "v"}])).field
     assert field.startswith("headers.") and not (set(field) & UNSAFE)
+
+
+def test_message_from_stored_rebuilds_what_message_to_dict_stored() -> None:
+    from shared.message import message_from_stored
+
+    m = parse_message({
+        "to": [{"address": "a@example.com", "name": "Ana"}], "cc": ["c@example.com"], "bcc": ["b@example.com"],
+        "reply_to": ["r@example.com"], "subject": "S", "body": "<p>x</p>", "body_type": "HTML",
+        "importance": "high", "headers": {"X-One": "1"},
+        "attachments": [{"name": "a.txt", "content_type": "text/plain", "content_bytes": "aGk=",
+                         "content_id": "cid1", "is_inline": True}],
+    })
+    assert message_from_stored(message_to_dict(m)) == m

@@ -25,7 +25,7 @@ from shared.errors import (
     TokenError,
     TransientError,
 )
-from shared.message import graph_request_body, parse_message
+from shared.message import graph_request_body, message_from_stored
 from shared.models import State
 from shared.providers import ResolvedProvider
 from shared.settings import Settings
@@ -154,7 +154,7 @@ class Sender:
     async def _send_in_slot(self, row: ClaimedRow, provider: ResolvedProvider, token: str,
                             started: datetime) -> RowOutcome:
         body = graph_request_body(
-            parse_message(row.payload), sender_address=provider.sender_address,
+            message_from_stored(row.payload), sender_address=provider.sender_address,
             sender_name=provider.sender_name, reply_to=provider.reply_to, notification_id=row.id, checked=True,
         )
         records: list[AttemptRecord] = []
