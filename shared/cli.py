@@ -26,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
 
     sub.add_parser("dispatcher", help="run only the dispatcher loop")
+    sub.add_parser("beat", help="run the scheduler (exactly one): retention purge")
     sub.add_parser("migrate", help="upgrade the database schema")
 
     activity = sub.add_parser("activity", help="print the delivery activity table")
@@ -62,6 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if command == "dispatcher":
         return _run_dispatcher(settings)
+    if command == "beat":
+        from worker.celery_app import run_beat
+
+        run_beat(settings)
+        return 0
     if command == "activity":
         from shared.activity import print_activity
         from shared.db import make_engine

@@ -76,6 +76,10 @@ class Settings(BaseSettings):
 
     metrics_port: int | None = None
 
+    # Retention: finished notifications older than this are purged by the beat process.
+    retention_days: float = 90.0
+    purge_interval_s: float = 3600.0
+
     log_level: str = "INFO"
     log_json: bool = True
 

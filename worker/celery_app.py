@@ -10,6 +10,7 @@ and throttle store).
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import redis as redis_sync
@@ -24,10 +25,12 @@ from worker.batch import deliver_batch
 from worker.dispatcher import Dispatcher
 from worker.metrics import metrics
 from worker.runtime import close_runtime, get_runtime
+from worker.store import purge_finished
 
 log = structlog.get_logger(__name__)
 QUEUE = "tenantmail"
 TASK = "tenantmail.deliver_batch"
+PURGE_TASK = "tenantmail.purge_finished"
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -55,6 +58,15 @@ def create_celery(settings: Settings) -> Celery:
     def deliver(ids: list[str]) -> dict[str, int]:
         return deliver_batch(get_runtime(settings, redis_url), ids)
 
+    @app.task(name=PURGE_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
+    def purge() -> int:
+        older_than_ms = int((time.time() - settings.retention_days * 86400) * 1000)
+        purged = purge_finished(get_runtime(settings, redis_url).engine, older_than_ms)
+        log.info("retention.purged", notifications=purged, retention_days=settings.retention_days)
+        return purged
+
+    app.conf.beat_schedule = {"purge-finished": {"task": PURGE_TASK, "schedule": settings.purge_interval_s}}
+
     return app
 
 
@@ -74,6 +86,14 @@ def start_dispatcher(app: Celery, settings: Settings) -> Dispatcher:
     )
     threading.Thread(target=dispatcher.run, name="tm-dispatcher", daemon=True).start()
     return dispatcher
+
+
+def run_beat(settings: Settings) -> None:
+    """Run Celery beat (exactly one per deployment): schedules the retention purge."""
+    app = create_celery(settings)
+    schedule = settings.state_dir / "celerybeat-schedule"
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    app.start(["beat", "--loglevel=WARNING", f"--schedule={schedule}"])
 
 
 def run_worker(settings: Settings, *, concurrency: int, with_dispatcher: bool, hostname: str | None,

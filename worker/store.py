@@ -15,11 +15,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import Engine, and_, bindparam, insert, update
+from sqlalchemy import Engine, and_, bindparam, delete, insert, select, update
 from sqlalchemy.exc import OperationalError
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
-from shared.models import ACTIVE_STATES, DeliveryAttempt, Notification, State
+from shared.models import ACTIVE_STATES, TERMINAL_STATES, DeliveryAttempt, Notification, State
 
 log = structlog.get_logger(__name__)
 _N = Notification.__table__  # type: ignore[attr-defined]
@@ -83,6 +83,23 @@ def claim(engine: Engine, ids: Sequence[str], claimed_by: str, lease_ms: int, no
     )
     with engine.begin() as conn:
         return [ClaimedRow(*r) for r in conn.execute(stmt).all()]
+
+
+def purge_finished(engine: Engine, older_than_ms: int, *, chunk: int = 5_000) -> int:
+    """Delete sent, failed and ambiguous notifications (and their attempts) created before
+    `older_than_ms`; returns how many notifications went. Works in chunks so it never holds long locks."""
+    cutoff = datetime.fromtimestamp(older_than_ms / 1000, UTC)
+    total = 0
+    while True:
+        with engine.begin() as conn:
+            ids = list(conn.execute(
+                select(_N.c.id).where(_N.c.state.in_(TERMINAL_STATES), _N.c.created_at < cutoff).limit(chunk)
+            ).scalars())
+            if not ids:
+                return total
+            conn.execute(delete(_A).where(_A.c.notification_id.in_(ids)))
+            conn.execute(delete(_N).where(_N.c.id.in_(ids)))
+        total += len(ids)
 
 
 def renew_leases(engine: Engine, ids: Sequence[str], claimed_by: str, lease_ms: int) -> None:
