@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("beat", help="run the scheduler (exactly one): retention purge")
     sub.add_parser("migrate", help="upgrade the database schema")
 
+    doctor = sub.add_parser("doctor", help="check configuration, database, Redis and a tenant's provider")
+    doctor.add_argument("--tenant", default=None, help="also check that this tenant's provider gets a token")
+
     activity = sub.add_parser("activity", help="print the delivery activity table")
     activity.add_argument("--tenant", default=None)
     activity.add_argument("--limit", type=int, default=50)
@@ -63,6 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if command == "dispatcher":
         return _run_dispatcher(settings)
+    if command == "doctor":
+        from shared.doctor import run_checks
+
+        checks = run_checks(settings, args.tenant)
+        print("\n".join(map(str, checks)))
+        return 1 if any(c.status == "fail" for c in checks) else 0
     if command == "beat":
         from worker.celery_app import run_beat
 
