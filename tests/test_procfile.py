@@ -1,0 +1,52 @@
+"""The Procfile is a real way to run tenantmail: honcho starts its processes and a notification goes
+through end to end."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from emulator.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_SENDER, DEMO_TENANT_ID
+from shared.providers import save_graph_provider
+from tests.stack import ROOT
+
+PROCESSES = ["worker", "beat"]
+
+
+def test_procfile_lines_name_tenantmail_commands() -> None:
+    lines = [ln for ln in (ROOT / "Procfile").read_text().splitlines() if ln and not ln.startswith("#")]
+    names = {ln.split(":", 1)[0] for ln in lines}
+    assert {"worker", "beat", "emulator"} <= names
+    assert all(re.match(r"^\w+: tenantmail \w+", ln) for ln in lines)
+
+
+def test_honcho_runs_the_procfile_and_a_notification_is_sent(make_stack: Any, emulator: Any, tmp_path: Path) -> None:
+    # given the stack's settings in the environment and the venv's `tenantmail` on PATH
+    stack = make_stack()
+    save_graph_provider(stack.engine, stack.box, "acme", sender_address=DEMO_SENDER, azure_tenant=DEMO_TENANT_ID,
+                        client_id=DEMO_CLIENT_ID, client_secret=DEMO_CLIENT_SECRET)
+    env = {**stack.env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "WORKER_CONCURRENCY": "4"}
+    log = open(tmp_path / "honcho.log", "wb")
+    honcho = subprocess.Popen([str(Path(sys.executable).parent / "honcho"), "start", "-f", str(ROOT / "Procfile"),
+                               *PROCESSES], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        # when a notification is enqueued
+        nid = stack.producer.enqueue("acme", {"to": ["ana@example.org"], "subject": "Through the Procfile"})
+
+        # then the Procfile's worker sends it
+        try:
+            assert stack.wait_terminal([nid], timeout_s=60)[nid] == "sent"
+        except AssertionError:
+            raise AssertionError((tmp_path / "honcho.log").read_text()[-3000:]) from None
+        assert [m["x_headers"]["X-Tenantmail-Notification-Id"] for m in emulator.outbox()] == [nid]
+    finally:
+        honcho.send_signal(signal.SIGTERM)
+        honcho.wait(timeout=60)
+        log.close()
