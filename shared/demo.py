@@ -106,8 +106,8 @@ def _settings_from_env(env: dict[str, str]) -> dict[str, Any]:
 
 
 def _configure_tenants(engine: Any, box: SecretBox) -> None:
-    common = dict(azure_tenant=DEMO_TENANT_ID, client_id=DEMO_CLIENT_ID, client_secret=DEMO_CLIENT_SECRET,
-                  created_by="demo")
+    common: dict[str, Any] = dict(azure_tenant=DEMO_TENANT_ID, client_id=DEMO_CLIENT_ID,
+                                  client_secret=DEMO_CLIENT_SECRET, created_by="demo")
     save_graph_provider(engine, box, "contoso", sender_address=DEMO_SENDER, sender_name="Contoso Governance",
                         reply_to=DEMO_SENDER, **common)
     save_graph_provider(engine, box, "contoso-ceo", sender_address=DEMO_CEO, sender_name="Contoso CEO", **common)
