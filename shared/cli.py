@@ -1,4 +1,4 @@
-"""`tenantmail` command line: demo (the main command), worker, dispatcher, migrate, emulator, activity."""
+"""`tenantmail` command line: demo (the main command), worker, dispatcher, api, keys, migrate, emulator, activity."""
 
 from __future__ import annotations
 
@@ -25,6 +25,18 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--hostname", default=None)
 
     sub.add_parser("dispatcher", help="run only the dispatcher loop")
+
+    api = sub.add_parser("api", help="serve the HTTP API and the admin web page")
+    api.add_argument("--host", default=None)
+    api.add_argument("--port", type=int, default=None)
+
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="create a key bound to one tenant and role; prints it once")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--role", required=True, choices=["admin", "sender", "viewer"])
+    create.add_argument("--label", default=None)
+    revoke = keys.add_parser("revoke", help="revoke a key by its id (the part after tm_)")
+    revoke.add_argument("key_id")
     sub.add_parser("migrate", help="upgrade the database schema")
 
     activity = sub.add_parser("activity", help="print the delivery activity table")
@@ -60,6 +72,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if command == "dispatcher":
         return _run_dispatcher(settings)
+    if command == "api":
+        from api.app import run_api
+
+        run_api(settings, host=args.host, port=args.port)
+        return 0
+    if command == "keys":
+        return _keys(settings, args)
     if command == "activity":
         from shared.activity import print_activity
         from shared.db import make_engine
@@ -69,6 +88,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from shared.demo import run_demo
 
     return run_demo(settings, keep_running=getattr(args, "keep_running", False))
+
+
+def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    from api.keys import create_key, revoke_key
+    from shared.db import make_engine
+
+    engine = make_engine(settings)
+    if args.keys_command == "create":
+        print(create_key(engine, args.tenant, args.role, label=args.label))
+        return 0
+    if revoke_key(engine, args.key_id):
+        return 0
+    print(f"no active key {args.key_id}", file=sys.stderr)
+    return 1
 
 
 def _run_dispatcher(settings: Settings) -> int:
