@@ -39,7 +39,7 @@ class ApiContext:
 
 
 CONTEXT: web.AppKey[ApiContext] = web.AppKey("tenantmail_context", ApiContext)
-PRINCIPAL_KEY = "tenantmail_principal"
+PRINCIPAL_KEY: web.RequestKey[Principal] = web.RequestKey("tenantmail_principal", Principal)
 
 
 def context(request: web.Request) -> ApiContext:

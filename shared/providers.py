@@ -122,7 +122,14 @@ def _secret_changed(box: SecretBox, prev: ProviderConfig | None, secret: str) ->
 def _changed_fields(prev: ProviderConfig | None, row: ProviderConfig) -> list[str]:
     if prev is None:
         return [f for f in TRACKED_FIELDS if getattr(row, f) is not None]
-    return [f for f in TRACKED_FIELDS if getattr(prev, f) != getattr(row, f)]
+    return [f for f in TRACKED_FIELDS if _comparable(getattr(prev, f)) != _comparable(getattr(row, f))]
+
+
+def _comparable(value: object) -> object:
+    # SQLite hands back naive UTC datetimes; compare them as aware ones.
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
 
 
 def _insert_version(
