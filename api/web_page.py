@@ -53,7 +53,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
     if not key or await ctx.blocking(authenticate, ctx.engine, key) is None:
         return _page("Sign in", "<p class='error'>That API key is not valid.</p><p><a href='/ui/login'>Retry</a></p>")
-    response = web.HTTPSeeOther("/ui/email-provider")
+    response = web.Response(status=303, headers={"Location": "/ui/email-provider"})
     response.set_cookie(COOKIE, key, httponly=True, samesite="Strict", secure=ctx.settings.api_cookie_secure,
                         path="/ui")
     return response
