@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import requests
+from openapi_spec_validator import validate
 
 from emulator.demo import DEMO_CEO, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_SENDER, DEMO_TENANT_ID
 from tests.api_harness import ApiServer
@@ -18,9 +19,10 @@ def _walk_refs(node: Any) -> list[str]:
     return []
 
 
-def test_openapi_document_is_public_and_its_references_resolve(api: ApiServer) -> None:
+def test_openapi_document_is_public_valid_and_its_references_resolve(api: ApiServer) -> None:
     doc = api.anonymous().get("/v1/openapi.json").json()
     assert doc["openapi"] == "3.1.0"
+    validate(doc)  # raises on an invalid OpenAPI 3.1 document
     for path in ("/v1/email-provider", "/v1/email-provider/test", "/v1/activity", "/v1/stats",
                  "/v1/notifications", "/v1/notifications:batch", "/v1/notifications/{id}"):
         assert path in doc["paths"]
