@@ -101,6 +101,9 @@ def document() -> dict[str, Any]:
                 _q("recipient", {"type": "string"}), _q("since", {"type": "string", "format": "date-time"}),
                 _q("until", {"type": "string", "format": "date-time"}), _q("cursor", {"type": "string"}),
                 _q("limit", {"type": "integer", "minimum": 1, "maximum": 200})])},
+            "/v1/events": {"get": _op("Config changes, credential check failures and test sends", {
+                "type": "object", "properties": {"items": {"type": "array", "items": {"type": "object"}}}},
+                errors=("401", "422"), params=[_q("limit", {"type": "integer", "minimum": 1, "maximum": 200})])},
             "/v1/stats": {"get": _op("Counts by status and error code", {"type": "object"}, errors=("401", "422"),
                                      params=[_q("window_s", {"type": "integer", "minimum": 1})])},
             "/v1/notifications": {"post": _op("Enqueue a notification (sender, admin)", {

@@ -21,6 +21,7 @@ from api.provider_input import ProviderInput, parse_provider
 from shared.clouds import resolve_cloud
 from shared.diagnosis import diagnose
 from shared.errors import DeliveryError
+from shared.events import record_event
 from shared.models import Notification, ProviderConfig
 from shared.providers import current_config, provider_history, save_graph_provider, set_platform_default
 
@@ -69,12 +70,20 @@ async def save(ctx: ApiContext, who: Principal, body: object) -> dict[str, Any]:
     secret: str = (form.client_secret if form.client_secret is not None
                    else await ctx.blocking(_stored_secret, ctx, who.tenant_id, form))
     creds = Credentials(form.azure_tenant, form.client_id, resolve_cloud(form.cloud, ctx.settings), secret)
-    await check_credentials(ctx, creds)
+    try:
+        await check_credentials(ctx, creds)
+    except ApiError as exc:
+        code, message = exc.code, exc.message
+        await ctx.blocking(lambda: record_event(ctx.engine, who.tenant_id, "provider_check_failed", code=code,
+                                                detail=message, actor=who.actor))
+        raise
     version = await ctx.blocking(lambda: save_graph_provider(
         ctx.engine, ctx.box, who.tenant_id, sender_address=form.sender_address, azure_tenant=form.azure_tenant,
         client_id=form.client_id, client_secret=secret, sender_name=form.sender_name, reply_to=form.reply_to,
         cloud=form.cloud, secret_expires_at=form.secret_expires_at, created_by=who.actor))
     _log.info("provider.saved", version=version, client_id=form.client_id, cloud=form.cloud)
+    await ctx.blocking(lambda: record_event(ctx.engine, who.tenant_id, "provider_saved",
+                                            detail=f"version {version}", actor=who.actor))
     return await view(ctx, who.tenant_id)
 
 
@@ -112,6 +121,8 @@ async def revert(ctx: ApiContext, who: Principal) -> int:
     """Switch the tenant back to the platform default provider; returns the new version."""
     version = await ctx.blocking(lambda: set_platform_default(ctx.engine, who.tenant_id, created_by=who.actor))
     _log.info("provider.reverted", version=version)
+    await ctx.blocking(lambda: record_event(ctx.engine, who.tenant_id, "provider_reverted",
+                                            detail=f"version {version}: platform default", actor=who.actor))
     return version
 
 

@@ -10,6 +10,7 @@ from api.activity_queries import ActivityFilter, list_activity, notification_det
 from api.context import context, principal
 from api.errors import not_found
 from shared.errors import ValidationFailed
+from shared.events import recent_events
 from shared.models import State
 
 routes = web.RouteTableDef()
@@ -44,6 +45,16 @@ async def get_notification(request: web.Request) -> web.Response:
     if item is None:
         raise not_found("notification")
     return web.json_response(item)
+
+
+@routes.get("/v1/events")
+async def get_events(request: web.Request) -> web.Response:
+    """Config changes, credential check failures and test sends, newest first."""
+    who = principal(request)
+    limit = _int(request.query.get("limit"), "limit", 50, 1, _MAX_LIMIT)
+    ctx = context(request)
+    return web.json_response({"items": await ctx.blocking(lambda: recent_events(ctx.engine, who.tenant_id,
+                                                                                limit=limit))})
 
 
 @routes.get("/v1/stats")

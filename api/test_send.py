@@ -19,6 +19,7 @@ from api.credentials import Credentials, acquire_token
 from api.keys import Principal
 from shared.diagnosis import diagnose
 from shared.errors import DeliveryError, ProviderError, ValidationFailed
+from shared.events import record_event
 from shared.ids import new_id
 from shared.message import check_address, graph_request_body, parse_message
 from shared.providers import ProviderResolver, ResolvedProvider
@@ -46,6 +47,10 @@ async def send_test(ctx: ApiContext, who: Principal, body: object) -> dict[str, 
     except DeliveryError as exc:
         outcome = _failed(exc.code or "DeliveryError", exc.message, request_id=exc.request_id)
     outcome.update(sender=provider.sender_address, provider="platform" if provider.kind == "platform" else "customer")
+    await ctx.blocking(lambda: record_event(
+        ctx.engine, who.tenant_id, "test_sent" if outcome["result"] == "sent" else "test_failed",
+        code=outcome.get("code"), request_id=outcome.get("request_id"),
+        detail=f"to {to} from {provider.sender_address}", actor=who.actor))
     _log.info("provider.test_send", result=outcome["result"], code=outcome.get("code"),
               request_id=outcome.get("request_id"))
     return outcome

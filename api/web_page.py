@@ -21,6 +21,7 @@ from api.middleware import COOKIE
 from api.test_send import send_test
 from shared.clouds import CLOUDS
 from shared.errors import ValidationFailed
+from shared.events import recent_events
 
 routes = web.RouteTableDef()
 _FIELDS = (("sender_name", "Sender name"), ("sender_address", "Sender email address"),
@@ -134,7 +135,13 @@ async def activity_page(request: web.Request) -> web.Response:
         + "<button>Filter</button></form>")
     table = ("<table><tr><th>Time</th><th>Status</th><th>Recipient</th><th>Subject</th><th>Error code</th>"
              f"<th>Diagnosis</th></tr>{rows}</table>")
-    return _page("Activity", filters_html + table + more)
+    events = await ctx.blocking(lambda: recent_events(ctx.engine, who.tenant_id, limit=20))
+    event_rows = "".join(
+        f"<tr><td>{escape(e['created_at'])}</td><td>{escape(e['kind'])}</td><td>{escape(e['code'] or '')}</td>"
+        f"<td>{escape(e['detail'] or '')}</td><td>{escape(e['actor'] or '')}</td></tr>" for e in events)
+    events_html = ("<h2>Settings events</h2><table id='events'><tr><th>Time</th><th>Event</th><th>Code</th>"
+                   f"<th>Detail</th><th>By</th></tr>{event_rows}</table>")
+    return _page("Activity", filters_html + table + more + events_html)
 
 
 def _values_of(current: dict[str, Any]) -> dict[str, str]:

@@ -164,3 +164,19 @@ class ProviderHistory(SQLModel, table=True):
     changed_fields: list[str] = Field(sa_column=Column(JSON, nullable=False))
     actor: str | None = Field(default=None, max_length=200)
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class ActivityEvent(SQLModel, table=True):
+    """Something that happened to a tenant's email setup: a config change, a test send, a reminder."""
+
+    __tablename__ = "activity_event"
+    __table_args__ = (Index("ix_activity_event_tenant", "tenant_id", "created_at"),)
+
+    id: int | None = Field(default=None, sa_column=Column(_BIGID, primary_key=True, autoincrement=True))
+    tenant_id: str = Field(max_length=64)
+    kind: str = Field(max_length=32)  # provider_saved, provider_reverted, provider_check_failed, test_sent, ...
+    code: str | None = Field(default=None, max_length=100)
+    detail: str | None = Field(default=None, max_length=1000)
+    request_id: str | None = Field(default=None, max_length=64)
+    actor: str | None = Field(default=None, max_length=200)
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))

@@ -86,7 +86,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url: str = request.getfixturevalue("pg_database")
     engine = make_engine(Settings(database_url=url))
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE notification, delivery_attempt, provider_config, api_key, provider_history"))
+        conn.execute(text("TRUNCATE notification, delivery_attempt, provider_config, api_key, provider_history, "
+                          "activity_event"))
     engine.dispose()
     return url
 

@@ -177,3 +177,17 @@ def test_send_test_is_rate_limited_per_tenant(api: ApiServer) -> None:
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
     assert int(refused.headers["Retry-After"]) >= 1
     assert api.client("globex").post("/v1/email-provider/test", json={"to": "ana@example.org"}).status_code == 200
+
+
+def test_config_changes_checks_and_test_sends_appear_as_events(api: ApiServer) -> None:
+    admin = api.client("acme")
+    admin.put("/v1/email-provider", json=form(client_secret="wrong-secret-value-9"))
+    admin.put("/v1/email-provider", json=form(sender_address=DEMO_CEO))
+    admin.post("/v1/email-provider/test", json={"to": "ana@example.org"})
+    admin.delete("/v1/email-provider")
+    events = api.client("acme", "viewer").get("/v1/events").json()["items"]
+    assert [(e["kind"], e["code"]) for e in events] == [
+        ("provider_reverted", None), ("test_failed", "ErrorAccessDenied"), ("provider_saved", None),
+        ("provider_check_failed", "AADSTS7000215")]
+    assert all(e["actor"].startswith("key:") for e in events)
+    assert api.client("globex", "viewer").get("/v1/events").json()["items"] == []
