@@ -17,7 +17,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     demo = sub.add_parser("demo", help="run the embedded stack and send sample notifications (default)")
-    demo.add_argument("--keep-running", action="store_true", help="keep the stack up after the demo")
+    demo.add_argument("--keep-running", action="store_true",
+                      help="keep the stack up after the demo, with the API and admin page")
 
     worker = sub.add_parser("worker", help="run a Celery delivery worker (threads pool)")
     worker.add_argument("--concurrency", type=int, default=None)

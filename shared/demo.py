@@ -72,6 +72,7 @@ def run_demo(settings: Settings, *, keep_running: bool = False) -> int:
         print(format_activity(rows))
         print(f"emulator outbox: {len(emu.outbox())} message(s) accepted by Graph")
         if keep_running:
+            _start_api(stack, engine, settings, env)
             print("stack running; Ctrl-C to stop")
             _sleep_forever()
         return 0 if done else 1
@@ -112,6 +113,18 @@ def _configure_tenants(engine: Any, box: SecretBox) -> None:
                         reply_to=DEMO_SENDER, **common)
     save_graph_provider(engine, box, "contoso-ceo", sender_address=DEMO_CEO, sender_name="Contoso CEO", **common)
     # "fabrikam" has no configuration: it uses the platform default sender.
+
+
+def _start_api(stack: ExitStack, engine: Any, settings: Settings, env: dict[str, str]) -> None:
+    """The API and admin page as a child process, and an admin key for the demo tenant."""
+    from api.keys import create_key
+
+    key = create_key(engine, "contoso", "admin", label="demo")
+    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "api"], env=env,
+                            cwd=Path(__file__).resolve().parent.parent)
+    stack.callback(_stop, proc)
+    print(f"admin page http://{settings.api_host}:{settings.api_port}/ui/login  "
+          f"API key (tenant contoso, admin; shown once): {key}")
 
 
 @contextmanager
