@@ -32,7 +32,8 @@ _PROVIDER_OUT = {"type": "object", "properties": {
     "reply_to": {"type": ["string", "null"]}, "azure_tenant": {"type": "string"}, "client_id": {"type": "string"},
     "cloud": {"type": "string"}, "status": {"enum": ["active", "credentials_expired"]},
     "client_secret": {"type": "object", "properties": {"last4": {"type": "string"},
-                                                       "expires_at": {"type": ["string", "null"]}}},
+                                                       "expires_at": {"type": ["string", "null"]},
+                                                       "expires_in_days": {"type": ["integer", "null"]}}},
     "updated_at": {"type": ["string", "null"]}, "updated_by": {"type": ["string", "null"]}}}
 _TEST_RESULT = {"type": "object", "required": ["result"], "properties": {
     "result": {"enum": ["sent", "failed"]}, "request_id": {"type": ["string", "null"]},

@@ -46,7 +46,8 @@ async def view(ctx: ApiContext, tenant_id: str) -> dict[str, Any]:
         "provider": "customer", "service": "microsoft_graph", "version": row.version,
         "sender_name": row.sender_name, "sender_address": row.sender_address, "reply_to": row.reply_to,
         "azure_tenant": row.azure_tenant, "client_id": row.client_id, "cloud": row.cloud,
-        "client_secret": {"last4": row.secret_last4, "expires_at": _iso(row.secret_expires_at)},
+        "client_secret": {"last4": row.secret_last4, "expires_at": _iso(row.secret_expires_at),
+                          "expires_in_days": _days_left(row.secret_expires_at)},
         "status": await ctx.blocking(_status, ctx, row),
         "updated_at": _iso(row.created_at), "updated_by": row.created_by,
     }
@@ -131,6 +132,12 @@ async def history(ctx: ApiContext, tenant_id: str) -> list[dict[str, Any]]:
     rows = await ctx.blocking(provider_history, ctx.engine, tenant_id)
     return [{"version": r.version, "action": r.action, "changed_fields": r.changed_fields, "actor": r.actor,
              "at": _iso(r.created_at)} for r in rows]
+
+
+def _days_left(expires_at: datetime | None) -> int | None:
+    if expires_at is None:
+        return None
+    return (_aware(expires_at) - datetime.now(UTC)).days
 
 
 def _aware(value: datetime) -> datetime:

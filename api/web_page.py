@@ -157,6 +157,10 @@ def _current_html(c: dict[str, Any]) -> str:
                 f"(version {c['version']}).</p>")
     secret = c["client_secret"]
     expired = "<p class='error'>Credentials expired: save a new client secret.</p>" if c["status"] != "active" else ""
+    days = secret.get("expires_in_days")
+    if not expired and days is not None and days <= 30:
+        expired = (f"<p class='error' id='expiry-warning'>The client secret expires in {days} day(s): create a new "
+                   "one in Entra ID and save it here.</p>")
     return (f"{expired}<p>Provider: <b>Customer provided</b> · Microsoft Graph · version {c['version']}</p><ul>"
             f"<li>Sender: {escape(c['sender_name'] or '')} &lt;{escape(c['sender_address'])}&gt;</li>"
             f"<li>Reply-to: {escape(c['reply_to'] or '')}</li><li>Azure tenant ID: {escape(c['azure_tenant'])}</li>"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import requests
@@ -76,6 +77,15 @@ def test_page_test_send_shows_the_access_policy_diagnosis(api: ApiServer) -> Non
     session = _page_session(api)
     result = session.post(api.base_url + "/ui/email-provider/test", data={"to": "ana@example.org"}, timeout=30)
     assert "Failed: ErrorAccessDenied" in result.text and "Test-ApplicationAccessPolicy" in result.text
+
+
+def test_page_warns_when_the_secret_expires_within_30_days(api: ApiServer) -> None:
+    soon = (datetime.now(UTC) + timedelta(days=10)).date().isoformat()
+    assert api.client("acme").put("/v1/email-provider", json={
+        "sender_address": DEMO_SENDER, "azure_tenant": DEMO_TENANT_ID, "client_id": DEMO_CLIENT_ID,
+        "client_secret": DEMO_CLIENT_SECRET, "secret_expires_at": soon}).status_code == 200
+    page = _page_session(api, "viewer").get(api.base_url + "/ui/email-provider", timeout=30)
+    assert "id='expiry-warning'" in page.text and "expires in" in page.text
 
 
 def test_viewer_page_has_no_edit(api: ApiServer) -> None:

@@ -29,7 +29,9 @@ def test_save_valid_credentials_stores_a_version_and_hides_the_secret(api: ApiSe
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["provider"] == "customer" and body["version"] == 1
-    assert body["client_secret"] == {"last4": DEMO_CLIENT_SECRET[-4:], "expires_at": "2027-06-30T00:00:00+00:00"}
+    assert body["client_secret"]["last4"] == DEMO_CLIENT_SECRET[-4:]
+    assert body["client_secret"]["expires_at"] == "2027-06-30T00:00:00+00:00"
+    assert body["client_secret"]["expires_in_days"] > 30
     assert DEMO_CLIENT_SECRET not in response.text
     history = admin.get("/v1/email-provider/history").json()["items"]
     assert history[0]["version"] == 1 and "client_secret" in history[0]["changed_fields"]
