@@ -1,4 +1,4 @@
-"""`tenantmail` command line: demo (the main command), worker, dispatcher, migrate, emulator, activity."""
+"""`tenantmail` command line: demo (the main command), worker, dispatcher, api, keys, migrate, emulator, activity."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     demo = sub.add_parser("demo", help="run the embedded stack and send sample notifications (default)")
-    demo.add_argument("--keep-running", action="store_true", help="keep the stack up after the demo")
+    demo.add_argument("--keep-running", action="store_true",
+                      help="keep the stack up after the demo, with the API and admin page")
 
     worker = sub.add_parser("worker", help="run a Celery delivery worker (threads pool)")
     worker.add_argument("--concurrency", type=int, default=None)
@@ -27,6 +28,19 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("dispatcher", help="run only the dispatcher loop")
     sub.add_parser("beat", help="run the scheduler (exactly one): retention purge")
+
+    api = sub.add_parser("api", help="serve the HTTP API and the admin web page")
+    api.add_argument("--host", default=None)
+    api.add_argument("--port", type=int, default=None)
+
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="create a key bound to one tenant and role; prints it once")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--role", required=True, choices=["admin", "sender", "viewer"])
+    create.add_argument("--label", default=None)
+    revoke = keys.add_parser("revoke", help="revoke a key by its id (the part after tm_)")
+    revoke.add_argument("key_id")
+
     sub.add_parser("migrate", help="upgrade the database schema")
 
     doctor = sub.add_parser("doctor", help="check configuration, database, Redis and a tenant's provider")
@@ -77,6 +91,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run_beat(settings)
         return 0
+    if command == "api":
+        from api.app import run_api
+
+        run_api(settings, host=args.host, port=args.port)
+        return 0
+    if command == "keys":
+        return _keys(settings, args)
     if command == "activity":
         from shared.activity import print_activity
         from shared.db import make_engine
@@ -86,6 +107,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from shared.demo import run_demo
 
     return run_demo(settings, keep_running=getattr(args, "keep_running", False))
+
+
+def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    from api.keys import create_key, revoke_key
+    from shared.db import make_engine
+
+    engine = make_engine(settings)
+    if args.keys_command == "create":
+        print(create_key(engine, args.tenant, args.role, label=args.label))
+        return 0
+    if revoke_key(engine, args.key_id):
+        return 0
+    print(f"no active key {args.key_id}", file=sys.stderr)
+    return 1
 
 
 def _run_dispatcher(settings: Settings) -> int:

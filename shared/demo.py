@@ -72,6 +72,7 @@ def run_demo(settings: Settings, *, keep_running: bool = False) -> int:
         print(format_activity(rows))
         print(f"emulator outbox: {len(emu.outbox())} message(s) accepted by Graph")
         if keep_running:
+            _start_api(stack, engine, settings, env)
             print("stack running; Ctrl-C to stop")
             _sleep_forever()
         return 0 if done else 1
@@ -106,12 +107,24 @@ def _settings_from_env(env: dict[str, str]) -> dict[str, Any]:
 
 
 def _configure_tenants(engine: Any, box: SecretBox) -> None:
-    common = dict(azure_tenant=DEMO_TENANT_ID, client_id=DEMO_CLIENT_ID, client_secret=DEMO_CLIENT_SECRET,
-                  created_by="demo")
+    common: dict[str, Any] = dict(azure_tenant=DEMO_TENANT_ID, client_id=DEMO_CLIENT_ID,
+                                  client_secret=DEMO_CLIENT_SECRET, created_by="demo")
     save_graph_provider(engine, box, "contoso", sender_address=DEMO_SENDER, sender_name="Contoso Governance",
                         reply_to=DEMO_SENDER, **common)
     save_graph_provider(engine, box, "contoso-ceo", sender_address=DEMO_CEO, sender_name="Contoso CEO", **common)
     # "fabrikam" has no configuration: it uses the platform default sender.
+
+
+def _start_api(stack: ExitStack, engine: Any, settings: Settings, env: dict[str, str]) -> None:
+    """The API and admin page as a child process, and an admin key for the demo tenant."""
+    from api.keys import create_key
+
+    key = create_key(engine, "contoso", "admin", label="demo")
+    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "api"], env=env,
+                            cwd=Path(__file__).resolve().parent.parent)
+    stack.callback(_stop, proc)
+    print(f"admin page http://{settings.api_host}:{settings.api_port}/ui/login  "
+          f"API key (tenant contoso, admin; shown once): {key}")
 
 
 @contextmanager

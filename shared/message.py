@@ -528,3 +528,13 @@ def _base64(value: object, field: str) -> tuple[str, int]:
     except binascii.Error:
         raise ValidationFailed(field, "is not valid base64") from None
     return value, len(decoded)
+
+
+def check_address(value: object, field: str) -> str:
+    """A single email address, validated as recipients are; raises `ValidationFailed` naming `field`."""
+    return _address(value, field)
+
+
+def check_line(value: object, field: str, max_chars: int) -> str | None:
+    """Optional one-line text without control characters (CR/LF included); `ValidationFailed` otherwise."""
+    return _line(value, field, max_chars)

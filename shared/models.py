@@ -135,3 +135,48 @@ class ProviderConfig(SQLModel, table=True):
     cloud: str = Field(default="global", max_length=16)
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     created_by: str | None = Field(default=None, max_length=200)
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key: its public prefix, the sha256 of the whole key, one tenant and one role."""
+
+    __tablename__ = "api_key"
+
+    id: str = Field(primary_key=True, max_length=16)  # the public prefix shown in `tm_<id>_…`
+    tenant_id: str = Field(max_length=64, index=True)
+    role: str = Field(max_length=16)  # "admin" | "sender" | "viewer"
+    key_sha256: str = Field(max_length=64)
+    label: str | None = Field(default=None, max_length=200)
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    revoked_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+
+
+class ProviderHistory(SQLModel, table=True):
+    """One change of a tenant's provider: who, when, which fields (names only, never values of secrets)."""
+
+    __tablename__ = "provider_history"
+    __table_args__ = (Index("ix_provider_history_tenant", "tenant_id", "created_at"),)
+
+    id: int | None = Field(default=None, sa_column=Column(_BIGID, primary_key=True, autoincrement=True))
+    tenant_id: str = Field(max_length=64)
+    version: int
+    action: str = Field(max_length=16)  # "saved" | "reverted"
+    changed_fields: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    actor: str | None = Field(default=None, max_length=200)
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class ActivityEvent(SQLModel, table=True):
+    """Something that happened to a tenant's email setup: a config change, a test send, a reminder."""
+
+    __tablename__ = "activity_event"
+    __table_args__ = (Index("ix_activity_event_tenant", "tenant_id", "created_at"),)
+
+    id: int | None = Field(default=None, sa_column=Column(_BIGID, primary_key=True, autoincrement=True))
+    tenant_id: str = Field(max_length=64)
+    kind: str = Field(max_length=32)  # provider_saved, provider_reverted, provider_check_failed, test_sent, ...
+    code: str | None = Field(default=None, max_length=100)
+    detail: str | None = Field(default=None, max_length=1000)
+    request_id: str | None = Field(default=None, max_length=64)
+    actor: str | None = Field(default=None, max_length=200)
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))

@@ -1,7 +1,7 @@
 """Tenant provider configurations: store a version, resolve the one in force.
 
-The configuration surface (validation on save, history, API) is its own issue; this module holds
-the table access both that surface and the workers need. Secrets are decrypted only into
+Table access for the configuration API (versions with a change history) and for the workers
+(the version in force). Secrets are decrypted only into
 `ResolvedProvider`, which never prints them.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -17,13 +17,14 @@ from sqlalchemy import Engine, func, select
 from sqlmodel import Session
 
 from shared.clouds import Cloud, resolve_cloud
-from shared.errors import NoProviderConfigured, ProviderError
-from shared.models import ProviderConfig
+from shared.errors import ConfigurationError, NoProviderConfigured, ProviderError
+from shared.models import ProviderConfig, ProviderHistory
 from shared.secretbox import SecretBox
 from shared.settings import Settings
 
 PLATFORM_TENANT_KEY = "__platform__"
 _P = ProviderConfig.__table__  # type: ignore[attr-defined]
+_H = ProviderHistory.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,11 @@ class ResolvedProvider:
         return f"{self.client_id}:{self.sender_address.lower()}"
 
 
+# Fields whose change the history records by name; the secret is compared, never stored in it.
+TRACKED_FIELDS = ("kind", "sender_name", "sender_address", "reply_to", "azure_tenant", "client_id", "cloud",
+                  "secret_expires_at")
+
+
 def save_graph_provider(
     engine: Engine,
     box: SecretBox,
@@ -64,29 +70,81 @@ def save_graph_provider(
     sender_name: str | None = None,
     reply_to: str | None = None,
     cloud: str = "global",
+    secret_expires_at: datetime | None = None,
     created_by: str | None = None,
 ) -> int:
-    """Store a new active customer-provided Graph configuration; returns its version."""
-    return _insert_version(engine, ProviderConfig(
+    """Store a new active customer-provided Graph configuration and its history entry; returns its version."""
+    row = ProviderConfig(
         tenant_id=tenant_id, version=0, kind="graph", sender_name=sender_name,
         sender_address=sender_address, reply_to=reply_to, azure_tenant=azure_tenant,
         client_id=client_id, secret_enc=box.encrypt(client_secret), secret_last4=client_secret[-4:],
-        cloud=cloud, created_at=datetime.now(UTC), created_by=created_by,
-    ))
+        secret_expires_at=secret_expires_at, cloud=cloud, created_at=datetime.now(UTC), created_by=created_by,
+    )
+    return _insert_version(engine, row, "saved", lambda prev: _secret_changed(box, prev, client_secret))
 
 
 def set_platform_default(engine: Engine, tenant_id: str, *, created_by: str | None = None) -> int:
     """Revert a tenant to the platform's own sender; returns the new version."""
     return _insert_version(engine, ProviderConfig(
         tenant_id=tenant_id, version=0, kind="platform", created_at=datetime.now(UTC), created_by=created_by,
-    ))
+    ), "reverted", lambda prev: prev is not None and prev.secret_enc is not None)
 
 
-def _insert_version(engine: Engine, row: ProviderConfig) -> int:
+def current_config(engine: Engine, tenant_id: str) -> ProviderConfig | None:
+    """The tenant's configuration row in force (highest active version), or None."""
     with Session(engine) as session:
+        return _current(session, tenant_id)
+
+
+def provider_history(engine: Engine, tenant_id: str, *, limit: int = 50) -> list[ProviderHistory]:
+    """The tenant's configuration changes, newest first."""
+    with Session(engine) as session:
+        query = (select(ProviderHistory).where(_H.c.tenant_id == tenant_id)
+                 .order_by(_H.c.version.desc()).limit(limit))
+        return list(session.scalars(query).all())
+
+
+def _current(session: Session, tenant_id: str) -> ProviderConfig | None:
+    query = (select(ProviderConfig).where(_P.c.tenant_id == tenant_id, _P.c.active.is_(True))
+             .order_by(_P.c.version.desc()).limit(1))
+    return session.scalars(query).first()
+
+
+def _secret_changed(box: SecretBox, prev: ProviderConfig | None, secret: str) -> bool:
+    if prev is None or prev.secret_enc is None:
+        return True
+    try:
+        return box.decrypt(prev.secret_enc) != secret
+    except ConfigurationError:
+        return True
+
+
+def _changed_fields(prev: ProviderConfig | None, row: ProviderConfig) -> list[str]:
+    if prev is None:
+        return [f for f in TRACKED_FIELDS if getattr(row, f) is not None]
+    return [f for f in TRACKED_FIELDS if _comparable(getattr(prev, f)) != _comparable(getattr(row, f))]
+
+
+def _comparable(value: object) -> object:
+    # SQLite hands back naive UTC datetimes; compare them as aware ones.
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _insert_version(
+    engine: Engine, row: ProviderConfig, action: str, secret_changed: Callable[[ProviderConfig | None], bool]
+) -> int:
+    # One transaction: the new version and its history entry land together or not at all; the
+    # unique (tenant_id, version) constraint makes a concurrent save fail instead of interleaving.
+    with Session(engine) as session:
+        prev = _current(session, row.tenant_id)
         current = session.scalar(select(func.max(_P.c.version)).where(_P.c.tenant_id == row.tenant_id))
         row.version = (current or 0) + 1
+        changed = _changed_fields(prev, row) + (["client_secret"] if secret_changed(prev) else [])
         session.add(row)
+        session.add(ProviderHistory(tenant_id=row.tenant_id, version=row.version, action=action,
+                                    changed_fields=changed, actor=row.created_by, created_at=row.created_at))
         session.commit()
         return row.version
 

@@ -79,6 +79,13 @@ class Settings(BaseSettings):
     # Retention: finished notifications older than this are purged by the beat process.
     retention_days: float = 90.0
     purge_interval_s: float = 3600.0
+    # HTTP API and admin page.
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    api_max_body_bytes: int = 5 * 1024 * 1024
+    api_test_sends_per_minute: int = 5
+    api_test_send_timeout_s: float = 20.0
+    api_cookie_secure: bool = False
 
     log_level: str = "INFO"
     log_json: bool = True

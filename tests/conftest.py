@@ -13,9 +13,12 @@ import pytest
 import redis
 from sqlalchemy import text
 
+from emulator.demo import PLATFORM_CLIENT_ID, PLATFORM_CLIENT_SECRET, PLATFORM_NO_REPLY, PLATFORM_TENANT_ID
 from shared.db import make_engine, migrate
 from shared.embedded import start_redis
+from shared.secretbox import SecretBox
 from shared.settings import Settings
+from tests.api_harness import ApiServer
 from tests.stack import FAST, Stack, new_encryption_key
 
 pytest_plugins = ["emulator.pytest_plugin"]
@@ -83,7 +86,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url: str = request.getfixturevalue("pg_database")
     engine = make_engine(Settings(database_url=url))
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE notification, delivery_attempt, provider_config"))
+        conn.execute(text("TRUNCATE notification, delivery_attempt, provider_config, api_key, provider_history, "
+                          "activity_event"))
     engine.dispose()
     return url
 
@@ -115,3 +119,36 @@ def make_stack(database_url: str, redis_url: str, emulator: Any, tmp_path: Path)
     yield factory
     for s in stacks:
         s.stop()
+
+
+@pytest.fixture
+def api_settings(database_url: str, redis_url: str, emulator: Any, tmp_path: Path) -> Settings:
+    """Settings of an API wired to this test's database, Redis and emulator."""
+    return Settings(database_url=database_url, redis_url=redis_url, encryption_keys=new_encryption_key(),
+                    authority_override=emulator.base_url, graph_base_override=emulator.graph_base_url,
+                    ca_bundle=str(emulator.ca_path), state_dir=tmp_path / "state", token_timeout_s=10.0,
+                    platform_tenant=PLATFORM_TENANT_ID, platform_client_id=PLATFORM_CLIENT_ID,
+                    platform_client_secret=PLATFORM_CLIENT_SECRET, platform_sender=PLATFORM_NO_REPLY)
+
+
+@pytest.fixture
+def make_api() -> Iterator[Callable[[Settings], ApiServer]]:
+    """Factory of API servers on real ports for given settings; stops them afterwards."""
+    servers: list[ApiServer] = []
+
+    def factory(settings: Settings) -> ApiServer:
+        engine = make_engine(settings)
+        server = ApiServer(settings, engine, SecretBox.from_settings(settings)).start()
+        servers.append(server)
+        return server
+
+    yield factory
+    for s in servers:
+        s.stop()
+        s.engine.dispose()
+
+
+@pytest.fixture
+def api(make_api: Callable[[Settings], ApiServer], api_settings: Settings) -> ApiServer:
+    """One API server for this test's database, Redis and emulator."""
+    return make_api(api_settings)

@@ -1,0 +1,69 @@
+"""The aiohttp application: `create_app(settings, engine, ...)` and `run_api` for `tenantmail api`."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import aiohttp
+import redis.asyncio as redis_async
+from aiohttp import web
+from sqlalchemy import Engine
+
+from api import middleware, openapi, routes_activity, routes_notifications, routes_provider, web_page
+from api.context import CONTEXT, ApiContext
+from shared.errors import ConfigurationError
+from shared.producer import Producer
+from shared.secretbox import SecretBox
+from shared.settings import Settings
+
+
+def create_app(
+    settings: Settings, engine: Engine, *, box: SecretBox | None = None, redis: Any = None
+) -> web.Application:
+    """Build the app; Redis (from settings.redis_url unless given) and the HTTP session open on startup."""
+    if redis is None:
+        if not settings.redis_url:
+            raise ConfigurationError("REDIS_URL is required by the API (rate limits)")
+        redis = redis_async.Redis.from_url(settings.redis_url)
+    ctx = ApiContext(settings=settings, engine=engine, box=box or SecretBox.from_settings(settings), redis=redis,
+                     executor=ThreadPoolExecutor(max_workers=16, thread_name_prefix="tm-api"),
+                     producer=Producer(engine, settings))
+    app = web.Application(middlewares=[middleware.errors, middleware.auth], client_max_size=settings.api_max_body_bytes)
+    app[CONTEXT] = ctx
+    for table in (routes_provider.routes, routes_activity.routes, routes_notifications.routes, web_page.routes):
+        app.add_routes(table)
+    app.router.add_get("/v1/openapi.json", openapi.handler)
+    app.router.add_get("/healthz", _health)
+    app.cleanup_ctx.append(_http_session)
+    return app
+
+
+async def _health(_request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def _http_session(app: web.Application) -> AsyncIterator[None]:
+    ctx = app[CONTEXT]
+    s = ctx.settings
+    ssl_ctx = ssl.create_default_context(cafile=s.ca_bundle) if s.ca_bundle else ssl.create_default_context()
+    ctx.http = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=ssl_ctx, limit=64),
+        timeout=aiohttp.ClientTimeout(total=s.http_timeout_s, sock_connect=s.http_connect_timeout_s),
+        trust_env=False,
+    )
+    yield
+    await ctx.http.close()
+    await ctx.redis.aclose()
+    ctx.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def run_api(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
+    """Serve the API until interrupted (`tenantmail api`)."""
+    from shared.db import make_engine
+
+    engine = make_engine(settings)
+    web.run_app(create_app(settings, engine), host=host or settings.api_host, port=port or settings.api_port,
+                print=None)

@@ -1,0 +1,57 @@
+"""What every request handler shares: settings, database, Redis, secret box, HTTP session, executor."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aiohttp
+from aiohttp import web
+from sqlalchemy import Engine
+
+from api.errors import ApiError
+from api.keys import Principal
+from shared.producer import Producer
+from shared.secretbox import SecretBox
+from shared.settings import Settings
+
+T = TypeVar("T")
+
+
+@dataclass
+class ApiContext:
+    """Built by `create_app`; `http` exists between the app's startup and cleanup."""
+
+    settings: Settings
+    engine: Engine
+    box: SecretBox
+    redis: Any
+    executor: ThreadPoolExecutor
+    producer: Producer
+    http: aiohttp.ClientSession | None = None
+
+    async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking call (SQLAlchemy, MSAL) in the executor."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+
+CONTEXT: web.AppKey[ApiContext] = web.AppKey("tenantmail_context", ApiContext)
+PRINCIPAL_KEY: web.RequestKey[Principal] = web.RequestKey("tenantmail_principal", Principal)
+
+
+def context(request: web.Request) -> ApiContext:
+    """The app's context."""
+    return request.app[CONTEXT]
+
+
+def principal(request: web.Request, permission: str = "read") -> Principal:
+    """The authenticated caller, after checking its role grants `permission` (403 otherwise)."""
+    who: Principal | None = request.get(PRINCIPAL_KEY)
+    if who is None:
+        raise ApiError(401, "unauthenticated", "an API key is required (Authorization: Bearer tm_…)")
+    if not who.may(permission):
+        raise ApiError(403, "forbidden", f"the {who.role} role may not do this ({permission} needed)")
+    return who

@@ -1,0 +1,78 @@
+"""Middlewares: JSON errors (never a stack trace) and API-key authentication.
+
+The body size limit is aiohttp's `client_max_size`; exceeding it raises 413, which the error
+middleware turns into JSON like every other error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from api.context import PRINCIPAL_KEY, context
+from api.errors import ApiError
+from api.keys import authenticate
+from shared.errors import ValidationFailed
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+COOKIE = "tm_key"
+_PUBLIC = ("/v1/openapi.json", "/ui/login", "/healthz")
+_log = structlog.get_logger("tenantmail.api")
+_STATUS_CODES = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found",
+                 405: "method_not_allowed", 413: "body_too_large", 415: "unsupported_media_type"}
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes `{"error": {"code", "message", "field"}}`; unexpected ones are logged, not shown."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return _json_error(exc)
+    except ValidationFailed as exc:
+        return _json_error(ApiError(422, "validation_failed", str(exc), field=exc.field))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _STATUS_CODES.get(exc.status, f"http_{exc.status}")
+        return _json_error(ApiError(exc.status, code, exc.reason))
+    except Exception as exc:
+        _log.error("api.unhandled", path=request.path, method=request.method, error_type=type(exc).__name__)
+        return _json_error(ApiError(500, "internal", "internal error; it has been logged"))
+
+
+def _json_error(exc: ApiError) -> web.Response:
+    headers = {"Retry-After": str(exc.extra["retry_after_s"])} if "retry_after_s" in exc.extra else None
+    return web.json_response(exc.body(), status=exc.status, headers=headers)
+
+
+@web.middleware
+async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Attach the caller's principal from `Authorization: Bearer`, `X-Api-Key` or the page's cookie."""
+    if request.path in _PUBLIC or not request.path.startswith(("/v1/", "/ui")):
+        return await handler(request)
+    key = _presented_key(request)
+    who = await context(request).blocking(authenticate, context(request).engine, key) if key else None
+    if who is None:
+        if request.path.startswith("/ui"):
+            raise web.HTTPSeeOther("/ui/login")
+        raise ApiError(401, "unauthenticated", "a valid API key is required (Authorization: Bearer tm_…)")
+    request[PRINCIPAL_KEY] = who
+    structlog.contextvars.bind_contextvars(tenant_id=who.tenant_id, key_id=who.key_id)
+    try:
+        return await handler(request)
+    finally:
+        structlog.contextvars.unbind_contextvars("tenant_id", "key_id")
+
+
+def _presented_key(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip()
+    if request.headers.get("X-Api-Key"):
+        return request.headers["X-Api-Key"].strip()
+    if request.path.startswith("/ui"):
+        return request.cookies.get(COOKIE)
+    return None

@@ -1,0 +1,133 @@
+"""The OpenAPI 3.1 document of /v1, written by hand and served at /v1/openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from api.provider_input import PROVIDERS, SERVICES
+from shared.clouds import CLOUDS
+from shared.models import State
+
+_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["code", "message"],
+    "properties": {"code": {"type": "string"}, "message": {"type": "string"},
+                   "field": {"type": ["string", "null"]}, "detail": {"type": "string"},
+                   "diagnosis": {"$ref": "#/components/schemas/Diagnosis"}}}}}
+_DIAGNOSIS = {"type": ["object", "null"], "properties": {"cause": {"type": "string"}, "fix": {"type": "string"}}}
+_PROVIDER_IN = {"type": "object", "additionalProperties": False, "properties": {
+    "provider": {"enum": list(PROVIDERS)}, "service": {"enum": list(SERVICES)},
+    "sender_name": {"type": ["string", "null"], "maxLength": 200},
+    "sender_address": {"type": "string", "format": "email"}, "reply_to": {"type": ["string", "null"]},
+    "azure_tenant": {"type": "string", "description": "Directory (tenant) ID GUID or a verified domain"},
+    "client_id": {"type": "string", "format": "uuid"},
+    "client_secret": {"type": ["string", "null"], "writeOnly": True,
+                      "description": "the secret's Value; omit to keep the stored one (same app and tenant)"},
+    "secret_expires_at": {"type": ["string", "null"], "description": "ISO 8601 date"},
+    "cloud": {"enum": sorted(CLOUDS)}}}
+_PROVIDER_OUT = {"type": "object", "properties": {
+    "provider": {"enum": list(PROVIDERS)}, "service": {"type": "string"}, "version": {"type": "integer"},
+    "sender_name": {"type": ["string", "null"]}, "sender_address": {"type": "string"},
+    "reply_to": {"type": ["string", "null"]}, "azure_tenant": {"type": "string"}, "client_id": {"type": "string"},
+    "cloud": {"type": "string"}, "status": {"enum": ["active", "credentials_expired"]},
+    "client_secret": {"type": "object", "properties": {"last4": {"type": "string"},
+                                                       "expires_at": {"type": ["string", "null"]},
+                                                       "expires_in_days": {"type": ["integer", "null"]}}},
+    "updated_at": {"type": ["string", "null"]}, "updated_by": {"type": ["string", "null"]}}}
+_TEST_RESULT = {"type": "object", "required": ["result"], "properties": {
+    "result": {"enum": ["sent", "failed"]}, "request_id": {"type": ["string", "null"]},
+    "code": {"type": "string"}, "message": {"type": "string"}, "http_status": {"type": ["integer", "null"]},
+    "diagnosis": {"$ref": "#/components/schemas/Diagnosis"}, "sender": {"type": "string"}}}
+_NOTIFICATION = {"type": "object", "properties": {
+    "id": {"type": "string"}, "state": {"enum": [s.value for s in State]}, "attempts": {},
+    "to": {"type": "array", "items": {"type": "string"}}, "subject": {"type": "string"},
+    "last_error_code": {"type": ["string", "null"]}, "graph_request_id": {"type": ["string", "null"]},
+    "created_at": {"type": "string"}, "diagnosis": {"$ref": "#/components/schemas/Diagnosis"}}}
+_MESSAGE = {"type": "object", "required": ["to"], "description": "shared/message.py's message plus idempotency_key",
+            "properties": {"to": {"type": "array"}, "cc": {"type": "array"}, "bcc": {"type": "array"},
+                           "subject": {"type": "string"}, "body": {"type": "string"},
+                           "body_type": {"enum": ["text", "html"]}, "idempotency_key": {"type": "string"}}}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _op(summary: str, ok: dict[str, Any], *, status: str = "200", body: dict[str, Any] | None = None,
+        params: list[dict[str, Any]] | None = None, errors: tuple[str, ...] = ("401",)) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {status: _json(ok, "success")}}
+    for code in errors:
+        op["responses"][code] = _json(_ref("Error"), "error")
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _q(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI document."""
+    admin = ("401", "403", "422")
+    page = {"type": "object", "properties": {"items": {"type": "array", "items": _ref("Notification")},
+                                             "next_cursor": {"type": ["string", "null"]}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "tenantmail API", "version": "1",
+                 "description": "Tenant email provider settings, test sends, activity and producer endpoints. "
+                                "The tenant always comes from the API key."},
+        "servers": [{"url": "/"}],
+        "security": [{"apiKey": []}],
+        "paths": {
+            "/v1/email-provider": {
+                "get": _op("The provider configuration in force", _ref("ProviderOut")),
+                "put": _op("Validate and save (admin)", _ref("ProviderOut"), body=_ref("ProviderIn"), errors=admin),
+                "delete": _op("Revert to the platform default (admin)", _ref("ProviderOut"), errors=("401", "403")),
+            },
+            "/v1/email-provider/history": {"get": _op("Configuration changes", {"type": "object"})},
+            "/v1/email-provider/test": {"post": _op(
+                "Send a test message (admin, rate-limited)", _ref("TestResult"),
+                body={"type": "object", "required": ["to"], "properties": {"to": {"type": "string"}}},
+                errors=("401", "403", "422", "429"))},
+            "/v1/activity": {"get": _op("Notifications, newest first", page, errors=("401", "422"), params=[
+                _q("status", {"enum": [s.value for s in State]}), _q("error_code", {"type": "string"}),
+                _q("recipient", {"type": "string"}), _q("since", {"type": "string", "format": "date-time"}),
+                _q("until", {"type": "string", "format": "date-time"}), _q("cursor", {"type": "string"}),
+                _q("limit", {"type": "integer", "minimum": 1, "maximum": 200})])},
+            "/v1/events": {"get": _op("Config changes, credential check failures and test sends", {
+                "type": "object", "properties": {"items": {"type": "array", "items": {"type": "object"}}}},
+                errors=("401", "422"), params=[_q("limit", {"type": "integer", "minimum": 1, "maximum": 200})])},
+            "/v1/stats": {"get": _op("Counts by status and error code", {"type": "object"}, errors=("401", "422"),
+                                     params=[_q("window_s", {"type": "integer", "minimum": 1})])},
+            "/v1/notifications": {"post": _op("Enqueue a notification (sender, admin)", {
+                "type": "object", "properties": {"id": {"type": "string"}}}, status="201", body=_ref("Message"),
+                errors=("401", "403", "422"))},
+            "/v1/notifications:batch": {"post": _op("Enqueue up to 500 notifications, all or none", {
+                "type": "object", "properties": {"ids": {"type": "array", "items": {"type": "string"}}}},
+                status="201", errors=("401", "403", "422"), body={
+                    "type": "object", "required": ["items"],
+                    "properties": {"items": {"type": "array", "items": _ref("Message")}}})},
+            "/v1/notifications/{id}": {"get": _op("One notification with its attempts", _ref("Notification"),
+                                                  errors=("401", "404"), params=[
+                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}])},
+        },
+        "components": {
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer", "description": "tm_<id>_<secret>"}},
+            "schemas": {"Error": _ERROR, "Diagnosis": _DIAGNOSIS, "ProviderIn": _PROVIDER_IN,
+                        "ProviderOut": _PROVIDER_OUT, "TestResult": _TEST_RESULT, "Notification": _NOTIFICATION,
+                        "Message": _MESSAGE},
+        },
+    }
+
+
+async def handler(_request: web.Request) -> web.Response:
+    """GET /v1/openapi.json."""
+    return web.json_response(document())

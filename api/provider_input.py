@@ -1,0 +1,129 @@
+"""Validation of the email provider form (PUT /v1/email-provider) before any credential check.
+
+Every text field is checked for format and for CR/LF and other control characters, which could
+otherwise smuggle headers into mail or lines into logs. The cloud is a name from the fixed table
+in shared.clouds, never a URL.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from shared.clouds import CLOUDS
+from shared.errors import ValidationFailed
+from shared.message import check_address, check_line
+
+PROVIDERS = ("customer", "platform")
+SERVICES = ("microsoft_graph",)
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_DOMAIN = re.compile(r"^(?=.{3,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$")
+_SECRET_MAX = 1024
+_KEYS = frozenset({"provider", "service", "sender_name", "sender_address", "reply_to", "azure_tenant", "client_id",
+                   "client_secret", "secret_expires_at", "cloud"})
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderInput:
+    """A validated customer-provided Graph configuration; `client_secret` None keeps the stored one."""
+
+    sender_address: str
+    azure_tenant: str
+    client_id: str
+    cloud: str
+    sender_name: str | None = None
+    reply_to: str | None = None
+    secret_expires_at: datetime | None = None
+    client_secret: str | None = field(default=None, repr=False)
+
+
+def parse_provider(data: object) -> ProviderInput | None:
+    """The validated form, or None when it asks for the platform default provider."""
+    if not isinstance(data, Mapping):
+        raise ValidationFailed("body", "must be a JSON object")
+    unknown = sorted(str(k) for k in data if k not in _KEYS)
+    if unknown:
+        raise ValidationFailed(unknown[0], "is not a known field")
+    provider = _choice(data.get("provider", "customer"), "provider", PROVIDERS)
+    if provider == "platform":
+        return None
+    _choice(data.get("service", "microsoft_graph"), "service", SERVICES)
+    return ProviderInput(
+        sender_name=check_line(_optional(data, "sender_name"), "sender_name", 200) or None,
+        sender_address=check_address(_required(data, "sender_address"), "sender_address"),
+        reply_to=check_address(r, "reply_to") if (r := _optional(data, "reply_to")) else None,
+        azure_tenant=_azure_tenant(_required(data, "azure_tenant")),
+        client_id=_guid(_required(data, "client_id"), "client_id"),
+        client_secret=_secret(_optional(data, "client_secret")),
+        secret_expires_at=_expiry(_optional(data, "secret_expires_at")),
+        cloud=_choice(data.get("cloud", "global"), "cloud", tuple(CLOUDS)),
+    )
+
+
+def _optional(data: Mapping[str, Any], name: str) -> Any:
+    value = data.get(name)
+    return None if value == "" else value
+
+
+def _required(data: Mapping[str, Any], name: str) -> Any:
+    value = _optional(data, name)
+    if value is None:
+        raise ValidationFailed(name, "is required")
+    return value
+
+
+def _choice(value: object, name: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValidationFailed(name, f"must be one of {', '.join(choices)}")
+    return value
+
+
+def _text(value: object, name: str, max_chars: int) -> str:
+    line = check_line(value, name, max_chars)
+    if not line or line != line.strip():
+        raise ValidationFailed(name, "must not be empty or have leading or trailing spaces")
+    return line
+
+
+def _guid(value: object, name: str) -> str:
+    text = _text(value, name, 36)
+    if not _GUID.fullmatch(text):
+        raise ValidationFailed(name, "must be a GUID like 00000000-0000-0000-0000-000000000000")
+    return text.lower()
+
+
+def _azure_tenant(value: object) -> str:
+    text = _text(value, "azure_tenant", 253)
+    if _GUID.fullmatch(text):
+        return text.lower()
+    if _DOMAIN.fullmatch(text):
+        return text.lower()
+    raise ValidationFailed("azure_tenant", "must be the Directory (tenant) ID GUID or a verified domain")
+
+
+def _secret(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationFailed("client_secret", "must be a string")
+    if len(value) > _SECRET_MAX or len(value) < 8:
+        raise ValidationFailed("client_secret", f"must be 8-{_SECRET_MAX} characters (the secret's Value)")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value) or value != value.strip():
+        raise ValidationFailed("client_secret", "must not contain line breaks, control characters or outer spaces")
+    return value
+
+
+def _expiry(value: object) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationFailed("secret_expires_at", "must be an ISO 8601 date")
+    try:
+        parsed = datetime.fromisoformat(value) if "T" in value else datetime.combine(
+            date.fromisoformat(value), datetime.min.time())
+    except ValueError:
+        raise ValidationFailed("secret_expires_at", "must be an ISO 8601 date (YYYY-MM-DD)") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

@@ -1,0 +1,148 @@
+"""Email provider settings of one tenant: view, save after a credential check, revert, history.
+
+A save stores a new version only after Entra ID issued a token for the new credentials; any
+failure leaves the version in force untouched and answers 422 with the code, cause and fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import exists, select
+
+from api.context import ApiContext
+from api.credentials import Credentials, acquire_token
+from api.errors import ApiError
+from api.keys import Principal
+from api.provider_input import ProviderInput, parse_provider
+from shared.clouds import resolve_cloud
+from shared.diagnosis import diagnose
+from shared.errors import DeliveryError
+from shared.events import record_event
+from shared.models import Notification, ProviderConfig
+from shared.providers import current_config, provider_history, save_graph_provider, set_platform_default
+
+_N = Notification.__table__  # type: ignore[attr-defined]
+_log = structlog.get_logger("tenantmail.api")
+# Which form field an Entra ID code points at, so the page can show the error next to it.
+_FIELD_BY_CODE = {"AADSTS90002": "azure_tenant", "AADSTS900023": "azure_tenant", "AADSTS700016": "client_id",
+                  "AADSTS7000215": "client_secret", "AADSTS7000222": "client_secret",
+                  "AADSTS7000218": "client_secret", "AADSTS700027": "client_secret",
+                  "AuthorityUnreachable": "cloud"}
+
+
+async def view(ctx: ApiContext, tenant_id: str) -> dict[str, Any]:
+    """The configuration in force, with the secret reduced to its last 4 characters and expiry."""
+    row = await ctx.blocking(current_config, ctx.engine, tenant_id)
+    if row is None or row.kind == "platform":
+        return {"provider": "platform", "service": "microsoft_graph", "version": row.version if row else 0,
+                "sender_name": ctx.settings.platform_sender_name, "sender_address": ctx.settings.platform_sender,
+                "status": "active", "updated_at": _iso(row.created_at) if row else None,
+                "updated_by": row.created_by if row else None}
+    return {
+        "provider": "customer", "service": "microsoft_graph", "version": row.version,
+        "sender_name": row.sender_name, "sender_address": row.sender_address, "reply_to": row.reply_to,
+        "azure_tenant": row.azure_tenant, "client_id": row.client_id, "cloud": row.cloud,
+        "client_secret": {"last4": row.secret_last4, "expires_at": _iso(row.secret_expires_at),
+                          "expires_in_days": _days_left(row.secret_expires_at)},
+        "status": await ctx.blocking(_status, ctx, row),
+        "updated_at": _iso(row.created_at), "updated_by": row.created_by,
+    }
+
+
+def _status(ctx: ApiContext, row: ProviderConfig) -> str:
+    if row.secret_expires_at is not None and _aware(row.secret_expires_at) <= datetime.now(UTC):
+        return "credentials_expired"
+    query = select(exists().where(_N.c.tenant_id == row.tenant_id, _N.c.last_error_code == "AADSTS7000222",
+                                  _N.c.updated_at >= row.created_at))
+    with ctx.engine.connect() as conn:
+        return "credentials_expired" if conn.scalar(query) else "active"
+
+
+async def save(ctx: ApiContext, who: Principal, body: object) -> dict[str, Any]:
+    """Validate, check the credentials with Entra ID, then store a new version (or revert to platform)."""
+    form = parse_provider(body)
+    if form is None:
+        await revert(ctx, who)
+        return await view(ctx, who.tenant_id)
+    secret: str = (form.client_secret if form.client_secret is not None
+                   else await ctx.blocking(_stored_secret, ctx, who.tenant_id, form))
+    creds = Credentials(form.azure_tenant, form.client_id, resolve_cloud(form.cloud, ctx.settings), secret)
+    try:
+        await check_credentials(ctx, creds)
+    except ApiError as exc:
+        code, message = exc.code, exc.message
+        await ctx.blocking(lambda: record_event(ctx.engine, who.tenant_id, "provider_check_failed", code=code,
+                                                detail=message, actor=who.actor))
+        raise
+    version = await ctx.blocking(lambda: save_graph_provider(
+        ctx.engine, ctx.box, who.tenant_id, sender_address=form.sender_address, azure_tenant=form.azure_tenant,
+        client_id=form.client_id, client_secret=secret, sender_name=form.sender_name, reply_to=form.reply_to,
+        cloud=form.cloud, secret_expires_at=form.secret_expires_at, created_by=who.actor))
+    _log.info("provider.saved", version=version, client_id=form.client_id, cloud=form.cloud)
+    await ctx.blocking(lambda: record_event(ctx.engine, who.tenant_id, "provider_saved",
+                                            detail=f"version {version}", actor=who.actor))
+    return await view(ctx, who.tenant_id)
+
+
+def _stored_secret(ctx: ApiContext, tenant_id: str, form: ProviderInput) -> str:
+    # An edit that leaves the secret blank keeps the stored one, for the same app in the same tenant.
+    row = current_config(ctx.engine, tenant_id)
+    if (row is None or row.secret_enc is None or row.client_id != form.client_id
+            or row.azure_tenant != form.azure_tenant):
+        raise ApiError(422, "validation_failed", "client_secret: is required", field="client_secret")
+    return ctx.box.decrypt(row.secret_enc)
+
+
+async def check_credentials(ctx: ApiContext, creds: Credentials) -> str:
+    """A token for `creds`, or 422 naming the Entra ID code with its cause and fix."""
+    s = ctx.settings
+    try:
+        async with asyncio.timeout(s.token_timeout_s + 5):
+            return await ctx.blocking(lambda: acquire_token(creds, ca_bundle=s.ca_bundle, timeout_s=s.token_timeout_s))
+    except TimeoutError:
+        raise credential_error("AuthorityUnreachable", "Entra ID did not answer in time") from None
+    except DeliveryError as exc:
+        _log.info("provider.check_failed", code=exc.code, client_id=creds.client_id, cloud=creds.cloud.name)
+        raise credential_error(exc.code or "TokenError", exc.message) from None
+
+
+def credential_error(code: str, message: str) -> ApiError:
+    """The 422 of a failed credential check: Entra's code, its message, our diagnosis and fix."""
+    diagnosis = diagnose(code, message)
+    text = f"{code}: {diagnosis.cause if diagnosis else message}"
+    return ApiError(422, code, text, field=_FIELD_BY_CODE.get(code), detail=message,
+                    diagnosis={"cause": diagnosis.cause, "fix": diagnosis.fix} if diagnosis else None)
+
+
+async def revert(ctx: ApiContext, who: Principal) -> int:
+    """Switch the tenant back to the platform default provider; returns the new version."""
+    version = await ctx.blocking(lambda: set_platform_default(ctx.engine, who.tenant_id, created_by=who.actor))
+    _log.info("provider.reverted", version=version)
+    await ctx.blocking(lambda: record_event(ctx.engine, who.tenant_id, "provider_reverted",
+                                            detail=f"version {version}: platform default", actor=who.actor))
+    return version
+
+
+async def history(ctx: ApiContext, tenant_id: str) -> list[dict[str, Any]]:
+    """The tenant's configuration changes, newest first (field names only)."""
+    rows = await ctx.blocking(provider_history, ctx.engine, tenant_id)
+    return [{"version": r.version, "action": r.action, "changed_fields": r.changed_fields, "actor": r.actor,
+             "at": _iso(r.created_at)} for r in rows]
+
+
+def _days_left(expires_at: datetime | None) -> int | None:
+    if expires_at is None:
+        return None
+    return (_aware(expires_at) - datetime.now(UTC)).days
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return _aware(value).isoformat() if value else None

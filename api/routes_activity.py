@@ -1,0 +1,88 @@
+"""Routes of the activity view: GET /v1/activity, /v1/notifications/{id}, /v1/stats."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from api.activity_queries import ActivityFilter, list_activity, notification_detail, stats
+from api.context import context, principal
+from api.errors import not_found
+from shared.errors import ValidationFailed
+from shared.events import recent_events
+from shared.models import State
+
+routes = web.RouteTableDef()
+_MAX_LIMIT = 200
+_MAX_WINDOW_S = 90 * 86400
+
+
+@routes.get("/v1/activity")
+async def get_activity(request: web.Request) -> web.Response:
+    """The tenant's notifications, newest first, filtered, one page per call (`next_cursor`)."""
+    who = principal(request)
+    q = request.query
+    status = q.get("status") or None
+    if status is not None and status not in {s.value for s in State}:
+        raise ValidationFailed("status", f"must be one of {', '.join(s.value for s in State)}")
+    filters = ActivityFilter(status=status, error_code=q.get("error_code") or None,
+                             recipient=q.get("recipient") or None,
+                             since=_time(q.get("since"), "since"), until=_time(q.get("until"), "until"))
+    limit = _int(q.get("limit"), "limit", 50, 1, _MAX_LIMIT)
+    ctx = context(request)
+    page = await ctx.blocking(lambda: list_activity(ctx.engine, who.tenant_id, filters,
+                                                    cursor=q.get("cursor") or None, limit=limit))
+    return web.json_response(page)
+
+
+@routes.get("/v1/notifications/{id}")
+async def get_notification(request: web.Request) -> web.Response:
+    """One notification of the caller's tenant with every delivery attempt; 404 for any other."""
+    who = principal(request)
+    ctx = context(request)
+    item = await ctx.blocking(notification_detail, ctx.engine, who.tenant_id, request.match_info["id"])
+    if item is None:
+        raise not_found("notification")
+    return web.json_response(item)
+
+
+@routes.get("/v1/events")
+async def get_events(request: web.Request) -> web.Response:
+    """Config changes, credential check failures and test sends, newest first."""
+    who = principal(request)
+    limit = _int(request.query.get("limit"), "limit", 50, 1, _MAX_LIMIT)
+    ctx = context(request)
+    return web.json_response({"items": await ctx.blocking(lambda: recent_events(ctx.engine, who.tenant_id,
+                                                                                limit=limit))})
+
+
+@routes.get("/v1/stats")
+async def get_stats(request: web.Request) -> web.Response:
+    """Counts by status and by error code over the last `window_s` seconds (default 24 h)."""
+    who = principal(request)
+    window_s = _int(request.query.get("window_s"), "window_s", 86400, 1, _MAX_WINDOW_S)
+    ctx = context(request)
+    return web.json_response(await ctx.blocking(lambda: stats(ctx.engine, who.tenant_id, window_s=window_s)))
+
+
+def _int(raw: str | None, name: str, default: int, low: int, high: int) -> int:
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationFailed(name, "must be an integer") from None
+    if not low <= value <= high:
+        raise ValidationFailed(name, f"must be between {low} and {high}")
+    return value
+
+
+def _time(raw: str | None, name: str) -> datetime | None:
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ValidationFailed(name, "must be an ISO 8601 time, e.g. 2026-01-31T12:00:00Z") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

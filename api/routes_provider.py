@@ -1,0 +1,58 @@
+"""Routes of the email provider settings: GET/PUT/DELETE /v1/email-provider, history, Send test."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from api import provider_service
+from api.context import context, principal
+from api.errors import ApiError
+from api.test_send import send_test
+
+routes = web.RouteTableDef()
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request's JSON body; 400 when it is not JSON."""
+    try:
+        return await request.json()
+    except ValueError:
+        raise ApiError(400, "invalid_json", "the body must be JSON (Content-Type: application/json)") from None
+
+
+@routes.get("/v1/email-provider")
+async def get_provider(request: web.Request) -> web.Response:
+    """The configuration in force; the secret appears only as its last 4 characters and expiry."""
+    who = principal(request)
+    return web.json_response(await provider_service.view(context(request), who.tenant_id))
+
+
+@routes.put("/v1/email-provider")
+async def put_provider(request: web.Request) -> web.Response:
+    """Validate the fields and the credentials, then store a new version (admin)."""
+    who = principal(request, "admin")
+    return web.json_response(await provider_service.save(context(request), who, await read_json(request)))
+
+
+@routes.delete("/v1/email-provider")
+async def delete_provider(request: web.Request) -> web.Response:
+    """Revert to the platform default provider (admin)."""
+    who = principal(request, "admin")
+    await provider_service.revert(context(request), who)
+    return web.json_response(await provider_service.view(context(request), who.tenant_id))
+
+
+@routes.get("/v1/email-provider/history")
+async def get_history(request: web.Request) -> web.Response:
+    """Configuration changes, newest first: version, action, changed field names, actor, time."""
+    who = principal(request)
+    return web.json_response({"items": await provider_service.history(context(request), who.tenant_id)})
+
+
+@routes.post("/v1/email-provider/test")
+async def post_test(request: web.Request) -> web.Response:
+    """Send a test message now and report sent (request-id) or failed (code, diagnosis) (admin)."""
+    who = principal(request, "admin")
+    return web.json_response(await send_test(context(request), who, await read_json(request)))

@@ -1,0 +1,80 @@
+"""Send test: one message through the tenant's provider in force, answered synchronously.
+
+The result is `sent` with Graph's request-id, or `failed` with the code and its diagnosis
+(ErrorAccessDenied "[RAOP]" → outside the Application Access Policy, and so on). Rate-limited
+per tenant so the endpoint cannot be used as a relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import structlog
+
+from api import ratelimit
+from api.context import ApiContext
+from api.credentials import Credentials, acquire_token
+from api.keys import Principal
+from shared.diagnosis import diagnose
+from shared.errors import DeliveryError, ProviderError, ValidationFailed
+from shared.events import record_event
+from shared.ids import new_id
+from shared.message import check_address, graph_request_body, parse_message
+from shared.providers import ProviderResolver, ResolvedProvider
+from worker.graph import GraphClient
+
+_log = structlog.get_logger("tenantmail.api")
+SUBJECT = "tenantmail test message"
+
+
+async def send_test(ctx: ApiContext, who: Principal, body: object) -> dict[str, Any]:
+    """Validate the address, count the use, then send and report the outcome."""
+    if not isinstance(body, dict):
+        raise ValidationFailed("body", "must be a JSON object")
+    to = check_address(body.get("to"), "to")
+    await ratelimit.hit(ctx.redis, "test_send", who.tenant_id, limit=ctx.settings.api_test_sends_per_minute)
+    resolver = ProviderResolver(ctx.engine, ctx.box, ctx.settings)
+    provider = (await ctx.blocking(resolver.resolve_many, [who.tenant_id]))[who.tenant_id]
+    if isinstance(provider, ProviderError):
+        return _failed("NoProviderConfigured", str(provider))
+    try:
+        async with asyncio.timeout(ctx.settings.api_test_send_timeout_s):
+            outcome = await _send(ctx, provider, to)
+    except TimeoutError:
+        outcome = _failed("Timeout", "no answer before the test send timeout")
+    except DeliveryError as exc:
+        outcome = _failed(exc.code or "DeliveryError", exc.message, request_id=exc.request_id)
+    outcome.update(sender=provider.sender_address, provider="platform" if provider.kind == "platform" else "customer")
+    await ctx.blocking(lambda: record_event(
+        ctx.engine, who.tenant_id, "test_sent" if outcome["result"] == "sent" else "test_failed",
+        code=outcome.get("code"), request_id=outcome.get("request_id"),
+        detail=f"to {to} from {provider.sender_address}", actor=who.actor))
+    _log.info("provider.test_send", result=outcome["result"], code=outcome.get("code"),
+              request_id=outcome.get("request_id"))
+    return outcome
+
+
+async def _send(ctx: ApiContext, provider: ResolvedProvider, to: str) -> dict[str, Any]:
+    s = ctx.settings
+    creds = Credentials(provider.azure_tenant, provider.client_id, provider.cloud, provider.client_secret)
+    token = await ctx.blocking(lambda: acquire_token(creds, ca_bundle=s.ca_bundle, timeout_s=s.token_timeout_s))
+    message = parse_message({"to": [to], "subject": SUBJECT, "body_type": "text",
+                             "body": "This test message confirms tenantmail can send through your provider."})
+    body = graph_request_body(message, sender_address=provider.sender_address, sender_name=provider.sender_name,
+                              reply_to=provider.reply_to, notification_id=f"test-{new_id()}", checked=True)
+    assert ctx.http is not None
+    response = await GraphClient(ctx.http).send_mail(provider.cloud.graph_base, token, provider.sender_address,
+                                                     body, str(uuid.uuid4()))
+    if response.status == 202:
+        return {"result": "sent", "request_id": response.request_id,
+                "client_request_id": response.client_request_id}
+    return _failed(response.code or f"HTTP{response.status}", response.message or "", status=response.status,
+                   request_id=response.request_id)
+
+
+def _failed(code: str, message: str, *, status: int | None = None, request_id: str | None = None) -> dict[str, Any]:
+    diagnosis = diagnose(code, message)
+    return {"result": "failed", "code": code, "message": message, "http_status": status, "request_id": request_id,
+            "diagnosis": {"cause": diagnosis.cause, "fix": diagnosis.fix} if diagnosis else None}
