@@ -10,8 +10,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import redis
 from sqlalchemy import Engine, select
 
+from benchmarks.harness import _cpu_s
 from emulator.demo import client_id_for, make_tenant, tenant_id_for
 from shared.models import Notification
 
@@ -56,17 +58,30 @@ def tenant_credentials(index: int) -> dict[str, str]:
 
 
 class MachineLoad:
-    """Busy CPU seconds of the whole machine between start and stop, from /proc/stat."""
+    """Busy CPU seconds of the whole machine between start and `figures()`, from /proc/stat, and how
+    much of it was this run's own processes (when `own_cpu_s` says how to count them)."""
 
-    def __init__(self) -> None:
+    def __init__(self, own_cpu_s: Callable[[], float] | None = None) -> None:
         self.load_1m_start = os.getloadavg()[0]
+        self._own = own_cpu_s
+        self._own0 = own_cpu_s() if own_cpu_s else 0.0
         self._busy0, self._t0 = _busy_s(), time.monotonic()
 
     def figures(self) -> dict[str, float]:
-        """loadavg at start and average busy cores over the interval (the machine has os.cpu_count())."""
+        """loadavg at start, busy cores over the interval, and the busy cores not ours (PostgreSQL, a
+        server shared with others, counts as not ours)."""
         elapsed = time.monotonic() - self._t0
-        return {"machine_load_1m_at_start": round(self.load_1m_start, 2),
-                "machine_busy_cores": round((_busy_s() - self._busy0) / elapsed, 2) if elapsed else 0.0}
+        busy = (_busy_s() - self._busy0) / elapsed if elapsed else 0.0
+        out = {"machine_load_1m_at_start": round(self.load_1m_start, 2), "machine_busy_cores": round(busy, 2)}
+        if self._own and elapsed:
+            out["busy_cores_not_ours"] = round(max(0.0, busy - (self._own() - self._own0) / elapsed), 2)
+        return out
+
+
+def own_cpu_s(bench: Any) -> Callable[[], float]:
+    """CPU seconds of this process, the bench's workers, its emulator and its private redis-server."""
+    redis_pid = int(redis.Redis.from_url(bench.env["REDIS_URL"]).info("server")["process_id"])
+    return lambda: sum(_cpu_s(pid) for pid in (os.getpid(), bench.emulator_pid, redis_pid)) + bench.worker_cpu_s()
 
 
 def _busy_s() -> float:

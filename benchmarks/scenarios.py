@@ -7,6 +7,7 @@ and returns flat numeric figures whose names carry their units.
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 from collections import defaultdict
@@ -17,8 +18,8 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from benchmarks.harness import Bench, _database, bench_stack, message
-from benchmarks.measure import MachineLoad, pct, rows_since, wait_until, waits_s
+from benchmarks.harness import Bench, _cpu_s, _database, bench_stack, message
+from benchmarks.measure import MachineLoad, own_cpu_s, pct, rows_since, wait_until, waits_s
 from emulator.demo import tenant_id_for
 from shared.db import make_engine
 from shared.models import TERMINAL_STATES, Notification
@@ -64,7 +65,7 @@ def run_fairness(size: FairnessSize, tick: Tick) -> dict[str, float]:
         bench.start_workers(size.workers, size.concurrency)
         tick("fairness: warm-up")
         _warm_up(bench, producer, tenants)
-        load = MachineLoad()
+        load = MachineLoad(own_cpu_s(bench))
         t0 = time.time()
         tick("fairness: big tenant enqueues")
         _enqueue(producer, [("t0", message(i)) for i in range(size.big_messages)])
@@ -76,13 +77,14 @@ def run_fairness(size: FairnessSize, tick: Tick) -> dict[str, float]:
         wait_until(lambda: _terminal_small(bench, t0) >= small_total, timeout_s=900, what="small tenants' messages")
         done_s = time.time() - t_small
         rows = rows_since(bench.engine, t0)
+        machine = load.figures()
     small = waits_s([r for r in rows if r.tenant_id != "t0"])
     return {"big_tenant_messages": size.big_messages, "small_tenants": size.small_tenants,
             "small_messages": len(small), "small_p50_s": round(pct(small, 50), 3),
             "small_p95_s": round(pct(small, 95), 3), "small_max_s": round(max(small), 3),
             "small_all_done_s": round(done_s, 2),
             "big_sent_meanwhile": sum(1 for r in rows if r.tenant_id == "t0" and r.sent_at),
-            "big_enqueue_s": round(t_small - t0, 2), **load.figures()}
+            "big_enqueue_s": round(t_small - t0, 2), **machine}
 
 
 def _terminal_small(bench: Bench, t0: float) -> int:
@@ -116,7 +118,7 @@ def run_tokens(size: TokensSize, tick: Tick) -> dict[str, float]:
         producer = Producer(bench.engine, bench.settings)
         bench.start_workers(size.workers, size.concurrency)
         bench.emulator.control.reset()
-        load = MachineLoad()
+        load = MachineLoad(own_cpu_s(bench))
         start = time.monotonic()
         for wave in range(size.waves):
             tick(f"tokens: wave {wave + 1}/{size.waves}")
@@ -125,6 +127,7 @@ def run_tokens(size: TokensSize, tick: Tick) -> dict[str, float]:
             producer.enqueue_many([(f"t{t}", message(t)) for t in range(size.tenants)])
         bench.wait_terminal(size.tenants * size.waves, timeout_s=600)
         counters = bench.emulator.control.counters()
+        machine = load.figures()
         outbox = bench.emulator.control.outbox()
     lifetime = float(size.token_lifetime_s)
     usable_s = lifetime - min(300.0, 0.1 * lifetime)  # worker/tokens.py refresh margin
@@ -139,7 +142,7 @@ def run_tokens(size: TokensSize, tick: Tick) -> dict[str, float]:
             "sent": len(outbox), "token_requests": requests, "ideal_tenants_x_lifetimes": ideal_lifetimes,
             "ideal_with_refresh_margin": ideal_margin,
             "token_requests_over_ideal": round(requests / ideal_margin, 3) if ideal_margin else 0.0,
-            "token_errors": sum(counters["token_errors"].values()), **load.figures()}
+            "token_errors": sum(counters["token_errors"].values()), **machine}
 
 
 def _greedy_windows(times: list[float], usable_s: float) -> int:
@@ -176,7 +179,7 @@ def run_throttle(size: ThrottleSize, tick: Tick) -> dict[str, float]:
         _warm_up(bench, producer, size.tenants)
         bench.emulator.control.add_fault(kind="429", route="sendMail", probability=size.fault_probability,
                                          retry_after=size.retry_after)
-        load = MachineLoad()
+        load = MachineLoad(own_cpu_s(bench))
         t0 = time.time()
         tick("throttle: sending through 429s")
         total = size.tenants * size.messages_per_tenant
@@ -184,12 +187,13 @@ def run_throttle(size: ThrottleSize, tick: Tick) -> dict[str, float]:
         bench.wait_terminal(size.tenants + total, timeout_s=900)
         rows = rows_since(bench.engine, t0)
         counters = bench.emulator.control.counters()
+        machine = load.figures()
     return {"messages": total, "sent": sum(r.state == "sent" for r in rows),
             "elapsed_s": round(max(r.updated_at.timestamp() for r in rows) - t0, 2),
             "max_mailbox_concurrency": max(counters["max_concurrency"].values(), default=0),
             "throttled_429": counters["throttled_429"], "faults_injected": counters["faults_injected"],
             "requests_inside_retry_after": counters["requests_inside_retry_after"],
-            "requests_in_flight_at_429": counters["requests_in_flight_at_429"], **load.figures()}
+            "requests_in_flight_at_429": counters["requests_in_flight_at_429"], **machine}
 
 
 # --- enqueue -------------------------------------------------------------------------------------
@@ -213,11 +217,12 @@ def run_enqueue(size: EnqueueSize, tick: Tick) -> dict[str, float]:
             items = [(f"t{i % size.tenants}", message(i)) for i in range(size.notifications)]
             producer.enqueue_many(items[:10])  # connection pool and statement caches warm
             tick("enqueue: enqueue_many")
-            load = MachineLoad()
+            load = MachineLoad(lambda: _cpu_s(os.getpid()))
             started = time.perf_counter()
             _enqueue(producer, items, size.batch)
             elapsed = time.perf_counter() - started
+            machine = load.figures()
         finally:
             engine.dispose()
     return {"notifications": size.notifications, "batch": size.batch, "elapsed_s": round(elapsed, 3),
-            "notifications_per_s": round(size.notifications / elapsed, 1), **load.figures()}
+            "notifications_per_s": round(size.notifications / elapsed, 1), **machine}

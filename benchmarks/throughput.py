@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.harness import Bench, bench_stack, message
-from benchmarks.measure import MachineLoad, pct, rows_since, tenant_credentials, waits_s
+from benchmarks.measure import MachineLoad, own_cpu_s, pct, rows_since, tenant_credentials, waits_s
 from benchmarks.peer import run_peer
 from benchmarks.wire import render, run_wire
 from shared.producer import Producer
@@ -71,7 +71,7 @@ def ours(bench: Bench, size: ThroughputSize) -> dict[str, float]:
     bench.wait_terminal(size.tenants, timeout_s=180)
     bench.emulator.control.reset()
     cpu0 = bench.worker_cpu_s()
-    load = MachineLoad()
+    load = MachineLoad(own_cpu_s(bench))
     todo = items(size)
     t0 = time.time()
     for start in range(0, len(todo), 1000):
