@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the chosen scenario(s); print the markdown table; 0 on success."""
     names = SCENARIOS if args.scenario == "all" else (args.scenario,)
     result: dict[str, Any] = {
-        "command": "tenantmail bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "command": _command(args),
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"), "reps": args.reps,
         "small": args.small, "machine": report.machine(), "scenarios": {}}
     progress = Progress(len(names) * args.reps)
@@ -108,6 +108,16 @@ def run(args: argparse.Namespace) -> int:
                          f"the SDK peer ({s['peer_msgs_per_s']['median']}), medians of {args.reps}\n")
     sys.stdout.write(f"\nwrote {json_path} and {md_path}\n")
     return 0
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this run, rebuilt from the parsed options."""
+    words = ["tenantmail", "bench", args.scenario, "--reps", str(args.reps), "--out", str(args.out)]
+    if args.small:
+        words.append("--small")
+    if getattr(args, "big_tenant_messages", None) is not None:
+        words += ["--big-tenant-messages", str(args.big_tenant_messages)]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def main(argv: list[str] | None = None) -> int:
