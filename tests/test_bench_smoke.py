@@ -1,0 +1,56 @@
+"""Every benchmark scenario runs at its smallest size and produces its figures (their size is not judged here)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+
+from benchmarks import cli
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+EXPECTED = {
+    "throughput": ["msgs_per_s", "p50_s", "p95_s", "p99_s", "worker_cpu_s_per_1000_msgs", "worker_peak_rss_mb_max",
+                   "wire_msgs_per_s", "peer_msgs_per_s", "peer_best_concurrency", "ratio_to_wire", "ratio_to_peer"],
+    "fairness": ["small_p95_s", "small_p50_s", "big_sent_meanwhile"],
+    "tokens": ["token_requests", "ideal_tenants_x_lifetimes", "ideal_with_refresh_margin",
+               "token_requests_over_ideal"],
+    "throttle": ["max_mailbox_concurrency", "throttled_429", "requests_inside_retry_after",
+                 "requests_in_flight_at_429"],
+    "enqueue": ["notifications_per_s"],
+}
+
+
+@pytest.mark.parametrize("scenario", cli.SCENARIOS)
+def test_bench_scenario_small_writes_figures(scenario, pg_database, tmp_path, capsys):
+    # given the smallest size and one repetition
+    args = argparse.Namespace(scenario=scenario, reps=1, small=True, out=tmp_path, big_tenant_messages=None)
+
+    # when the scenario runs
+    assert cli.run(args) == 0
+
+    # then JSON and markdown are written, and every expected figure is a number with median/min/max
+    [json_path] = tmp_path.glob("bench-*.json")
+    [md_path] = tmp_path.glob("bench-*.md")
+    result = json.loads(json_path.read_text())
+    summary = result["scenarios"][scenario]["summary"]
+    for figure in EXPECTED[scenario]:
+        stats = summary[figure]
+        assert set(stats) == {"median", "min", "max"}
+        assert isinstance(stats["median"], int | float) and not math.isnan(stats["median"]), figure
+    assert result["machine"]["versions"]["celery"] != "absent"
+    assert f"| {scenario} | {EXPECTED[scenario][0]} |" in md_path.read_text()
+    assert f"| {scenario} |" in capsys.readouterr().out
+
+
+def test_bench_all_is_every_scenario():
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+
+    args = parser.parse_args(["all", "--small"])
+
+    assert args.scenario == "all" and args.reps == 3 and args.small
+    assert cli.SCENARIOS == ("throughput", "fairness", "tokens", "throttle", "enqueue")
