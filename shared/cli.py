@@ -53,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     from emulator import cli as emulator_cli
 
     emulator_cli.add_arguments(sub.add_parser("emulator", help="run the Entra ID + Graph emulator"))
+
+    from benchmarks import cli as bench_cli
+
+    bench_cli.add_arguments(sub.add_parser("bench", help="run a benchmark scenario (or all) and report"))
     return parser
 
 
@@ -64,6 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from emulator import cli as emulator_cli
 
         return int(emulator_cli.run(args))
+    if command == "bench":
+        from benchmarks import cli as bench_cli
+
+        return int(bench_cli.run(args))
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_json)
     if command == "migrate":

@@ -11,17 +11,27 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from emulator.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_SENDER, DEMO_TENANT_ID
-from shared.providers import save_graph_provider
-from tests.stack import ROOT
+import requests
 
-PROCESSES = ["worker", "beat"]
+from emulator.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_SENDER, DEMO_TENANT_ID
+from shared.embedded import free_port
+from shared.providers import save_graph_provider
+from tests.stack import ROOT, wait_until
+
+PROCESSES = ["api", "worker", "beat"]
+
+
+def _get(url: str) -> requests.Response | None:
+    try:
+        return requests.get(url, timeout=2)
+    except requests.ConnectionError:
+        return None
 
 
 def test_procfile_lines_name_tenantmail_commands() -> None:
     lines = [ln for ln in (ROOT / "Procfile").read_text().splitlines() if ln and not ln.startswith("#")]
     names = {ln.split(":", 1)[0] for ln in lines}
-    assert {"worker", "beat", "emulator"} <= names
+    assert {"api", "worker", "beat", "emulator"} <= names
     assert all(re.match(r"^\w+: tenantmail \w+", ln) for ln in lines)
 
 
@@ -31,7 +41,7 @@ def test_honcho_runs_the_procfile_and_a_notification_is_sent(make_stack: Any, em
     save_graph_provider(stack.engine, stack.box, "acme", sender_address=DEMO_SENDER, azure_tenant=DEMO_TENANT_ID,
                         client_id=DEMO_CLIENT_ID, client_secret=DEMO_CLIENT_SECRET)
     env = {**stack.env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "WORKER_CONCURRENCY": "4"}
+           "WORKER_CONCURRENCY": "4", "PORT": str(api_port := free_port())}
     log = open(tmp_path / "honcho.log", "wb")
     honcho = subprocess.Popen([str(Path(sys.executable).parent / "honcho"), "start", "-f", str(ROOT / "Procfile"),
                                *PROCESSES], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
@@ -46,6 +56,9 @@ def test_honcho_runs_the_procfile_and_a_notification_is_sent(make_stack: Any, em
         except AssertionError:
             raise AssertionError((tmp_path / "honcho.log").read_text()[-3000:]) from None
         assert [m["x_headers"]["X-Tenantmail-Notification-Id"] for m in emulator.outbox()] == [nid]
+        # and the Procfile's API answers
+        health = wait_until(lambda: _get(f"http://127.0.0.1:{api_port}/healthz"), what="the API")
+        assert health.status_code == 200
     finally:
         honcho.send_signal(signal.SIGTERM)
         honcho.wait(timeout=60)
