@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,7 +53,11 @@ def run(size: ThroughputSize, tick: Tick) -> dict[str, float]:
         for p in bench.workers:  # idle workers would only add noise to the other two measurements
             p.terminate()
         for p in bench.workers:
-            p.wait(timeout=30)
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
         bench.workers.clear()
         tick("throughput: wire ceiling")
         figures.update(wire(bench, size))
