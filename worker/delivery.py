@@ -142,6 +142,8 @@ class Sender:
         except (TokenError, TransientError) as exc:
             return self._finish(row, provider, exc, (_record(started, "token_error", exc),)), _GO
         slot = await self._throttle.begin_send(provider.mailbox_key, lane_id, row.id)
+        if slot.granted and (blocked_ms := self._throttle.local_block_ms(provider.mailbox_key)):
+            slot = Slot(False, blocked_ms, True)  # a 429 reached this process while Redis answered
         if not slot.granted:
             delay_ms = slot.wait_ms or self._settings.slot_requeue_ms
             return self._requeue(row, provider, delay_ms), slot
