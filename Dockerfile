@@ -3,6 +3,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY worker ./worker
+COPY api ./api
 COPY emulator ./emulator
 COPY migrations ./migrations
 COPY benchmarks ./benchmarks
