@@ -9,15 +9,13 @@ AADSTS code) or TransientError (`AuthorityUnreachable`). MSAL blocks, so callers
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import msal
 import requests
 
 from shared.clouds import Cloud
+from shared.entra import TimeoutSession, token_error
 from shared.errors import TokenError, TransientError
-
-_TRANSIENT = {"temporarily_unavailable", "server_error"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,23 +28,9 @@ class Credentials:
     client_secret: str = field(repr=False)
 
 
-class _Session(requests.Session):
-    """MSAL ignores `timeout=` when given a session, so the session brings one; no env proxies/CA."""
-
-    def __init__(self, timeout_s: float, verify: str | bool) -> None:
-        super().__init__()
-        self.trust_env = False
-        self.verify = verify
-        self._timeout_s = timeout_s
-
-    def request(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("timeout", self._timeout_s)
-        return super().request(*args, **kwargs)
-
-
 def acquire_token(creds: Credentials, *, ca_bundle: str | None, timeout_s: float) -> str:
     """A Graph access token for `creds`; raises TokenError or TransientError. Blocking."""
-    with _Session(timeout_s, ca_bundle or True) as http:
+    with TimeoutSession(timeout_s, ca_bundle or True) as http:
         try:
             app = msal.ConfidentialClientApplication(
                 creds.client_id, client_credential=creds.client_secret,
@@ -65,14 +49,5 @@ def acquire_token(creds: Credentials, *, ca_bundle: str | None, timeout_s: float
         except msal.exceptions.MsalServiceError as exc:
             raise TransientError(f"Entra ID error: {exc}", code="TokenServiceError") from exc
     if "access_token" not in result:
-        raise _token_error(result)
+        raise token_error(result)
     return str(result["access_token"])
-
-
-def _token_error(result: dict[str, Any]) -> TokenError | TransientError:
-    codes = result.get("error_codes") or []
-    code = f"AADSTS{codes[0]}" if codes else str(result.get("error"))
-    text = str(result.get("error_description", "")).split("\r\n")[0]
-    cls = TransientError if result.get("error") in _TRANSIENT else TokenError
-    return cls(text or str(result.get("error")), code=code, request_id=result.get("trace_id"),
-               client_request_id=result.get("correlation_id"))

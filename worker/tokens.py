@@ -24,6 +24,7 @@ import msal
 import requests
 import requests.adapters
 
+from shared.entra import TimeoutSession, token_error
 from shared.errors import TokenError, TransientError
 from shared.providers import ResolvedProvider
 from shared.secretbox import SecretBox
@@ -35,7 +36,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 _FAILURE_TTL_S = 30.0
-_TRANSIENT_ERRORS = {"temporarily_unavailable", "server_error"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,20 +45,6 @@ class CachedToken:
     access_token: str
     expires_at: float
     refresh_at: float
-
-
-class _TimeoutSession(requests.Session):
-    """MSAL ignores its `timeout=` when given a session, so the session brings one."""
-
-    def __init__(self, timeout_s: float, verify: str | bool) -> None:
-        super().__init__()
-        self.trust_env = False  # else REQUESTS_CA_BUNDLE overrides `verify`
-        self.verify = verify
-        self._timeout_s = timeout_s
-
-    def request(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("timeout", self._timeout_s)
-        return super().request(*args, **kwargs)
 
 
 class TokenProvider:
@@ -80,7 +66,7 @@ class TokenProvider:
         self._release_sync = redis_sync.register_script(_RELEASE)
         # One pooled session for every MSAL app of this process: one TLS connection per authority
         # host instead of one per tenant.
-        self._http = _TimeoutSession(settings.token_timeout_s, settings.ca_bundle or True)
+        self._http = TimeoutSession(settings.token_timeout_s, settings.ca_bundle or True)
         self._http.mount("https://", requests.adapters.HTTPAdapter(pool_maxsize=32))
         self.msal_requests = 0
 
@@ -189,7 +175,7 @@ class TokenProvider:
         except ValueError as exc:  # non-JSON body from the token endpoint
             raise TransientError("Entra ID answered with a non-JSON body", code="TokenServiceError") from exc
         if "access_token" not in result:
-            raise _token_error(result)
+            raise token_error(result)
         now = time.time()
         expires_in = float(result.get("expires_in", 3599))
         margin = min(self._settings.token_refresh_margin_s, expires_in * 0.1)
@@ -213,15 +199,6 @@ class TokenProvider:
                 raise _discovery_error(exc, provider) from exc
             self._apps[key] = app
         return app
-
-
-def _token_error(result: dict[str, Any]) -> TokenError | TransientError:
-    codes = result.get("error_codes") or []
-    code = f"AADSTS{codes[0]}" if codes else str(result.get("error"))
-    text = str(result.get("error_description", "")).split("\r\n")[0]
-    cls = TransientError if result.get("error") in _TRANSIENT_ERRORS else TokenError
-    return cls(text or str(result.get("error")), code=code, request_id=result.get("trace_id"),
-               client_request_id=result.get("correlation_id"))
 
 
 def _discovery_error(exc: ValueError, provider: ResolvedProvider) -> TokenError:
