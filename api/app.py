@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,7 @@ from sqlalchemy import Engine
 
 from api import middleware, openapi, routes_activity, routes_notifications, routes_provider, web_page
 from api.context import CONTEXT, ApiContext
+from shared.db import migrations_current
 from shared.errors import ConfigurationError
 from shared.producer import Producer
 from shared.secretbox import SecretBox
@@ -37,12 +39,31 @@ def create_app(
         app.add_routes(table)
     app.router.add_get("/v1/openapi.json", openapi.handler)
     app.router.add_get("/healthz", _health)
+    app.router.add_get("/readyz", _ready)
     app.cleanup_ctx.append(_http_session)
     return app
 
 
 async def _health(_request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
+
+
+async def _ready(request: web.Request) -> web.Response:
+    """Ready when the database answers at the newest migration and Redis answers."""
+    ctx = request.app[CONTEXT]
+    checks: dict[str, str] = {}
+    try:
+        current = await asyncio.get_running_loop().run_in_executor(ctx.executor, migrations_current, ctx.engine)
+        checks["database"] = "ok" if current else "migrations behind: run `tenantmail migrate`"
+    except Exception as exc:  # readiness reports, it does not raise
+        checks["database"] = f"unreachable: {type(exc).__name__}"
+    try:
+        await ctx.redis.ping()
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"unreachable: {type(exc).__name__}"
+    ok = all(v == "ok" for v in checks.values())
+    return web.json_response({"ok": ok, "checks": checks}, status=200 if ok else 503)
 
 
 async def _http_session(app: web.Application) -> AsyncIterator[None]:
