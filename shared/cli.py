@@ -1,4 +1,5 @@
-"""`tenantmail` command line: demo (the main command), worker, dispatcher, api, keys, migrate, emulator, activity."""
+"""`tenantmail` command line: demo (the main command), worker, dispatcher, beat, api, keys, migrate, doctor, health,
+emulator, activity, bench."""
 
 from __future__ import annotations
 
@@ -45,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
 
     doctor = sub.add_parser("doctor", help="check configuration, database, Redis and a tenant's provider")
     doctor.add_argument("--tenant", default=None, help="also check that this tenant's provider gets a token")
+
+    health = sub.add_parser("health", help="exit 0 when this host's processes of a role are live (health checks)")
+    health.add_argument("role", choices=["worker", "dispatcher", "beat"])
+    health.add_argument("--max-age", type=float, default=30.0,
+                        help="seconds a process may go without being live (default 30)")
 
     activity = sub.add_parser("activity", help="print the delivery activity table")
     activity.add_argument("--tenant", default=None)
@@ -104,6 +110,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run_api(settings, host=args.host, port=args.port)
         return 0
+    if command == "health":
+        from worker.liveness import check
+
+        verdict = check(settings.state_dir, args.role, args.max_age)
+        print("\n".join(verdict.lines), file=sys.stdout if verdict.ok else sys.stderr)
+        return 0 if verdict.ok else 1
     if command == "keys":
         return _keys(settings, args)
     if command == "activity":

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     token_refresh_margin_s: float = 300.0
 
     metrics_port: int | None = None
+    # Liveness: a worker holding batches with no outcome for this long is reported not live.
+    liveness_stall_s: float = 120.0
+    liveness_interval_s: float = 5.0
 
     # Retention: finished notifications older than this are purged by the beat process.
     retention_days: float = 90.0

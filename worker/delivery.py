@@ -30,6 +30,7 @@ from shared.models import State
 from shared.providers import ResolvedProvider
 from shared.settings import Settings
 from worker.graph import GraphClient
+from worker.liveness import progress
 from worker.metrics import metrics
 from worker.retry_policy import classify, decide, retry_delay_ms
 from worker.store import AttemptRecord, ClaimedRow, RowOutcome
@@ -222,6 +223,7 @@ class Sender:
         d = decide(error, attempts=row.attempts + len(records), ambiguous_count=row.ambiguous_count,
                    age_s=now - row.created_at.timestamp(), now_ms=int(now * 1000), settings=self._settings)
         metrics.notifications.labels(d.state.value).inc()
+        progress.outcome()
         if d.state is State.RETRY_WAIT:
             metrics.retries.inc()
         if isinstance(error, AmbiguousOutcome):

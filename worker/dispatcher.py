@@ -32,6 +32,7 @@ from sqlalchemy import Engine, and_, func, insert, or_, select, update
 from shared.models import ACTIVE_STATES, DeliveryAttempt, Notification, State
 from shared.settings import Settings
 from worker.batch import EPOCH_KEY
+from worker.liveness import Heartbeat
 from worker.metrics import metrics
 from worker.throttle import sendmark_key
 
@@ -63,7 +64,10 @@ class Dispatcher:
     def run(self) -> None:
         """Loop until `stop_event` is set; only the leader dispatches."""
         lease_ms = max(3_000, self._s.dispatch_interval_ms * 20)
+        heartbeat = Heartbeat(self._s.state_dir, "dispatcher")
         while not self.stop_event.is_set():
+            # Going round is this loop's progress; a tick hung on the database or Redis stops it.
+            heartbeat.beat()
             busy = False
             try:
                 if self._renew(keys=[LEADER_KEY], args=[self._id, lease_ms]):
@@ -73,6 +77,7 @@ class Dispatcher:
                 self.stop_event.wait(1.0)
             if not busy:
                 self.stop_event.wait(self._s.dispatch_interval_ms / 1000)
+        heartbeat.remove()
 
     def tick(self) -> int:
         """One dispatch round (plus a sweep once a second); returns how many rows were published."""
