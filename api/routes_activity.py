@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -16,6 +17,7 @@ from shared.models import State
 routes = web.RouteTableDef()
 _MAX_LIMIT = 200
 _MAX_WINDOW_S = 90 * 86400
+_MAX_FILTER_CHARS = 320
 
 
 @routes.get("/v1/activity")
@@ -23,12 +25,7 @@ async def get_activity(request: web.Request) -> web.Response:
     """The tenant's notifications, newest first, filtered, one page per call (`next_cursor`)."""
     who = principal(request)
     q = request.query
-    status = q.get("status") or None
-    if status is not None and status not in {s.value for s in State}:
-        raise ValidationFailed("status", f"must be one of {', '.join(s.value for s in State)}")
-    filters = ActivityFilter(status=status, error_code=q.get("error_code") or None,
-                             recipient=q.get("recipient") or None,
-                             since=_time(q.get("since"), "since"), until=_time(q.get("until"), "until"))
+    filters = activity_filter(q)
     limit = _int(q.get("limit"), "limit", 50, 1, _MAX_LIMIT)
     ctx = context(request)
     page = await ctx.blocking(lambda: list_activity(ctx.engine, who.tenant_id, filters,
@@ -64,6 +61,24 @@ async def get_stats(request: web.Request) -> web.Response:
     window_s = _int(request.query.get("window_s"), "window_s", 86400, 1, _MAX_WINDOW_S)
     ctx = context(request)
     return web.json_response(await ctx.blocking(lambda: stats(ctx.engine, who.tenant_id, window_s=window_s)))
+
+
+def activity_filter(q: Mapping[str, str]) -> ActivityFilter:
+    """The filters of an activity query (API and page); ValidationFailed names the bad one."""
+    status = q.get("status") or None
+    if status is not None and status not in {s.value for s in State}:
+        raise ValidationFailed("status", f"must be one of {', '.join(s.value for s in State)}")
+    return ActivityFilter(status=status, error_code=_text(q.get("error_code"), "error_code"),
+                          recipient=_text(q.get("recipient"), "recipient"),
+                          since=_time(q.get("since"), "since"), until=_time(q.get("until"), "until"))
+
+
+def _text(raw: str | None, name: str) -> str | None:
+    if not raw:
+        return None
+    if len(raw) > _MAX_FILTER_CHARS:
+        raise ValidationFailed(name, f"is longer than {_MAX_FILTER_CHARS} characters")
+    return raw
 
 
 def _int(raw: str | None, name: str, default: int, low: int, high: int) -> int:
