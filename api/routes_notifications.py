@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from api.context import context, principal
 from api.errors import ApiError
-from api.routes_provider import read_json
+from api.routes_provider import read_json, read_object
 from shared.errors import ValidationFailed
 from shared.producer import EnqueueItem
 
 routes = web.RouteTableDef()
 MAX_BATCH = 500
+_BATCH_FIELDS = frozenset({"items"})
 
 
 def _item(tenant_id: str, body: object, prefix: str) -> EnqueueItem:
@@ -47,8 +46,7 @@ async def post_notification(request: web.Request) -> web.Response:
 async def post_batch(request: web.Request) -> web.Response:
     """Enqueue up to 500 notifications at once, all or none; 201 with their ids in order."""
     who = principal(request, "send")
-    body: Any = await read_json(request)
-    items = body.get("items") if isinstance(body, dict) else None
+    items = (await read_object(request, _BATCH_FIELDS)).get("items")
     if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
         raise ValidationFailed("items", f"must be a list of 1-{MAX_BATCH} notifications")
     batch = [_item(who.tenant_id, b, f"items[{i}].") for i, b in enumerate(items)]

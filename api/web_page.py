@@ -138,7 +138,7 @@ async def provider_test(request: web.Request) -> web.Response:
 async def activity_page(request: web.Request) -> web.Response:
     """The activity table with status, error code, recipient and time filters, then the settings events."""
     who = principal(request)
-    q = request.query
+    q = {k: v for k, v in request.query.items() if v}  # the form sends its empty fields too
     ctx = context(request)
     try:
         filters = activity_filter(q)
