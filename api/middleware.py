@@ -39,7 +39,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status < 400:
             raise
         code = _STATUS_CODES.get(exc.status, f"http_{exc.status}")
-        return _json_error(ApiError(exc.status, code, exc.reason))
+        message = (f"the request body is over the limit of {context(request).settings.api_max_body_bytes} bytes"
+                   if exc.status == 413 else exc.reason)
+        return _json_error(ApiError(exc.status, code, message, field="body" if exc.status == 413 else None))
     except Exception as exc:
         _log.error("api.unhandled", path=request.path, method=request.method, error_type=type(exc).__name__)
         return _json_error(ApiError(500, "internal", "internal error; it has been logged"))

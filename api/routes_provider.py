@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
@@ -17,11 +18,14 @@ _TEST_FIELDS = frozenset({"to"})
 
 
 async def read_json(request: web.Request) -> Any:
-    """The request's JSON body; 400 when it is not JSON."""
+    """The request's JSON body; 400 saying where it is not JSON (UTF-8)."""
+    raw = await request.read()
     try:
-        return await request.json()
-    except ValueError:
-        raise ApiError(400, "invalid_json", "the body must be JSON (Content-Type: application/json)") from None
+        return json.loads(raw.decode("utf-8"))  # JSON is UTF-8 (RFC 8259), whatever charset the header claims
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer too long to convert
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}", field="body") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the body is not valid JSON: nested too deeply", field="body") from None
 
 
 async def read_object(request: web.Request, fields: frozenset[str]) -> dict[str, Any]:
