@@ -91,3 +91,12 @@ class ApiClient:
 
     def delete(self, path: str, **kwargs: Any) -> requests.Response:
         return self.call("DELETE", path, **kwargs)
+
+
+def app_routes() -> set[str]:
+    """Every `METHOD /path` the app serves (HEAD mirrors GET), read from its router: tests that must
+    cover every endpoint compare their tables with this."""
+    app = create_app(Settings(redis_url="redis://127.0.0.1:1"), engine=None, box=object(),  # type: ignore[arg-type]
+                     redis=object())
+    return {f"{r.method} {r.resource.canonical}" for r in app.router.routes()
+            if r.method != "HEAD" and r.resource is not None}
