@@ -114,6 +114,10 @@ class ControlClient:
         """SMTP fault rules with their hit counts."""
         return self._call("GET", "smtp/faults")
 
+    def smtp_disconnect(self) -> int:
+        """Make the SMTP relay close every open client connection; returns how many it closed."""
+        return self._call("POST", "smtp/disconnect")["closed"]
+
     def clear_smtp_faults(self) -> None:
         """Drop every SMTP fault rule."""
         self._call("DELETE", "smtp/faults")

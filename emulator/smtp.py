@@ -131,11 +131,17 @@ class SmtpRelay:
         """Close the listener and every open connection."""
         if self._server is not None:
             self._server.close()
-            for protocol in list(self._protocols):
-                if protocol.transport is not None:
-                    protocol.transport.close()
+            self.disconnect_all()
             await self._server.wait_closed()
             self._server = None
+
+    def disconnect_all(self) -> int:
+        """Close every open connection, as a relay does to idle clients; returns how many."""
+        open_now = [p for p in self._protocols if p.transport is not None]
+        for protocol in open_now:
+            assert protocol.transport is not None
+            protocol.transport.close()
+        return len(open_now)
 
     def fault_for(self, stage: str, recipients: list[str]) -> SmtpFault | None:
         """The first rule of `stage` that matches (and is not used up); counts the hit."""
@@ -306,6 +312,11 @@ async def add_fault(request: web.Request) -> web.Response:
     return _json(fault.public(), status=201)
 
 
+async def disconnect(request: web.Request) -> web.Response:
+    """POST /_emulator/smtp/disconnect: close every open client connection (idle-timeout style)."""
+    return _json({"closed": _relay(request).disconnect_all()})
+
+
 async def list_faults(request: web.Request) -> web.Response:
     """GET /_emulator/smtp/faults."""
     return _json([f.public() for f in _relay(request).faults])
@@ -325,3 +336,4 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/_emulator/smtp/faults", add_fault)
     r.add_get("/_emulator/smtp/faults", list_faults)
     r.add_delete("/_emulator/smtp/faults", clear_faults)
+    r.add_post("/_emulator/smtp/disconnect", disconnect)

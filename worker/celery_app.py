@@ -70,7 +70,9 @@ def create_celery(settings: Settings) -> Celery:
     @app.task(name=EXPIRY_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
     def expiry_reminders() -> int:
         # Safe to run twice or concurrently: each reminder is a unique row (shared.reminders).
-        return send_due_reminders(get_runtime(settings, redis_url).engine, settings)
+        recorded = send_due_reminders(get_runtime(settings, redis_url).engine, settings)
+        log.info("expiry.checked", reminders=recorded)
+        return recorded
 
     app.conf.beat_schedule = {
         "purge-finished": {"task": PURGE_TASK, "schedule": settings.purge_interval_s},
