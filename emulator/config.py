@@ -24,6 +24,7 @@ MUTABLE_FIELDS = frozenset(
         "request_log_size",
         "advertised_base_url",
         "retry_after_grace_ms",
+        "smtp_credentials",
     }
 )
 

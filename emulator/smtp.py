@@ -23,6 +23,7 @@ import asyncio
 import email
 import email.policy
 import itertools
+import logging
 import re
 import ssl
 import time
@@ -118,6 +119,9 @@ class SmtpRelay:
 
     async def start(self) -> None:
         """Listen on the emulator's host at `smtp_port` (0 = a free port)."""
+        chatty = logging.getLogger("mail.log")  # aiosmtpd logs every command at INFO
+        if chatty.level == logging.NOTSET:
+            chatty.setLevel(logging.WARNING)
         config = self._emu.config
         tls = self._emu.tls.server_context() if self._emu.tls else None
         implicit = tls if config.smtp_security == "tls" else None

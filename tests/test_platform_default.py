@@ -135,3 +135,24 @@ def test_platform_default_not_configured_is_reported(make_api: Callable[[Setting
     assert view["provider"] == "platform" and view["status"] == "not_configured"
     assert result["result"] == "failed" and result["code"] == "NoProviderConfigured"
     assert "TENANTMAIL_SMTP_HOST" in result["diagnosis"]["fix"]
+
+
+def test_relay_auth_password_is_used_but_never_logged_and_a_wrong_one_fails(
+    make_stack: Callable[..., Stack], emulator: Any
+) -> None:
+    emulator.set_config(smtp_credentials={"platform": "relay-password-7731"})
+    good = make_stack(TENANTMAIL_SMTP_USERNAME="platform", TENANTMAIL_SMTP_PASSWORD="relay-password-7731",
+                      TENANTMAIL_LOG_LEVEL="DEBUG")
+    nid = good.producer.enqueue("fabrikam", _msg(1))
+    good.start_workers(1, concurrency=2)
+    assert good.wait_terminal([nid]) == {nid: "sent"}
+    assert emulator.smtp_messages()[0]["auth_user"] == "platform"
+    good.stop()
+
+    bad = make_stack(TENANTMAIL_SMTP_USERNAME="platform", TENANTMAIL_SMTP_PASSWORD="not-the-password")
+    other = bad.producer.enqueue("fabrikam", _msg(2))
+    bad.start_workers(1, concurrency=2)
+
+    assert bad.wait_terminal([other]) == {other: "failed"}
+    assert bad.notification(other)["last_error_code"] == "SMTP535"
+    assert "relay-password-7731" not in good.logs() and "not-the-password" not in bad.logs()
