@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -75,8 +76,8 @@ def _private_key(text: str) -> rsa.RSAPrivateKey:
         raise ValidationFailed(FIELD, "no PEM private key found (-----BEGIN PRIVATE KEY-----)")
     try:
         key = serialization.load_pem_private_key(block.encode(), password=None)
-    except (ValueError, TypeError):
-        raise ValidationFailed(FIELD, "the private key is not valid PEM") from None
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise ValidationFailed(FIELD, "the private key is not valid PEM (or of an unsupported kind)") from None
     if not isinstance(key, rsa.RSAPrivateKey):
         raise ValidationFailed(FIELD, "the private key must be an RSA key (Entra ID signs assertions with RSA)")
     if key.key_size < 2048:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 from cryptography import x509
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -93,3 +95,22 @@ def test_msal_gets_the_key_and_the_public_certificate() -> None:
 
     assert client_credential("certificate", parsed.pem) == {"private_key": key_pem, "public_certificate": cert_pem}
     assert client_credential("secret", "s3cr3t-value") == "s3cr3t-value"
+
+
+_KEY_PEM, _CERT_PEM = make_certificate()
+_PIECES = st.sampled_from([
+    "-----BEGIN PRIVATE KEY-----\n", "-----END PRIVATE KEY-----\n", "-----BEGIN CERTIFICATE-----\n",
+    "-----END CERTIFICATE-----\n", "-----BEGIN RSA PRIVATE KEY-----\n", "-----BEGIN EC PRIVATE KEY-----\n",
+    "Proc-Type: 4,ENCRYPTED\n", "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA\n", _KEY_PEM, _CERT_PEM,
+    _KEY_PEM[:200], _CERT_PEM[-200:], "\x00", "é", "\r\n"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(_PIECES, st.text(max_size=40)), max_size=8).map("".join))
+def test_any_text_is_either_accepted_or_refused_naming_the_field(text: str) -> None:
+    try:
+        parsed = parse_certificate_pem(text)
+    except ValidationFailed as exc:
+        assert exc.field == "certificate_pem" and exc.reason
+    else:
+        assert len(parsed.thumbprint) == 40

@@ -108,12 +108,12 @@ class Sender:
             result = await self._smtp.send(envelope)
         except DeliveryError as exc:
             outcome = _smtp_outcome_name(exc)
-            metrics.sends.labels(outcome, exc.code or "").inc()
+            metrics.smtp_sends.labels(outcome, exc.code or "").inc()
             record = AttemptRecord(started_at=started, outcome=outcome, latency_ms=(time.perf_counter() - t0) * 1000,
                                    smtp_status=exc.status, error_code=exc.code, error_message=exc.message,
                                    client_request_id=envelope.message_id, mailbox=provider.sender_address)
             return self._finish(row, provider, exc, (record,))
-        metrics.sends.labels("sent", "").inc()
+        metrics.smtp_sends.labels("sent", f"SMTP{result.code}").inc()
         refused = "; ".join(f"{r}: {reply}" for r, reply in result.refused.items())
         record = AttemptRecord(started_at=started, outcome="sent", latency_ms=result.latency_ms,
                                smtp_status=result.code, request_id=result.message[:64],
