@@ -70,10 +70,10 @@ class SmtpRelayClient:
             started = time.perf_counter()
             if self._idle:
                 try:
-                    return await self._transaction(self._idle.pop(), envelope, started, reused=True)
+                    return await self._guarded(self._idle.pop(), envelope, started, reused=True)
                 except _Stale:
                     pass  # the relay closed it while idle; nothing was sent
-            return await self._transaction(await self._connect(), envelope, started, reused=False)
+            return await self._guarded(await self._connect(), envelope, started, reused=False)
 
     async def check(self) -> None:
         """Connect (TLS and AUTH as configured) and QUIT: raises what a send would for a bad relay."""
@@ -116,6 +116,14 @@ class SmtpRelayClient:
                                  f"{type(exc).__name__}", code="ConnectionRefused") from exc
         self.connections_opened += 1
         return conn
+
+    async def _guarded(self, conn: aiosmtplib.SMTP, env: Envelope, started: float, *, reused: bool) -> SmtpResult:
+        # A caller's timeout cancels mid-transaction: that connection's state is unknown, so it goes.
+        try:
+            return await self._transaction(conn, env, started, reused=reused)
+        except asyncio.CancelledError:
+            conn.close()
+            raise
 
     async def _transaction(self, conn: aiosmtplib.SMTP, env: Envelope, started: float, *,
                            reused: bool) -> SmtpResult:
