@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 from cryptography import x509
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from emulator.testing import make_certificate
 from shared.certificates import parse_certificate_pem, split_credential
