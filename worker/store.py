@@ -43,7 +43,7 @@ class ClaimedRow:
 
 @dataclass(frozen=True, slots=True)
 class AttemptRecord:
-    """One try at delivering, as it goes into delivery_attempt."""
+    """One try at delivering, as it goes into delivery_attempt (`smtp_status` for the SMTP relay)."""
 
     started_at: datetime
     outcome: str
@@ -55,6 +55,7 @@ class AttemptRecord:
     client_request_id: str | None = None
     retry_after_s: float | None = None
     mailbox: str | None = None
+    smtp_status: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +195,7 @@ def _update_params(o: RowOutcome, now: datetime) -> dict[str, Any]:
         "b_id": o.row.id, "state": o.state.value, "next_attempt_ms": o.next_attempt_ms,
         "attempts": o.row.attempts + len(o.attempts), "ambiguous_count": o.ambiguous_count,
         "possible_duplicate": o.possible_duplicate,
-        "last_status": last.http_status if last else None,
+        "last_status": (last.http_status or last.smtp_status) if last else None,
         "last_error_code": last.error_code if last else None,
         "last_error_message": last.error_message if last else None,
         "graph_request_id": last.request_id if last else None,
@@ -210,5 +211,5 @@ def _attempt_params(o: RowOutcome, a: AttemptRecord, index: int, worker: str) ->
         "http_status": a.http_status, "error_code": a.error_code,
         "error_message": a.error_message[:2000] if a.error_message else None,
         "request_id": a.request_id, "client_request_id": a.client_request_id,
-        "retry_after_s": a.retry_after_s, "mailbox": a.mailbox, "worker": worker,
+        "retry_after_s": a.retry_after_s, "mailbox": a.mailbox, "worker": worker, "smtp_status": a.smtp_status,
     }
