@@ -33,7 +33,8 @@ routes = web.RouteTableDef()
 _FIELDS = (("sender_name", "Sender name"), ("sender_address", "Sender email address"),
            ("reply_to", "Reply-to address"), ("azure_tenant", "Azure tenant ID"),
            ("client_id", "Application (client) ID"), ("client_secret", "Client secret"),
-           ("secret_expires_at", "Secret expiry date (optional, YYYY-MM-DD)"))
+           ("secret_expires_at", "Secret expiry date (optional, YYYY-MM-DD)"),
+           ("admin_contact_email", "Admin contact email (optional; reminders before the credential expires)"))
 # Credentials never come back into the form, whatever happened to the save.
 _NOT_ECHOED = frozenset({"client_secret", "certificate_pem"})
 _FORM_FIELDS = frozenset({n for n, _ in _FIELDS} | {"certificate_pem", "cloud"})
@@ -202,14 +203,17 @@ def _values_of(current: dict[str, Any]) -> dict[str, str]:
 
 def _current_html(c: dict[str, Any]) -> str:
     if c["provider"] == "platform":
+        relay = " The platform's mail relay is not configured yet." if c.get("status") == "not_configured" else ""
         return (f"<p id='current'>Provider: <b>Platform default</b>, sending as {escape(c['sender_address'])} "
-                f"(version {c['version']}).</p>")
+                f"(version {c['version']}).{relay}</p>")
     secret, certificate = c.get("client_secret"), c.get("certificate")
     credential = secret or certificate or {}
-    expired = "<p class='error'>Credentials expired: save a new client secret.</p>" if c["status"] != "active" else ""
+    expired = ("<p class='error' id='credentials-expired'>Credentials expired: save a new client secret or "
+               "certificate.</p>" if c["status"] != "active" else "")
     days = credential.get("expires_in_days")
     if not expired and days is not None and days <= 30:
-        expired = (f"<p class='error' id='expiry-warning'>The client secret expires in {days} day(s): create a new "
+        what = "client secret" if secret else "certificate"
+        expired = (f"<p class='error' id='expiry-warning'>The {what} expires in {days} day(s): create a new "
                    "one in Entra ID and save it here.</p>")
     held = (f"Client secret: ••••{escape(secret.get('last4') or '')}" if secret else
             f"Certificate: thumbprint {escape(str(credential.get('thumbprint') or ''))}")
@@ -218,7 +222,8 @@ def _current_html(c: dict[str, Any]) -> str:
             f"&gt;</li><li>Reply-to: {escape(c['reply_to'] or '')}</li><li>Azure tenant ID: "
             f"{escape(c['azure_tenant'])}</li><li>Application (client) ID: {escape(c['client_id'])}</li><li>Cloud: "
             f"{escape(_CLOUD_LABELS.get(c['cloud'], c['cloud']))}</li><li>{held} expires "
-            f"{escape(credential.get('expires_at') or '?')}</li></ul></div>")
+            f"{escape(credential.get('expires_at') or '?')}</li><li>Admin contact for reminders: "
+            f"{escape(c.get('admin_contact_email') or 'none')}</li></ul></div>")
 
 
 def _form_html(values: dict[str, str], error: ApiError | None) -> str:

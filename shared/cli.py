@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
 
     sub.add_parser("dispatcher", help="run only the dispatcher loop")
-    sub.add_parser("beat", help="run the scheduler (exactly one): retention purge")
+    sub.add_parser("beat", help="run the scheduler (exactly one): retention purge, credential expiry reminders")
 
     api = sub.add_parser("api", help="serve the HTTP API and the admin web page")
     api.add_argument("--host", default=None)
@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 
     from emulator import cli as emulator_cli
 
-    emulator_cli.add_arguments(sub.add_parser("emulator", help="run the Entra ID + Graph emulator"))
+    emulator_cli.add_arguments(sub.add_parser("emulator", help="run the Entra ID + Graph emulator and its SMTP relay"))
 
     from benchmarks import cli as bench_cli
 

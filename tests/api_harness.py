@@ -7,9 +7,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
 import requests
 from aiohttp import web
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from api.app import create_app
 from api.keys import create_key
@@ -100,3 +101,19 @@ def app_routes() -> set[str]:
                      redis=object())
     return {f"{r.method} {r.resource.canonical}" for r in app.router.routes()
             if r.method != "HEAD" and r.resource is not None}
+
+
+def assert_secret_nowhere(server: ApiServer, secret: str, logs: list[dict[str, Any]],
+                          tables: tuple[str, ...] = ("provider_config", "provider_history", "api_key",
+                                                     "activity_event")) -> None:
+    """Fail if `secret` is in any response the server gave, the captured logs, a table row or a Redis value."""
+    needle = secret.encode()
+    assert not any(secret in body for body in server.responses), "in a response"
+    assert secret not in repr(logs), "in a log line"
+    with server.engine.connect() as conn:
+        for table in tables:
+            for row in conn.execute(text(f"SELECT * FROM {table}")):
+                assert all(needle not in (v if isinstance(v, bytes) else str(v).encode()) for v in row), table
+    r = redis.Redis.from_url(server.settings.redis_url or "")
+    for key in r.keys("*"):
+        assert needle not in key and needle not in (r.dump(key) or b""), key

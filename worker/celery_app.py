@@ -22,6 +22,7 @@ from kombu.entity import Queue
 
 from shared.db import make_engine
 from shared.errors import ConfigurationError
+from shared.reminders import send_due_reminders
 from shared.settings import Settings
 from worker.batch import deliver_batch
 from worker.dispatcher import Dispatcher
@@ -34,6 +35,7 @@ log = structlog.get_logger(__name__)
 QUEUE = "tenantmail"
 TASK = "tenantmail.deliver_batch"
 PURGE_TASK = "tenantmail.purge_finished"
+EXPIRY_TASK = "tenantmail.expiry_reminders"
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -68,7 +70,17 @@ def create_celery(settings: Settings) -> Celery:
         log.info("retention.purged", notifications=purged, retention_days=settings.retention_days)
         return purged
 
-    app.conf.beat_schedule = {"purge-finished": {"task": PURGE_TASK, "schedule": settings.purge_interval_s}}
+    @app.task(name=EXPIRY_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
+    def expiry_reminders() -> int:
+        # Safe to run twice or concurrently: each reminder is a unique row (shared.reminders).
+        recorded = send_due_reminders(get_runtime(settings, redis_url).engine, settings)
+        log.info("expiry.checked", reminders=recorded)
+        return recorded
+
+    app.conf.beat_schedule = {
+        "purge-finished": {"task": PURGE_TASK, "schedule": settings.purge_interval_s},
+        "expiry-reminders": {"task": EXPIRY_TASK, "schedule": settings.expiry_check_interval_s},
+    }
 
     return app
 
@@ -106,7 +118,7 @@ class HeartbeatScheduler(PersistentScheduler):  # type: ignore[misc]
 
 
 def run_beat(settings: Settings) -> None:
-    """Run Celery beat (exactly one per deployment): schedules the retention purge."""
+    """Run Celery beat (exactly one per deployment): schedules the retention purge and expiry reminders."""
     app = create_celery(settings)
     schedule = settings.state_dir / "celerybeat-schedule"
     settings.state_dir.mkdir(parents=True, exist_ok=True)

@@ -131,6 +131,10 @@ class MailboxThrottle:
             keys=keys, args=[lease_id, self._lease_ms, self._pacing_ms, MARK_TTL_S])
         return Slot(bool(ok), int(wait_ms), reason == 1)
 
+    async def mark_send(self, notification_id: str) -> None:
+        """Set the notification's send mark without a slot (SMTP relay sends have no Graph mailbox limits)."""
+        await self._redis.set(sendmark_key(notification_id), "1", ex=MARK_TTL_S)
+
     async def acquire(self, mailbox_key: str, lease_id: str, *, max_wait_ms: int) -> Slot:
         """Wait up to max_wait_ms for a slot; a Retry-After block returns at once (never slept out)."""
         loop = asyncio.get_running_loop()
