@@ -92,3 +92,15 @@ def test_viewer_page_has_no_edit(api: ApiServer) -> None:
     session = _page_session(api, "viewer")
     page = session.get(api.base_url + "/ui/email-provider?edit=1", timeout=30)
     assert "Edit" not in page.text and "<form method='post'" not in page.text
+
+
+def test_page_sends_a_filled_certificate_and_shows_its_error_inline_without_echoing_it(api: ApiServer) -> None:
+    session = _page_session(api)
+    pem = "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n"
+    fields = {"provider": "customer", "service": "microsoft_graph", "sender_address": DEMO_SENDER,
+              "azure_tenant": DEMO_TENANT_ID, "client_id": DEMO_CLIENT_ID, "client_secret": "",
+              "certificate_pem": pem, "cloud": "global"}
+    page = session.post(api.base_url + "/ui/email-provider", data=fields, timeout=30)
+    assert "id='error-certificate_pem'" in page.text and "not a key" not in page.text
+    blank = session.post(api.base_url + "/ui/email-provider", data={**fields, "certificate_pem": "  "}, timeout=30)
+    assert "id='error-client_secret'" in blank.text  # an empty certificate is not sent: the secret is missing
