@@ -125,6 +125,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     """(created_at, id) of a cursor; ValidationFailed naming `cursor` when it is not one of ours."""
     try:
         at, nid = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        if not nid.isprintable():  # a forged cursor; PostgreSQL cannot compare a text holding NUL
+            raise ValueError(nid)
         return _utc(datetime.fromisoformat(at)), nid
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise ValidationFailed("cursor", "is not a cursor returned by this API") from None

@@ -33,7 +33,8 @@ def create_app(
     ctx = ApiContext(settings=settings, engine=engine, box=box or SecretBox.from_settings(settings), redis=redis,
                      executor=ThreadPoolExecutor(max_workers=16, thread_name_prefix="tm-api"),
                      producer=Producer(engine, settings))
-    app = web.Application(middlewares=[metrics.measure, middleware.errors, middleware.auth],
+    app = web.Application(middlewares=[metrics.measure, middleware.errors, middleware.auth,
+                                       middleware.known_query],
                           client_max_size=settings.api_max_body_bytes)
     app[CONTEXT] = ctx
     app[metrics.METRICS] = metrics.ApiMetrics(engine)

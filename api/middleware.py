@@ -1,4 +1,4 @@
-"""Middlewares: JSON errors (never a stack trace) and API-key authentication.
+"""Middlewares: JSON errors (never a stack trace), API-key authentication, known query parameters.
 
 The body size limit is aiohttp's `client_max_size`; exceeding it raises 413, which the error
 middleware turns into JSON like every other error.
@@ -6,11 +6,13 @@ middleware turns into JSON like every other error.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
 
+from api import openapi
 from api.context import PRINCIPAL_KEY, context
 from api.errors import ApiError
 from api.keys import authenticate
@@ -37,7 +39,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status < 400:
             raise
         code = _STATUS_CODES.get(exc.status, f"http_{exc.status}")
-        return _json_error(ApiError(exc.status, code, exc.reason))
+        message = (f"the request body is over the limit of {context(request).settings.api_max_body_bytes} bytes"
+                   if exc.status == 413 else exc.reason)
+        return _json_error(ApiError(exc.status, code, message, field="body" if exc.status == 413 else None))
     except Exception as exc:
         _log.error("api.unhandled", path=request.path, method=request.method, error_type=type(exc).__name__)
         return _json_error(ApiError(500, "internal", "internal error; it has been logged"))
@@ -65,6 +69,31 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     finally:
         structlog.contextvars.unbind_contextvars("tenant_id", "key_id")
+
+
+@web.middleware
+async def known_query(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Reject query parameters the OpenAPI document does not list for the operation (422 naming the first).
+
+    A misspelt filter (`?stauts=failed`) must fail, not silently return everything.
+    """
+    resource = request.match_info.route.resource
+    if resource is not None and resource.canonical.startswith("/v1/"):
+        allowed = _documented_query().get((request.method.lower(), resource.canonical))
+        unknown = sorted(name for name in request.query if allowed is not None and name not in allowed)
+        if unknown:
+            raise ValidationFailed(_printable(unknown[0]), "is not a known query parameter")
+    return await handler(request)
+
+
+@functools.cache
+def _documented_query() -> dict[tuple[str, str], frozenset[str]]:
+    return {(method, path): frozenset(p["name"] for p in op.get("parameters", ()) if p["in"] == "query")
+            for path, item in openapi.document()["paths"].items() for method, op in item.items()}
+
+
+def _printable(name: str) -> str:
+    return name if name.isprintable() and len(name) <= 64 else ascii(name[:64])
 
 
 def _presented_key(request: web.Request) -> str | None:

@@ -19,7 +19,7 @@ _DIAGNOSIS = {"type": ["object", "null"], "properties": {"cause": {"type": "stri
 _PROVIDER_IN = {"type": "object", "additionalProperties": False, "properties": {
     "provider": {"enum": list(PROVIDERS)}, "service": {"enum": list(SERVICES)},
     "sender_name": {"type": ["string", "null"], "maxLength": 200},
-    "sender_address": {"type": "string", "format": "email"}, "reply_to": {"type": ["string", "null"]},
+    "sender_address": {"type": "string", "format": "idn-email"}, "reply_to": {"type": ["string", "null"]},
     "azure_tenant": {"type": "string", "description": "Directory (tenant) ID GUID or a verified domain"},
     "client_id": {"type": "string", "format": "uuid"},
     "client_secret": {"type": ["string", "null"], "writeOnly": True,
@@ -30,9 +30,11 @@ _PROVIDER_IN = {"type": "object", "additionalProperties": False, "properties": {
                                        "its PEM certificate, whose public part is uploaded to the app registration"},
     "secret_expires_at": {"type": ["string", "null"], "description": "ISO 8601 date (a certificate's own "
                                                                      "notAfter is used instead)"},
-    "admin_contact_email": {"type": ["string", "null"], "format": "email",
+    "admin_contact_email": {"type": ["string", "null"], "format": "idn-email",
                             "description": "who gets the reminders 30 and 7 days before the credential expires"},
     "cloud": {"enum": sorted(CLOUDS)}}}
+# {"provider": "platform"} reverts to the platform default; its other (known) fields are then not used.
+_PLATFORM_IN = {"type": "object", "required": ["provider"], "properties": {"provider": {"const": "platform"}}}
 _EXPIRY = {"expires_at": {"type": ["string", "null"]}, "expires_in_days": {"type": ["integer", "null"]}}
 _PROVIDER_OUT = {"type": "object", "properties": {
     "provider": {"enum": list(PROVIDERS)}, "service": {"enum": [*SERVICES, "smtp"]}, "version": {"type": "integer"},
@@ -54,10 +56,36 @@ _NOTIFICATION = {"type": "object", "properties": {
     "to": {"type": "array", "items": {"type": "string"}}, "subject": {"type": "string"},
     "last_error_code": {"type": ["string", "null"]}, "graph_request_id": {"type": ["string", "null"]},
     "created_at": {"type": "string"}, "diagnosis": {"$ref": "#/components/schemas/Diagnosis"}}}
-_MESSAGE = {"type": "object", "required": ["to"], "description": "shared/message.py's message plus idempotency_key",
-            "properties": {"to": {"type": "array"}, "cc": {"type": "array"}, "bcc": {"type": "array"},
-                           "subject": {"type": "string"}, "body": {"type": "string"},
-                           "body_type": {"enum": ["text", "html"]}, "idempotency_key": {"type": "string"}}}
+_NULLABLE_TEXT = {"type": ["string", "null"]}
+_ADDRESS = {"type": "string", "format": "idn-email", "maxLength": 254}
+_RECIPIENT = {"anyOf": [_ADDRESS, {
+    "type": "object", "additionalProperties": False, "required": ["address"],
+    "properties": {"address": _ADDRESS, "name": {"type": ["string", "null"], "maxLength": 256}}}]}
+_RECIPIENTS = {"type": ["array", "null"], "items": _RECIPIENT, "maxItems": 500}
+_HEADER = {"type": "object", "additionalProperties": False, "required": ["name", "value"],
+           "properties": {"name": {"type": "string", "maxLength": 64}, "value": {"type": "string", "maxLength": 900}}}
+_HEADER_MAP = {"type": "object", "maxProperties": 4, "additionalProperties": {"type": "string"}}
+_HEADER_LIST = {"type": "array", "maxItems": 4, "items": _HEADER}
+_ATTACHMENT = {"type": "object", "additionalProperties": False, "required": ["name", "content_type", "content_bytes"],
+               "properties": {"name": {"type": "string", "maxLength": 255},
+                              "content_type": {"type": "string", "maxLength": 255},
+                              "content_bytes": {"type": "string", "description": "base64"},
+                              "is_inline": {"type": ["boolean", "null"]}, "content_id": _NULLABLE_TEXT}}
+_MESSAGE = {"type": "object", "additionalProperties": False,
+            "description": "shared/message.py's message plus idempotency_key; at least one of to, cc, bcc; "
+                           "1-500 recipients in all",
+            "properties": {
+                "to": _RECIPIENTS, "cc": _RECIPIENTS, "bcc": _RECIPIENTS,
+                "reply_to": {"type": ["array", "null"], "items": _RECIPIENT, "maxItems": 10},
+                "subject": {"type": ["string", "null"], "maxLength": 998}, "body": _NULLABLE_TEXT,
+                "body_type": {"type": ["string", "null"], "description": "text or html (any case)"},
+                "importance": {"type": ["string", "null"], "description": "low, normal or high (any case)"},
+                "headers": {"anyOf": [{"type": "null"}, _HEADER_MAP, _HEADER_LIST]},
+                "attachments": {"type": ["array", "null"], "maxItems": 100, "items": _ATTACHMENT},
+                "idempotency_key": {"type": ["string", "null"], "maxLength": 200}}}
+
+
+_FILTER_TEXT = {"type": "string", "maxLength": 320}
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -69,15 +97,24 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def _op(summary: str, ok: dict[str, Any], *, status: str = "200", body: dict[str, Any] | None = None,
-        params: list[dict[str, Any]] | None = None, errors: tuple[str, ...] = ("401",)) -> dict[str, Any]:
+        params: list[dict[str, Any]] | None = None, errors: tuple[str, ...] = ()) -> dict[str, Any]:
+    """An operation; every one may answer 401 (no valid key) and 422 (a bad or unknown query parameter),
+    one with a body also 400 (not JSON) and 413 (over the size limit)."""
     op: dict[str, Any] = {"summary": summary, "responses": {status: _json(ok, "success")}}
-    for code in errors:
-        op["responses"][code] = _json(_ref("Error"), "error")
+    codes = {"401", "422", *errors} | ({"400", "413"} if body is not None else set())
+    for code in sorted(codes):
+        op["responses"][code] = _json(_ref("Error"), _ERROR_MEANING[code])
     if body is not None:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
     if params:
         op["parameters"] = params
     return op
+
+
+_ERROR_MEANING = {"400": "the body is not JSON", "401": "no valid API key", "403": "the key's role may not do this",
+                  "404": "not found for the key's tenant", "413": "the body is over the size limit",
+                  "422": "a field or query parameter is invalid or unknown (`error.field` names it)",
+                  "429": "rate-limited per tenant; see Retry-After"}
 
 
 def _q(name: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +123,6 @@ def _q(name: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 def document() -> dict[str, Any]:
     """The OpenAPI document."""
-    admin = ("401", "403", "422")
     page = {"type": "object", "properties": {"items": {"type": "array", "items": _ref("Notification")},
                                              "next_cursor": {"type": ["string", "null"]}}}
     return {
@@ -99,39 +135,41 @@ def document() -> dict[str, Any]:
         "paths": {
             "/v1/email-provider": {
                 "get": _op("The provider configuration in force", _ref("ProviderOut")),
-                "put": _op("Validate and save (admin)", _ref("ProviderOut"), body=_ref("ProviderIn"), errors=admin),
-                "delete": _op("Revert to the platform default (admin)", _ref("ProviderOut"), errors=("401", "403")),
+                "put": _op("Validate and save (admin)", _ref("ProviderOut"), body=_ref("ProviderIn"), errors=("403",)),
+                "delete": _op("Revert to the platform default (admin)", _ref("ProviderOut"), errors=("403",)),
             },
             "/v1/email-provider/history": {"get": _op("Configuration changes", {"type": "object"})},
             "/v1/email-provider/test": {"post": _op(
                 "Send a test message (admin, rate-limited)", _ref("TestResult"),
-                body={"type": "object", "required": ["to"], "properties": {"to": {"type": "string"}}},
-                errors=("401", "403", "422", "429"))},
-            "/v1/activity": {"get": _op("Notifications, newest first", page, errors=("401", "422"), params=[
-                _q("status", {"enum": [s.value for s in State]}), _q("error_code", {"type": "string"}),
-                _q("recipient", {"type": "string"}), _q("since", {"type": "string", "format": "date-time"}),
+                body={"type": "object", "required": ["to"], "additionalProperties": False,
+                      "properties": {"to": _ADDRESS}},
+                errors=("403", "429"))},
+            "/v1/activity": {"get": _op("Notifications, newest first", page, params=[
+                _q("status", {"enum": [s.value for s in State]}), _q("error_code", _FILTER_TEXT),
+                _q("recipient", _FILTER_TEXT), _q("since", {"type": "string", "format": "date-time"}),
                 _q("until", {"type": "string", "format": "date-time"}), _q("cursor", {"type": "string"}),
                 _q("limit", {"type": "integer", "minimum": 1, "maximum": 200})])},
             "/v1/events": {"get": _op("Config changes, credential check failures and test sends", {
                 "type": "object", "properties": {"items": {"type": "array", "items": {"type": "object"}}}},
-                errors=("401", "422"), params=[_q("limit", {"type": "integer", "minimum": 1, "maximum": 200})])},
-            "/v1/stats": {"get": _op("Counts by status and error code", {"type": "object"}, errors=("401", "422"),
-                                     params=[_q("window_s", {"type": "integer", "minimum": 1})])},
+                params=[_q("limit", {"type": "integer", "minimum": 1, "maximum": 200})])},
+            "/v1/stats": {"get": _op("Counts by status and error code", {"type": "object"}, params=[
+                _q("window_s", {"type": "integer", "minimum": 1, "maximum": 90 * 86400})])},
             "/v1/notifications": {"post": _op("Enqueue a notification (sender, admin)", {
                 "type": "object", "properties": {"id": {"type": "string"}}}, status="201", body=_ref("Message"),
-                errors=("401", "403", "422"))},
+                errors=("403", "429"))},
             "/v1/notifications:batch": {"post": _op("Enqueue up to 500 notifications, all or none", {
                 "type": "object", "properties": {"ids": {"type": "array", "items": {"type": "string"}}}},
-                status="201", errors=("401", "403", "422"), body={
-                    "type": "object", "required": ["items"],
-                    "properties": {"items": {"type": "array", "items": _ref("Message")}}})},
+                status="201", errors=("403", "429"), body={
+                    "type": "object", "required": ["items"], "additionalProperties": False,
+                    "properties": {"items": {"type": "array", "items": _ref("Message"), "minItems": 1,
+                                             "maxItems": 500}}})},
             "/v1/notifications/{id}": {"get": _op("One notification with its attempts", _ref("Notification"),
-                                                  errors=("401", "404"), params=[
+                                                  errors=("404",), params=[
                 {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}])},
         },
         "components": {
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer", "description": "tm_<id>_<secret>"}},
-            "schemas": {"Error": _ERROR, "Diagnosis": _DIAGNOSIS, "ProviderIn": _PROVIDER_IN,
+            "schemas": {"Error": _ERROR, "Diagnosis": _DIAGNOSIS, "ProviderIn": {"anyOf": [_PLATFORM_IN, _PROVIDER_IN]},
                         "ProviderOut": _PROVIDER_OUT, "TestResult": _TEST_RESULT, "Notification": _NOTIFICATION,
                         "Message": _MESSAGE},
         },

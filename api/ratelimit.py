@@ -1,23 +1,52 @@
-"""Per-tenant fixed-window rate limits in Redis (shared by every API process)."""
+"""Per-tenant rate limits in Redis, shared by every API process.
+
+A tenant's window for a limit opens at its first use and lasts `window_s`; within it at most
+`limit` units are admitted (one Send test, one notification of a batch). A request that would go
+over is refused whole with 429 and Retry-After (the window's remaining seconds) and uses nothing.
+The count, the refusal and the window's expiry happen in one Lua call, so concurrent API processes
+never admit more than the limit.
+"""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from api.errors import ApiError
 
+# KEYS[1] counter; ARGV cost, window_s, limit. Returns {admitted 0/1, seconds left in the window}.
+_HIT = """
+local cost, window_s, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local used = redis.call('INCRBY', KEYS[1], cost)
+if used == cost then redis.call('EXPIRE', KEYS[1], window_s) end
+local left = redis.call('TTL', KEYS[1])
+if used > limit then
+  redis.call('DECRBY', KEYS[1], cost)
+  return {0, left}
+end
+return {1, left}
+"""
 
-async def hit(redis: Any, name: str, tenant_id: str, *, limit: int, window_s: int = 60) -> None:
-    """Count one use of `name` by the tenant in the current window; 429 with Retry-After over `limit`."""
-    now_s = time.time()
-    window = int(now_s // window_s)
-    key = f"tm:rl:{name}:{tenant_id}:{window}"
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.incr(key)
-        pipe.expire(key, window_s + 1)
-        count, _ = await pipe.execute()
-    if int(count) > limit:
-        retry_after_s = max(1, int((window + 1) * window_s - now_s))
-        raise ApiError(429, "rate_limited", f"at most {limit} {name.replace('_', ' ')}s per {window_s} s; "
+# Only inside the window that counted them: a counter created here would have no expiry.
+_REFUND = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('DECRBY', KEYS[1], tonumber(ARGV[1])) end
+return 0
+"""
+
+
+def _key(name: str, tenant_id: str) -> str:
+    return f"tm:rl:{name}:{tenant_id}"
+
+
+async def hit(redis: Any, name: str, tenant_id: str, *, limit: int, cost: int = 1, window_s: int = 60) -> None:
+    """Count `cost` uses of `name` by the tenant; 429 with Retry-After when that would pass `limit`."""
+    admitted, left_s = await redis.eval(_HIT, 1, _key(name, tenant_id), cost, window_s, limit)
+    if not int(admitted):
+        retry_after_s = max(1, int(left_s))
+        what = name.replace("_", " ")
+        raise ApiError(429, "rate_limited", f"at most {limit} {what}s per {window_s} s for a tenant; "
                        f"try again in {retry_after_s} s", retry_after_s=retry_after_s)
+
+
+async def refund(redis: Any, name: str, tenant_id: str, *, cost: int = 1) -> None:
+    """Give back uses counted by `hit` for a request that then did nothing (it was invalid)."""
+    await redis.eval(_REFUND, 1, _key(name, tenant_id), cost)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -11,11 +13,14 @@ from api.context import context, principal
 from api.errors import not_found
 from shared.errors import ValidationFailed
 from shared.events import recent_events
+from shared.message import check_line
 from shared.models import State
 
 routes = web.RouteTableDef()
 _MAX_LIMIT = 200
 _MAX_WINDOW_S = 90 * 86400
+_MAX_FILTER_CHARS = 320
+_ID = re.compile(r"[0-9a-f]{32}")  # shared.ids.new_id; anything else is no notification
 
 
 @routes.get("/v1/activity")
@@ -23,12 +28,7 @@ async def get_activity(request: web.Request) -> web.Response:
     """The tenant's notifications, newest first, filtered, one page per call (`next_cursor`)."""
     who = principal(request)
     q = request.query
-    status = q.get("status") or None
-    if status is not None and status not in {s.value for s in State}:
-        raise ValidationFailed("status", f"must be one of {', '.join(s.value for s in State)}")
-    filters = ActivityFilter(status=status, error_code=q.get("error_code") or None,
-                             recipient=q.get("recipient") or None,
-                             since=_time(q.get("since"), "since"), until=_time(q.get("until"), "until"))
+    filters = activity_filter(q)
     limit = _int(q.get("limit"), "limit", 50, 1, _MAX_LIMIT)
     ctx = context(request)
     page = await ctx.blocking(lambda: list_activity(ctx.engine, who.tenant_id, filters,
@@ -41,7 +41,8 @@ async def get_notification(request: web.Request) -> web.Response:
     """One notification of the caller's tenant with every delivery attempt; 404 for any other."""
     who = principal(request)
     ctx = context(request)
-    item = await ctx.blocking(notification_detail, ctx.engine, who.tenant_id, request.match_info["id"])
+    nid = request.match_info["id"]
+    item = await ctx.blocking(notification_detail, ctx.engine, who.tenant_id, nid) if _ID.fullmatch(nid) else None
     if item is None:
         raise not_found("notification")
     return web.json_response(item)
@@ -66,8 +67,23 @@ async def get_stats(request: web.Request) -> web.Response:
     return web.json_response(await ctx.blocking(lambda: stats(ctx.engine, who.tenant_id, window_s=window_s)))
 
 
+def activity_filter(q: Mapping[str, str]) -> ActivityFilter:
+    """The filters of an activity query (API and page); ValidationFailed names the bad one."""
+    status = q.get("status")
+    if status is not None and status not in {s.value for s in State}:
+        raise ValidationFailed("status", f"must be one of {', '.join(s.value for s in State)}")
+    return ActivityFilter(status=status, error_code=_text(q.get("error_code"), "error_code"),
+                          recipient=_text(q.get("recipient"), "recipient"),
+                          since=_time(q.get("since"), "since"), until=_time(q.get("until"), "until"))
+
+
+def _text(raw: str | None, name: str) -> str | None:
+    # No control characters: PostgreSQL cannot even compare a text holding NUL.
+    return check_line(raw, name, _MAX_FILTER_CHARS) or None
+
+
 def _int(raw: str | None, name: str, default: int, low: int, high: int) -> int:
-    if raw is None or raw == "":
+    if raw is None:
         return default
     try:
         value = int(raw)
@@ -79,7 +95,7 @@ def _int(raw: str | None, name: str, default: int, low: int, high: int) -> int:
 
 
 def _time(raw: str | None, name: str) -> datetime | None:
-    if not raw:
+    if raw is None:
         return None
     try:
         value = datetime.fromisoformat(raw)

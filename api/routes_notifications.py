@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
-from api.context import context, principal
+from api import ratelimit
+from api.context import ApiContext, context, principal
 from api.errors import ApiError
-from api.routes_provider import read_json
+from api.routes_provider import read_json, read_object
 from shared.errors import ValidationFailed
 from shared.producer import EnqueueItem
 
 routes = web.RouteTableDef()
 MAX_BATCH = 500
+_BATCH_FIELDS = frozenset({"items"})
 
 
 def _item(tenant_id: str, body: object, prefix: str) -> EnqueueItem:
@@ -30,14 +30,25 @@ def _field(exc: ValidationFailed, prefix: str) -> str:
     return f"{prefix}{field}" if field else (prefix.rstrip(".") or "body")
 
 
+async def _enqueue(ctx: ApiContext, tenant_id: str, items: list[EnqueueItem]) -> list[str]:
+    """Count the notifications against the tenant's limit (429 over it), then validate and store them all;
+    invalid ones give their count back."""
+    limit = ctx.settings.api_notifications_per_minute
+    await ratelimit.hit(ctx.redis, "notification", tenant_id, limit=limit, cost=len(items))
+    try:
+        return await ctx.blocking(ctx.producer.enqueue_many, items)
+    except ValidationFailed:
+        await ratelimit.refund(ctx.redis, "notification", tenant_id, cost=len(items))
+        raise
+
+
 @routes.post("/v1/notifications")
 async def post_notification(request: web.Request) -> web.Response:
     """Enqueue one notification (sender or admin); 201 with its id (the existing id for a repeated key)."""
     who = principal(request, "send")
     item = _item(who.tenant_id, await read_json(request), "")
-    ctx = context(request)
     try:
-        nid = await ctx.blocking(ctx.producer.enqueue_many, [item])
+        nid = await _enqueue(context(request), who.tenant_id, [item])
     except ValidationFailed as exc:
         raise ApiError(422, "validation_failed", f"{_field(exc, '')}: {exc.reason}", field=_field(exc, "")) from None
     return web.json_response({"id": nid[0]}, status=201)
@@ -47,14 +58,12 @@ async def post_notification(request: web.Request) -> web.Response:
 async def post_batch(request: web.Request) -> web.Response:
     """Enqueue up to 500 notifications at once, all or none; 201 with their ids in order."""
     who = principal(request, "send")
-    body: Any = await read_json(request)
-    items = body.get("items") if isinstance(body, dict) else None
+    items = (await read_object(request, _BATCH_FIELDS)).get("items")
     if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
         raise ValidationFailed("items", f"must be a list of 1-{MAX_BATCH} notifications")
     batch = [_item(who.tenant_id, b, f"items[{i}].") for i, b in enumerate(items)]
-    ctx = context(request)
     try:
-        ids = await ctx.blocking(ctx.producer.enqueue_many, batch)
+        ids = await _enqueue(context(request), who.tenant_id, batch)
     except ValidationFailed as exc:
         index = exc.field[1:].split("]", 1)[0] if exc.field.startswith("[") else "0"
         field = _field(exc, f"items[{index}].")

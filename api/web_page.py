@@ -1,42 +1,61 @@
 """The admin's web page, server-rendered: Settings > Email provider, Send test, View activity.
 
-No build step and no JavaScript needed. The page authenticates with the API key kept in an
-HttpOnly, SameSite=Strict cookie set by a small login form (SameSite=Strict also keeps other
-sites from posting the forms). It calls the same services as the JSON API.
+It follows the product document's Steps 5-6: Email provider > Edit > Customer provided > Microsoft
+Graph > the fields > Save (the error inline, the entered values kept, the previous configuration in
+force) > Send test > View activity. No build step; it works without JavaScript, and a few lines of
+it hide the Graph fields while "Platform default" is chosen. The page authenticates with the API key
+kept in an HttpOnly, SameSite=Strict cookie set by a small login form (SameSite=Strict also keeps
+other sites from posting the forms). It calls the same services as the JSON API.
 """
 
 from __future__ import annotations
 
 from html import escape
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
 from api import provider_service
-from api.activity_queries import ActivityFilter, list_activity
+from api.activity_queries import list_activity
 from api.context import context, principal
 from api.errors import ApiError
 from api.keys import authenticate
 from api.middleware import COOKIE
+from api.routes_activity import activity_filter
 from api.test_send import send_test
 from shared.clouds import CLOUDS
 from shared.errors import ValidationFailed
 from shared.events import recent_events
+from shared.models import State
 
 routes = web.RouteTableDef()
 _FIELDS = (("sender_name", "Sender name"), ("sender_address", "Sender email address"),
            ("reply_to", "Reply-to address"), ("azure_tenant", "Azure tenant ID"),
            ("client_id", "Application (client) ID"), ("client_secret", "Client secret"),
-           ("secret_expires_at", "Secret expiry date (optional, YYYY-MM-DD)"))
+           ("secret_expires_at", "Secret expiry date (optional, YYYY-MM-DD)"),
+           ("admin_contact_email", "Admin contact email (optional; reminders before the credential expires)"))
+# Credentials never come back into the form, whatever happened to the save.
+_NOT_ECHOED = frozenset({"client_secret", "certificate_pem"})
+_FORM_FIELDS = frozenset({n for n, _ in _FIELDS} | {"certificate_pem", "cloud"})
+_CLOUD_LABELS = {"global": "Global", "usgov_high": "US Government GCC High", "usgov_dod": "US Government DoD",
+                 "china": "China (21Vianet)"}
 _STYLE = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto}label{display:block;"
-          "margin:.5rem 0}input,select{width:28rem}.error{color:#b00020}.ok{color:#0a7d28}"
-          "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2rem .4rem;font-size:.9rem}")
+          "margin:.5rem 0}input[type=text],input[type=password],input[type=email],input[type=datetime-local],"
+          "select,textarea{width:28rem}textarea{height:6rem}fieldset{margin:.5rem 0}.error{color:#b00020}"
+          ".ok{color:#0a7d28}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2rem .4rem;"
+          "font-size:.9rem}")
+# Progressive: without it every field stays visible and the server ignores them for "platform".
+_SCRIPT = ("<script>(function(){var f=document.getElementById('customer-fields');function sync(){"
+           "var c=document.querySelector('input[name=provider]:checked');f.hidden=!!c&&c.value!=='customer';}"
+           "document.querySelectorAll('input[name=provider]').forEach(function(r){r.addEventListener('change',sync)});"
+           "sync();})();</script>")
 
 
 def _page(title: str, body: str) -> web.Response:
     html = (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)} · tenantmail</title>"
-            f"<style>{_STYLE}</style></head><body><nav><a href='/ui/email-provider'>Settings &gt; Email provider"
-            f"</a> · <a href='/ui/activity'>Activity</a></nav><h1>{escape(title)}</h1>{body}</body></html>")
+            f"<style>{_STYLE}</style></head><body><nav>Settings &gt; <a href='/ui/email-provider'>Email provider"
+            f"</a> · <a href='/ui/activity'>View activity</a></nav><h1>{escape(title)}</h1>{body}</body></html>")
     return web.Response(text=html, content_type="text/html")
 
 
@@ -68,31 +87,35 @@ async def home(_request: web.Request) -> web.StreamResponse:
 
 @routes.get("/ui/email-provider")
 async def provider_page(request: web.Request) -> web.Response:
-    """The configuration in force and, with ?edit=1, the edit form."""
+    """The configuration in force, Edit, Send test and View activity; with ?edit=1, the edit form."""
     who = principal(request)
     current = await provider_service.view(context(request), who.tenant_id)
     body = _current_html(current)
     if request.query.get("edit") and who.may("admin"):
         body += _form_html(_values_of(current), None)
     elif who.may("admin"):
-        body += "<p><a href='/ui/email-provider?edit=1'>Edit</a></p>" + _test_form()
+        body += "<p><a id='edit' href='/ui/email-provider?edit=1'>Edit</a></p>" + _test_form()
+    else:
+        body += _ACTIVITY_LINK
     return _page("Email provider", body)
 
 
 @routes.post("/ui/email-provider")
 async def provider_save(request: web.Request) -> web.Response:
-    """Save; on failure the form comes back with the error inline and the entered values (not the secret)."""
+    """Save; on failure the form comes back with the error inline and the entered values (not the credentials)."""
     who = principal(request, "admin")
-    form = {k: str(v) for k, v in (await request.post()).items()}
+    form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+    # The certificate is the alternative to the secret: sent only when filled in.
+    form = {k: v for k, v in form.items() if k != "certificate_pem" or v.strip()}
     ctx = context(request)
     try:
         current = await provider_service.save(ctx, who, form)
     except (ApiError, ValidationFailed) as exc:
         error = exc if isinstance(exc, ApiError) else ApiError(422, "validation_failed", str(exc), field=exc.field)
         current = await provider_service.view(ctx, who.tenant_id)
-        kept = {k: v for k, v in form.items() if k != "client_secret"}
+        kept = {k: v for k, v in form.items() if k not in _NOT_ECHOED}
         return _page("Email provider", _current_html(current) + _form_html(kept, error))
-    return _page("Email provider", "<p class='ok'>Saved; the credentials were accepted by Entra ID.</p>"
+    return _page("Email provider", "<p class='ok' id='saved'>Saved; the credentials were accepted by Entra ID.</p>"
                  + _current_html(current) + _test_form())
 
 
@@ -109,86 +132,130 @@ async def provider_test(request: web.Request) -> web.Response:
     except ApiError as exc:
         result = {"result": "failed", "code": exc.code, "message": exc.message}
     current = await provider_service.view(ctx, who.tenant_id)
-    return _page("Email provider", _result_html(result) + _current_html(current) + _test_form(to))
+    return _page("Email provider", _result_html(result) + _current_html(current) + _test_form(to, opened=True))
 
 
 @routes.get("/ui/activity")
 async def activity_page(request: web.Request) -> web.Response:
-    """The activity table with status and error code filters."""
+    """The activity table with status, error code, recipient and time filters, then the settings events."""
     who = principal(request)
-    q = request.query
-    filters = ActivityFilter(status=q.get("status") or None, error_code=q.get("error_code") or None,
-                             recipient=q.get("recipient") or None)
+    q = {k: v for k, v in request.query.items() if v}  # the form sends its empty fields too
     ctx = context(request)
-    page = await ctx.blocking(lambda: list_activity(ctx.engine, who.tenant_id, filters,
-                                                    cursor=q.get("cursor") or None, limit=50))
+    try:
+        filters = activity_filter(q)
+        page = await ctx.blocking(lambda: list_activity(ctx.engine, who.tenant_id, filters,
+                                                        cursor=q.get("cursor") or None, limit=50))
+        error = ""
+    except ValidationFailed as exc:
+        page, error = {"items": [], "next_cursor": None}, f"<p class='error' id='filter-error'>{escape(str(exc))}</p>"
+    events = await ctx.blocking(lambda: recent_events(ctx.engine, who.tenant_id, limit=20))
+    return _page("Activity", _filters_html(q) + error + _notifications_html(page, q) + _events_html(events))
+
+
+def _filters_html(q: Any) -> str:
+    status = q.get("status", "")
+    options = "".join(f"<option value='{s.value}'{' selected' if status == s.value else ''}>{s.value}</option>"
+                      for s in State)
+    inputs = "".join(f"<label>{label} <input type='{kind}' name='{n}' value='{escape(q.get(n, ''))}'></label>"
+                     for n, label, kind in (("error_code", "Error code", "text"), ("recipient", "Recipient", "text"),
+                                            ("since", "From (UTC)", "datetime-local"),
+                                            ("until", "To (UTC)", "datetime-local")))
+    return (f"<form method='get' id='filters'><label>Status <select name='status'><option value=''>any</option>"
+            f"{options}</select></label>{inputs}<button>Filter</button></form>")
+
+
+def _notifications_html(page: dict[str, Any], q: Any) -> str:
     rows = "".join(
-        f"<tr><td>{escape(str(i['created_at']))}</td><td>{escape(i['state'])}</td><td>{escape(', '.join(i['to']))}"
+        f"<tr><td>{_when(i['created_at'])}</td><td>{escape(i['state'])}</td><td>{escape(', '.join(i['to']))}"
         f"</td><td>{escape(i['subject'])}</td><td>{escape(i['last_error_code'] or '')}</td><td>"
         f"{escape(i['diagnosis']['cause'] + ' Fix: ' + i['diagnosis']['fix'] if i['diagnosis'] else '')}</td></tr>"
         for i in page["items"])
-    more = (f"<p><a href='/ui/activity?cursor={escape(page['next_cursor'])}'>Older</a></p>"
-            if page["next_cursor"] else "")
-    filters_html = ("<form method='get'>" + "".join(
-        f"<label>{label} <input name='{n}' value='{escape(q.get(n, ''))}'></label>"
-        for n, label in (("status", "Status"), ("error_code", "Error code"), ("recipient", "Recipient")))
-        + "<button>Filter</button></form>")
-    table = ("<table><tr><th>Time</th><th>Status</th><th>Recipient</th><th>Subject</th><th>Error code</th>"
-             f"<th>Diagnosis</th></tr>{rows}</table>")
-    events = await ctx.blocking(lambda: recent_events(ctx.engine, who.tenant_id, limit=20))
-    event_rows = "".join(
-        f"<tr><td>{escape(e['created_at'])}</td><td>{escape(e['kind'])}</td><td>{escape(e['code'] or '')}</td>"
-        f"<td>{escape(e['detail'] or '')}</td><td>{escape(e['actor'] or '')}</td></tr>" for e in events)
-    events_html = ("<h2>Settings events</h2><table id='events'><tr><th>Time</th><th>Event</th><th>Code</th>"
-                   f"<th>Detail</th><th>By</th></tr>{event_rows}</table>")
-    return _page("Activity", filters_html + table + more + events_html)
+    kept = {n: q[n] for n in ("status", "error_code", "recipient", "since", "until") if q.get(n)}
+    more = (f"<p><a id='older' href='/ui/activity?{escape(urlencode({**kept, 'cursor': page['next_cursor']}))}'>"
+            "Older</a></p>" if page["next_cursor"] else "")
+    empty = "" if page["items"] else "<p id='no-notifications'>No notifications match.</p>"
+    return ("<h2>Notifications</h2><table id='notifications'><tr><th>Time</th><th>Status</th><th>Recipient</th>"
+            f"<th>Subject</th><th>Error code</th><th>Diagnosis</th></tr>{rows}</table>{empty}{more}")
+
+
+def _events_html(events: list[dict[str, Any]]) -> str:
+    rows = "".join(
+        f"<tr><td>{_when(e['created_at'])}</td><td>{escape(e['kind'])}</td><td>{escape(e['code'] or '')}</td>"
+        f"<td>{escape(e['request_id'] or '')}</td><td>{escape(e['detail'] or '')}</td><td>{escape(e['actor'] or '')}"
+        "</td></tr>" for e in events)
+    return ("<h2>Settings events and test sends</h2><table id='events'><tr><th>Time</th><th>Event</th><th>Code</th>"
+            f"<th>Request id</th><th>Detail</th><th>By</th></tr>{rows}</table>")
+
+
+def _when(iso: str) -> str:
+    """An ISO time as `YYYY-MM-DD HH:MM:SS UTC` (the API's times are UTC)."""
+    return escape(f"{iso[:10]} {iso[11:19]} UTC" if len(iso) >= 19 else iso)
 
 
 def _values_of(current: dict[str, Any]) -> dict[str, str]:
-    values = {k: str(current.get(k) or "") for k, _ in _FIELDS if k != "client_secret"}
+    values = {k: str(current.get(k) or "") for k in _FORM_FIELDS if k not in _NOT_ECHOED}
+    credential = current.get("client_secret") or current.get("certificate") or {}
+    values["secret_expires_at"] = str(credential.get("expires_at") or "")[:10]
     values["cloud"] = str(current.get("cloud") or "global")
-    values["provider"] = "customer"
+    values["provider"] = str(current.get("provider") or "platform")
     return values
 
 
 def _current_html(c: dict[str, Any]) -> str:
     if c["provider"] == "platform":
-        return (f"<p>Provider: <b>Platform default</b>, sending as {escape(c['sender_address'])} "
-                f"(version {c['version']}).</p>")
-    secret = c["client_secret"]
-    expired = "<p class='error'>Credentials expired: save a new client secret.</p>" if c["status"] != "active" else ""
-    days = secret.get("expires_in_days")
+        relay = " The platform's mail relay is not configured yet." if c.get("status") == "not_configured" else ""
+        return (f"<p id='current'>Provider: <b>Platform default</b>, sending as {escape(c['sender_address'])} "
+                f"(version {c['version']}).{relay}</p>")
+    secret, certificate = c.get("client_secret"), c.get("certificate")
+    credential = secret or certificate or {}
+    expired = ("<p class='error' id='credentials-expired'>Credentials expired: save a new client secret or "
+               "certificate.</p>" if c["status"] != "active" else "")
+    days = credential.get("expires_in_days")
     if not expired and days is not None and days <= 30:
-        expired = (f"<p class='error' id='expiry-warning'>The client secret expires in {days} day(s): create a new "
+        what = "client secret" if secret else "certificate"
+        expired = (f"<p class='error' id='expiry-warning'>The {what} expires in {days} day(s): create a new "
                    "one in Entra ID and save it here.</p>")
-    return (f"{expired}<p>Provider: <b>Customer provided</b> · Microsoft Graph · version {c['version']}</p><ul>"
-            f"<li>Sender: {escape(c['sender_name'] or '')} &lt;{escape(c['sender_address'])}&gt;</li>"
-            f"<li>Reply-to: {escape(c['reply_to'] or '')}</li><li>Azure tenant ID: {escape(c['azure_tenant'])}</li>"
-            f"<li>Application (client) ID: {escape(c['client_id'])}</li><li>Cloud: {escape(c['cloud'])}</li>"
-            f"<li>Client secret: ••••{escape(secret['last4'] or '')} expires {escape(secret['expires_at'] or '?')}"
-            f"</li></ul>")
+    held = (f"Client secret: ••••{escape(secret.get('last4') or '')}" if secret else
+            f"Certificate: thumbprint {escape(str(credential.get('thumbprint') or ''))}")
+    return (f"{expired}<div id='current'><p>Provider: <b>Customer provided</b> · Microsoft Graph · version "
+            f"{c['version']}</p><ul><li>Sender: {escape(c['sender_name'] or '')} &lt;{escape(c['sender_address'])}"
+            f"&gt;</li><li>Reply-to: {escape(c['reply_to'] or '')}</li><li>Azure tenant ID: "
+            f"{escape(c['azure_tenant'])}</li><li>Application (client) ID: {escape(c['client_id'])}</li><li>Cloud: "
+            f"{escape(_CLOUD_LABELS.get(c['cloud'], c['cloud']))}</li><li>{held} expires "
+            f"{escape(credential.get('expires_at') or '?')}</li><li>Admin contact for reminders: "
+            f"{escape(c.get('admin_contact_email') or 'none')}</li></ul></div>")
 
 
 def _form_html(values: dict[str, str], error: ApiError | None) -> str:
     def field(name: str, label: str) -> str:
         kind = "password" if name == "client_secret" else "text"
         hint = " (leave blank to keep the stored one)" if name == "client_secret" else ""
-        err = (f"<div class='error' id='error-{name}'>{escape(error.message)}{_fix(error)}</div>"
-               if error is not None and error.field == name else "")
         return (f"<label>{label}{hint} <input type='{kind}' name='{name}' autocomplete='off' "
-                f"value='{escape(values.get(name, ''))}'></label>{err}")
-    general = (f"<div class='error' id='error'>{escape(error.message)}{_fix(error)}</div>"
-               if error is not None and error.field not in {n for n, _ in _FIELDS} else "")
+                f"value='{escape(values.get(name, ''))}'></label>{_field_error(error, name)}")
+
+    summary = (f"<div class='error' id='error' role='alert'>Not saved: {escape(error.message)}{_fix(error)}"
+               "<br>The previous configuration is still in force.</div>" if error is not None else "")
     provider = values.get("provider", "customer")
-    clouds = "".join(f"<option value='{c}'{' selected' if values.get('cloud') == c else ''}>{c}</option>"
-                     for c in CLOUDS)
-    return (f"<form method='post' action='/ui/email-provider'>{general}"
-            f"<label>Provider <select name='provider'><option value='customer'"
-            f"{' selected' if provider == 'customer' else ''}>Customer provided</option><option value='platform'"
-            f"{' selected' if provider == 'platform' else ''}>Platform default</option></select></label>"
+    radios = "".join(f"<label><input type='radio' name='provider' value='{v}'{' checked' if provider == v else ''}>"
+                     f" {label}</label>" for v, label in (("platform", "Platform default"),
+                                                          ("customer", "Customer provided")))
+    clouds = "".join(f"<option value='{c}'{' selected' if values.get('cloud') == c else ''}>"
+                     f"{escape(_CLOUD_LABELS.get(c, c))}</option>" for c in CLOUDS)
+    certificate = ("<label>Certificate with private key (PEM, the alternative to a secret) <textarea "
+                   "name='certificate_pem' autocomplete='off'></textarea></label>"
+                   + _field_error(error, "certificate_pem"))
+    return (f"<form method='post' action='/ui/email-provider' id='provider-form'>{summary}"
+            f"<fieldset><legend>Provider</legend>{radios}</fieldset><fieldset id='customer-fields'>"
             "<label>Email service <select name='service'><option value='microsoft_graph'>Microsoft Graph</option>"
-            "</select></label>" + "".join(field(n, label) for n, label in _FIELDS)
-            + f"<label>Cloud <select name='cloud'>{clouds}</select></label><button>Save</button></form>")
+            "</select></label>" + "".join(field(n, label) for n, label in _FIELDS) + certificate
+            + f"<label>Cloud <select name='cloud'>{clouds}</select></label>{_field_error(error, 'cloud')}</fieldset>"
+            "<button>Save</button> <a href='/ui/email-provider'>Cancel</a></form>" + _SCRIPT)
+
+
+def _field_error(error: ApiError | None, name: str) -> str:
+    if error is None or error.field != name:
+        return ""
+    return f"<div class='error' id='error-{name}'>{escape(error.message)}{_fix(error)}</div>"
 
 
 def _fix(error: ApiError) -> str:
@@ -196,10 +263,13 @@ def _fix(error: ApiError) -> str:
     return f"<br>Fix: {escape(diagnosis['fix'])}" if diagnosis else ""
 
 
-def _test_form(to: str = "") -> str:
-    return ("<h2>Send test</h2><form method='post' action='/ui/email-provider/test'><label>To "
-            f"<input name='to' value='{escape(to)}'></label><button>Send test</button></form>"
-            "<p><a href='/ui/activity'>View activity</a></p>")
+_ACTIVITY_LINK = "<p><a id='view-activity' href='/ui/activity'>View activity</a></p>"
+
+
+def _test_form(to: str = "", *, opened: bool = False) -> str:
+    return (f"<details id='send-test'{' open' if opened else ''}><summary>Send test</summary><form method='post' "
+            "action='/ui/email-provider/test'><label>Send a test message to <input type='email' name='to' "
+            f"value='{escape(to)}'></label><button>Send test</button></form></details>" + _ACTIVITY_LINK)
 
 
 def _result_html(r: dict[str, Any]) -> str:

@@ -95,6 +95,7 @@ class Settings(BaseSettings):
     api_port: int = 8080
     api_max_body_bytes: int = 5 * 1024 * 1024
     api_test_sends_per_minute: int = 5
+    api_notifications_per_minute: int = 6000  # per tenant, through POST /v1/notifications and :batch
     api_test_send_timeout_s: float = 20.0
     api_cookie_secure: bool = False
 

@@ -94,6 +94,15 @@ class ApiClient:
         return self.call("DELETE", path, **kwargs)
 
 
+def app_routes() -> set[str]:
+    """Every `METHOD /path` the app serves (HEAD mirrors GET), read from its router: tests that must
+    cover every endpoint compare their tables with this."""
+    app = create_app(Settings(redis_url="redis://127.0.0.1:1"), engine=None, box=object(),  # type: ignore[arg-type]
+                     redis=object())
+    return {f"{r.method} {r.resource.canonical}" for r in app.router.routes()
+            if r.method != "HEAD" and r.resource is not None}
+
+
 def assert_secret_nowhere(server: ApiServer, secret: str, logs: list[dict[str, Any]],
                           tables: tuple[str, ...] = ("provider_config", "provider_history", "api_key",
                                                      "activity_event")) -> None:

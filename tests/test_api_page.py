@@ -59,14 +59,14 @@ def test_page_save_shows_the_error_inline_and_keeps_the_values_but_not_the_secre
     wrong = session.post(api.base_url + "/ui/email-provider", data=fields, timeout=30)
     assert "id='error-client_secret'" in wrong.text and "AADSTS7000215" in wrong.text
     assert "Governance Team" in wrong.text and "the-secret-id-not-value" not in wrong.text
-    assert "Platform default" in wrong.text  # the previous configuration is still shown as in force
+    assert "Provider: <b>Platform default</b>" in wrong.text  # the previous configuration is still in force
     right = session.post(api.base_url + "/ui/email-provider", data={**fields, "client_secret": DEMO_CLIENT_SECRET},
                          timeout=30)
     assert "Saved" in right.text and "Customer provided" in right.text and DEMO_CLIENT_SECRET not in right.text
     sent = session.post(api.base_url + "/ui/email-provider/test", data={"to": "ana@example.org"}, timeout=30)
     assert "Sent. Graph request-id" in sent.text
     activity = session.get(api.base_url + "/ui/activity", timeout=30)
-    assert activity.status_code == 200 and "<table>" in activity.text
+    assert activity.status_code == 200 and "<table id='notifications'>" in activity.text
 
 
 def test_page_test_send_shows_the_access_policy_diagnosis(api: ApiServer) -> None:
@@ -92,3 +92,15 @@ def test_viewer_page_has_no_edit(api: ApiServer) -> None:
     session = _page_session(api, "viewer")
     page = session.get(api.base_url + "/ui/email-provider?edit=1", timeout=30)
     assert "Edit" not in page.text and "<form method='post'" not in page.text
+
+
+def test_page_sends_a_filled_certificate_and_shows_its_error_inline_without_echoing_it(api: ApiServer) -> None:
+    session = _page_session(api)
+    pem = "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n"
+    fields = {"provider": "customer", "service": "microsoft_graph", "sender_address": DEMO_SENDER,
+              "azure_tenant": DEMO_TENANT_ID, "client_id": DEMO_CLIENT_ID, "client_secret": "",
+              "certificate_pem": pem, "cloud": "global"}
+    page = session.post(api.base_url + "/ui/email-provider", data=fields, timeout=30)
+    assert "id='error-certificate_pem'" in page.text and "not a key" not in page.text
+    blank = session.post(api.base_url + "/ui/email-provider", data={**fields, "certificate_pem": "  "}, timeout=30)
+    assert "id='error-client_secret'" in blank.text  # an empty certificate is not sent: the secret is missing

@@ -1,0 +1,190 @@
+"""The product document's Steps 5-6 walked in headless Chromium against the running API, workers and emulator.
+
+Playwright for Python drives Debian's /usr/bin/chromium (no browser download). Screenshots of every
+step go to $TEST_SCREENSHOTS_DIR (default test-artifacts/screenshots/). Without chromium the test
+skips locally and fails in CI.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from emulator.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_SENDER, DEMO_TENANT_ID
+from shared.settings import Settings
+from tests.api_harness import ApiServer
+from tests.conftest import IN_CI
+from tests.stack import ROOT, Stack
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+WRONG_SECRET = "s1~the-secret-id-pasted-instead-of-its-value"
+TEST_TO = "ana@example.org"
+
+
+def _unavailable(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{reason}: CI must provide it (.ci/run installs Debian's chromium)")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    """A Chromium page in a fresh profile, headless; closed after the test."""
+    if not CHROMIUM.exists():
+        _unavailable(f"{CHROMIUM} not installed (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("the playwright package is not installed")
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        context.set_default_timeout(20_000)
+        try:
+            yield context.pages[0] if context.pages else context.new_page()
+        finally:
+            context.close()
+
+
+@pytest.fixture
+def screenshot(request: pytest.FixtureRequest, browser: Any) -> Callable[[str], Path]:
+    """Save a full-page screenshot named after the test and the step."""
+    folder = Path(os.environ.get("TEST_SCREENSHOTS_DIR") or ROOT / "test-artifacts" / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    taken: list[Path] = []
+
+    def take(step: str) -> Path:
+        path = folder / f"{request.node.name}-{len(taken) + 1:02d}-{step}.png"
+        browser.screenshot(path=str(path), full_page=True)
+        assert path.stat().st_size > 1000, f"empty screenshot {path}"
+        taken.append(path)
+        return path
+
+    return take
+
+
+def test_browser_walks_steps_5_and_6_of_the_product_document(
+    browser: Any, screenshot: Callable[[str], Path], make_stack: Callable[..., Stack],
+    make_api: Callable[[Settings], ApiServer], emulator: Any,
+) -> None:
+    from playwright.sync_api import expect
+
+    stack = make_stack()
+    api = make_api(stack.settings)
+    page = browser
+
+    # Given an admin signed in to the page of a tenant on the platform default provider
+    page.goto(api.base_url + "/ui/login")
+    page.get_by_label("API key").fill(api.key("contoso", "admin"))
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(re.compile(r"/ui/email-provider$"))
+    expect(page.locator("#current")).to_contain_text("Platform default")
+    screenshot("email-provider")
+
+    # Step 5: Edit > Customer provided > Microsoft Graph > fill in the fields
+    page.get_by_role("link", name="Edit").click()
+    expect(page.locator("#customer-fields")).to_be_hidden()  # Platform default is chosen until changed
+    page.get_by_label("Customer provided").check()
+    expect(page.locator("#customer-fields")).to_be_visible()
+    page.get_by_label("Email service").select_option(label="Microsoft Graph")
+    fields = {"Sender name": "Governance Team", "Sender email address": DEMO_SENDER,
+              "Reply-to address": DEMO_SENDER, "Azure tenant ID": DEMO_TENANT_ID,
+              "Application (client) ID": DEMO_CLIENT_ID}
+    for label, value in fields.items():
+        page.get_by_label(label, exact=False).fill(value)
+    page.get_by_label("Client secret", exact=False).fill(WRONG_SECRET)
+    screenshot("filled-with-wrong-secret")
+
+    # When saved with the secret's ID instead of its value
+    page.get_by_role("button", name="Save").click()
+
+    # Then the error is inline with its diagnosis, the values stay, the secret does not, and the
+    # previous configuration is still in force
+    expect(page.locator("#error-client_secret")).to_contain_text("AADSTS7000215")
+    expect(page.locator("#error-client_secret")).to_contain_text("Fix:")
+    expect(page.locator("#error")).to_contain_text("previous configuration is still in force")
+    for label, value in fields.items():
+        expect(page.get_by_label(label, exact=False)).to_have_value(value)
+    expect(page.get_by_label("Customer provided")).to_be_checked()
+    expect(page.get_by_label("Client secret", exact=False)).to_have_value("")
+    assert WRONG_SECRET not in page.content()
+    expect(page.locator("#current")).to_contain_text("Platform default")
+    assert api.client("contoso", "viewer").get("/v1/email-provider").json()["provider"] == "platform"
+    screenshot("wrong-secret-error")
+
+    # When saved with the right secret
+    page.get_by_label("Client secret", exact=False).fill(DEMO_CLIENT_SECRET)
+    page.get_by_role("button", name="Save").click()
+
+    # Then it is the configuration in force
+    expect(page.locator("#saved")).to_be_visible()
+    expect(page.locator("#current")).to_contain_text("Customer provided")
+    expect(page.locator("#current")).to_contain_text(DEMO_SENDER)
+    expect(page.locator("#current")).to_contain_text("••••" + DEMO_CLIENT_SECRET[-4:])
+    assert DEMO_CLIENT_SECRET not in page.content()
+    screenshot("saved")
+
+    # Step 6: Send test, to the admin's own address
+    page.get_by_text("Send test", exact=True).first.click()  # the summary that opens the form
+    page.get_by_label("Send a test message to").fill(TEST_TO)
+    page.get_by_role("button", name="Send test").click()
+    expect(page.locator("#test-result")).to_contain_text("Sent. Graph request-id:")
+    request_id = page.locator("#test-result").inner_text().rsplit(":", 1)[1].strip()
+    delivered = [m for m in emulator.outbox(mailbox=DEMO_SENDER) if m["request_id"] == request_id]
+    assert len(delivered) == 1 and delivered[0]["recipient_addresses"] == [TEST_TO]
+    screenshot("test-sent")
+
+    # And notifications go out through the new configuration, one of them refused by Graph
+    sender = api.client("contoso", "sender")
+    emulator.add_fault(kind="status", route="sendMail", count=1, status=400, code="ErrorInvalidRecipients",
+                       message="At least one recipient is not valid.")
+    ids = [sender.post("/v1/notifications", json={"to": [f"user{i}@example.org"], "subject": f"Review {i}",
+                                                  "body": "Please review."}).json()["id"] for i in range(2)]
+    stack.start_workers(1, concurrency=2)
+    assert sorted(stack.wait_terminal(ids).values()) == ["failed", "sent"]
+
+    # View activity shows the test send with its request id, and the filters work
+    page.get_by_role("link", name="View activity").first.click()
+    expect(page).to_have_url(re.compile(r"/ui/activity$"))
+    test_row = page.locator("#events tr", has_text="test_sent")
+    expect(test_row).to_have_count(1)
+    expect(test_row).to_contain_text(request_id)
+    expect(page.locator("#events")).to_contain_text("provider_check_failed")
+    expect(page.locator("#notifications tr")).to_have_count(3)  # header + 2
+    screenshot("activity")
+
+    page.get_by_label("Status").select_option("failed")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("#notifications tr")).to_have_count(2)
+    failed_row = page.locator("#notifications tr").nth(1)
+    expect(failed_row).to_contain_text("ErrorInvalidRecipients")
+    expect(failed_row).to_contain_text("Fix:")
+    screenshot("activity-failed")
+
+    page.get_by_label("Status").select_option("sent")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("#notifications tr")).to_have_count(2)
+    sent_to = page.locator("#notifications tr").nth(1).locator("td").nth(2).inner_text()
+
+    page.get_by_label("Status").select_option("")
+    page.get_by_label("Recipient").fill(sent_to)
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("#notifications tr")).to_have_count(2)
+    expect(page.locator("#notifications")).to_contain_text("sent")
+
+    page.get_by_label("Recipient").fill("nobody@example.org")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("#no-notifications")).to_be_visible()
+
+    page.get_by_label("Recipient").fill("")
+    page.get_by_label("From (UTC)").fill("2099-01-01T00:00")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("#no-notifications")).to_be_visible()
+    screenshot("activity-filters")
