@@ -6,7 +6,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-_ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\.[A-Za-z]{2,}$")
+# The TLD is alphabetic or an IDN TLD in its ASCII form (xn--p1ai), which Graph resolves.
+_ADDRESS = re.compile(
+    r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\.(?:[A-Za-z]{2,}|[Xx][Nn]--[A-Za-z0-9-]+)$")
 _RECIPIENT_FIELDS = ("toRecipients", "ccRecipients", "bccRecipients")
 
 
