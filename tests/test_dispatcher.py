@@ -162,6 +162,27 @@ def test_dispatcher_keeps_each_tenants_rows_in_one_batch(env: Env) -> None:
     assert sorted(map(sorted, published.batches)) == sorted(map(sorted, [a, b, c]))
 
 
+def test_dispatcher_holds_a_tenant_whose_mailbox_is_inside_a_recorded_retry_after(env: Env) -> None:
+    # given: one of acme's rows got a 429 and waits out its Retry-After; Redis has lost the block
+    throttled, *queued = _enqueue(env, "acme", 3)
+    other = _enqueue(env, "other", 2)
+    with env.engine.begin() as conn:
+        conn.execute(update(_N).where(_N.c.id == throttled).values(
+            state=State.RETRY_WAIT.value, last_status=429, next_attempt_ms=_now_ms() + 60_000))
+    env.redis.flushall()
+    dispatcher, published = env.make(tenant_affinity=False)
+
+    # when
+    dispatcher.tick()
+
+    # then: acme's queued rows wait for the window to pass; other tenants go
+    assert sorted(published.ids) == sorted(other)
+    with env.engine.begin() as conn:
+        conn.execute(update(_N).where(_N.c.id == throttled).values(next_attempt_ms=_now_ms() - 1))
+    dispatcher.tick()
+    assert set(queued) | {throttled} <= set(published.ids)
+
+
 def test_dispatcher_tick_skips_rows_not_yet_due(env: Env) -> None:
     due, later = _enqueue(env, "acme", 2)
     with env.engine.begin() as conn:

@@ -5,7 +5,9 @@ The database decides what is due; the broker only carries batches of ids. Each t
 2. reads a page of due rows in `fair_rank` order and takes, per tenant, only up to
    `tenant_window` in flight, so one tenant's backlog never fills the workers; with
    `tenant_affinity` (default) a tenant gets its next rows only once its previous ones are
-   done, so each tenant's rows are in one batch, on one process, at a time;
+   done, so each tenant's rows are in one batch, on one process, at a time; a tenant whose
+   mailbox answered 429 gets nothing until the Retry-After recorded on that row has passed
+   (the Redis block says the same, but Redis can lose it: the database cannot);
 3. stamps them with a dispatch lease and publishes them in batches of `batch_size`.
 A row whose dispatch lease runs out unclaimed (the broker lost it: Redis flushed or restarted)
 becomes due again by itself. Every second it also sweeps `sending` rows whose lease expired
@@ -132,6 +134,10 @@ class Dispatcher:
                 .where(_N.c.state.in_((*ACTIVE_STATES, State.SENDING.value)), _N.c.lease_until_ms > now_ms)
                 .group_by(_N.c.tenant_id)
             ).all()))
+            throttled = set(conn.scalars(
+                select(_N.c.tenant_id).distinct()
+                .where(_N.c.state == State.RETRY_WAIT.value, _N.c.last_status == 429, _N.c.next_attempt_ms > now_ms)
+            ))
             page = conn.execute(
                 select(_N.c.id, _N.c.tenant_id)
                 .where(_N.c.state.in_(ACTIVE_STATES), _N.c.next_attempt_ms <= now_ms,
@@ -140,6 +146,7 @@ class Dispatcher:
             ).all()
         chosen: list[tuple[str, str]] = []
         busy = {t for t, n in inflight.items() if n > 0} if self._s.tenant_affinity else set()
+        busy |= throttled
         for nid, tenant_id in page:
             if tenant_id not in busy and inflight[tenant_id] < self._s.tenant_window:
                 inflight[tenant_id] += 1
