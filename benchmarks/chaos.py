@@ -94,7 +94,7 @@ def schedule(size: ChaosSize) -> list[tuple[float, str]]:
     FLUSHALL at 30% and the PostgreSQL restart at 60%."""
     kills = [0.15 + 0.6 * i / max(1, size.kills - 1) for i in range(size.kills)]
     events = [(f, "kill") for f in kills] + [(0.30, "flushall"), (0.60, "restart_postgres")]
-    return sorted((f * size.duration_s, name) for f, name in events)
+    return sorted((round(f * size.duration_s, 3), name) for f, name in events)
 
 
 @dataclass
