@@ -327,7 +327,8 @@ def text_report(result: dict[str, Any]) -> str:
         f" retries {result['retries']}; sweeper requeued {result['recoveries']['requeued']} never-sent rows and "
         f"made {result['recoveries']['ambiguous']} ambiguous; producer retries {result['producer_retries']}",
         f"outbox: {result['outbox_messages']} messages; duplicates {result['duplicates']} "
-        f"({result['duplicate_copies']} extra copies); ambiguous {result['ambiguous']}; "
+        f"({result['duplicate_copies']} extra copies, by cause {result['duplicates_by_cause']}); "
+        f"ambiguous {result['ambiguous']}; "
         f"lost {result['invariants']['lost']}",
         f"settled after {result['settled_s']} s" if result["settled_s"] is not None else "DID NOT SETTLE in time",
         "invariants:",

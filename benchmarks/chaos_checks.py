@@ -80,6 +80,7 @@ def check(ev: Evidence) -> dict[str, Any]:
 
 def _counts(ev: Evidence, states: Counter[str], copies: Counter[str | None], duplicates: list[str]) -> dict[str, Any]:
     outcomes = Counter(outcome for _, outcome, _ in ev.attempts)
+    causes = {nid: code for nid, outcome, code in ev.attempts if outcome == AMBIGUOUS_OUTCOME}
     per_row = Counter(nid for nid, _, _ in ev.attempts)
     counters = ev.emulator_counters
     return {
@@ -90,6 +91,7 @@ def _counts(ev: Evidence, states: Counter[str], copies: Counter[str | None], dup
         "ambiguous": states.get("ambiguous", 0),
         "duplicates": len(duplicates),
         "duplicate_copies": sum(copies[nid] - 1 for nid in duplicates),
+        "duplicates_by_cause": dict(Counter(causes.get(nid) or "none" for nid in duplicates)),
         "outbox_messages": len(ev.outbox_ids),
         "attempts": len(ev.attempts),
         "attempts_by_outcome": dict(sorted(outcomes.items())),
