@@ -252,8 +252,9 @@ class ChaosRun:
                                      chaos_checks.outbox_ids(control.outbox()), control.counters(), hits)
 
     def _recoveries(self) -> dict[str, int]:
-        """What the sweepers logged: rows requeued (never sent) and rows made ambiguous (maybe sent)."""
-        total = {"requeued": 0, "ambiguous": 0}
+        """What the sweepers logged: rows requeued (never sent), made ambiguous (maybe sent) and
+        recorded sent (their send mark said Graph had accepted them)."""
+        total = {"requeued": 0, "ambiguous": 0, "sent": 0}
         for log in self.bench.tmp.glob("worker*.log"):
             for line in log.read_text(errors="replace").splitlines():
                 if "dispatcher.recovered" in line:
@@ -324,8 +325,9 @@ def text_report(result: dict[str, Any]) -> str:
         f"outcomes: {', '.join(f'{k} {n}' for k, n in result['states'].items())}; "
         f"flagged possible_duplicate {result['flagged_possible_duplicate']}; failed codes {result['failed_codes']}",
         f"attempts: {result['attempts']} ({', '.join(f'{k} {n}' for k, n in result['attempts_by_outcome'].items())});"
-        f" retries {result['retries']}; sweeper requeued {result['recoveries']['requeued']} never-sent rows and "
-        f"made {result['recoveries']['ambiguous']} ambiguous; producer retries {result['producer_retries']}",
+        f" retries {result['retries']}; sweeper requeued {result['recoveries']['requeued']} never-sent rows, "
+        f"made {result['recoveries']['ambiguous']} ambiguous and recorded {result['recoveries']['sent']} sent; "
+        f"producer retries {result['producer_retries']}",
         f"outbox: {result['outbox_messages']} messages; duplicates {result['duplicates']} "
         f"({result['duplicate_copies']} extra copies, by cause {result['duplicates_by_cause']}); "
         f"ambiguous {result['ambiguous']}; "

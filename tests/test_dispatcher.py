@@ -21,7 +21,7 @@ from tests.stack import ROOT, wait_until
 from worker.batch import EPOCH_KEY
 from worker.dispatcher import Dispatcher
 from worker.store import claim
-from worker.throttle import sendmark_key
+from worker.throttle import SENT_MARK, sendmark_key
 
 _N = Notification.__table__  # type: ignore[attr-defined]
 _A = DeliveryAttempt.__table__  # type: ignore[attr-defined]
@@ -265,6 +265,21 @@ def test_dispatcher_sweep_flags_marked_row_for_one_retry(env: Env) -> None:
     [attempt] = _attempts(env, nid)
     assert (attempt.outcome, attempt.error_code, attempt.attempt_no, attempt.worker) == (
         "ambiguous", "WorkerLost", 1, f"host:123/{EPOCH}")
+
+
+def test_dispatcher_sweep_records_as_sent_a_row_graph_accepted_before_its_worker_died(env: Env) -> None:
+    [nid] = _enqueue(env, "acme", 1)
+    env.redis.set(EPOCH_KEY, EPOCH)
+    sweep_ms = _claim_expired(env, [nid])
+    env.redis.set(sendmark_key(nid), SENT_MARK)  # 202 came back; the outcome was never written
+
+    env.make()[0].sweep(sweep_ms)
+
+    row = _row(env, nid)
+    assert (row.state, row.possible_duplicate, row.attempts, row.last_status) == ("sent", False, 1, 202)
+    assert row.sent_at is not None and row.claimed_by is None and row.lease_until_ms is None
+    [attempt] = _attempts(env, nid)
+    assert (attempt.outcome, attempt.http_status, attempt.worker) == ("sent", 202, f"host:123/{EPOCH}")
 
 
 def test_dispatcher_sweep_marks_ambiguous_under_give_up(env: Env) -> None:
