@@ -13,7 +13,7 @@ import redis.asyncio as redis_async
 from aiohttp import web
 from sqlalchemy import Engine
 
-from api import middleware, openapi, routes_activity, routes_notifications, routes_provider, web_page
+from api import metrics, middleware, openapi, routes_activity, routes_notifications, routes_provider, web_page
 from api.context import CONTEXT, ApiContext
 from shared.db import migrations_current
 from shared.errors import ConfigurationError
@@ -33,13 +33,16 @@ def create_app(
     ctx = ApiContext(settings=settings, engine=engine, box=box or SecretBox.from_settings(settings), redis=redis,
                      executor=ThreadPoolExecutor(max_workers=16, thread_name_prefix="tm-api"),
                      producer=Producer(engine, settings))
-    app = web.Application(middlewares=[middleware.errors, middleware.auth], client_max_size=settings.api_max_body_bytes)
+    app = web.Application(middlewares=[metrics.measure, middleware.errors, middleware.auth],
+                          client_max_size=settings.api_max_body_bytes)
     app[CONTEXT] = ctx
+    app[metrics.METRICS] = metrics.ApiMetrics(engine)
     for table in (routes_provider.routes, routes_activity.routes, routes_notifications.routes, web_page.routes):
         app.add_routes(table)
     app.router.add_get("/v1/openapi.json", openapi.handler)
     app.router.add_get("/healthz", _health)
     app.router.add_get("/readyz", _ready)
+    app.router.add_get("/metrics", metrics.handler)
     app.cleanup_ctx.append(_http_session)
     return app
 

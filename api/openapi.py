@@ -23,21 +23,31 @@ _PROVIDER_IN = {"type": "object", "additionalProperties": False, "properties": {
     "azure_tenant": {"type": "string", "description": "Directory (tenant) ID GUID or a verified domain"},
     "client_id": {"type": "string", "format": "uuid"},
     "client_secret": {"type": ["string", "null"], "writeOnly": True,
-                      "description": "the secret's Value; omit to keep the stored one (same app and tenant)"},
-    "secret_expires_at": {"type": ["string", "null"], "description": "ISO 8601 date"},
+                      "description": "the secret's Value; omit it and certificate_pem to keep the stored credential "
+                                     "(same app and tenant)"},
+    "certificate_pem": {"type": ["string", "null"], "writeOnly": True, "maxLength": 65536,
+                        "description": "instead of client_secret: a PEM private key (unencrypted RSA) followed by "
+                                       "its PEM certificate, whose public part is uploaded to the app registration"},
+    "secret_expires_at": {"type": ["string", "null"], "description": "ISO 8601 date (a certificate's own "
+                                                                     "notAfter is used instead)"},
+    "admin_contact_email": {"type": ["string", "null"], "format": "email",
+                            "description": "who gets the reminders 30 and 7 days before the credential expires"},
     "cloud": {"enum": sorted(CLOUDS)}}}
+_EXPIRY = {"expires_at": {"type": ["string", "null"]}, "expires_in_days": {"type": ["integer", "null"]}}
 _PROVIDER_OUT = {"type": "object", "properties": {
-    "provider": {"enum": list(PROVIDERS)}, "service": {"type": "string"}, "version": {"type": "integer"},
+    "provider": {"enum": list(PROVIDERS)}, "service": {"enum": [*SERVICES, "smtp"]}, "version": {"type": "integer"},
     "sender_name": {"type": ["string", "null"]}, "sender_address": {"type": "string"},
     "reply_to": {"type": ["string", "null"]}, "azure_tenant": {"type": "string"}, "client_id": {"type": "string"},
-    "cloud": {"type": "string"}, "status": {"enum": ["active", "credentials_expired"]},
-    "client_secret": {"type": "object", "properties": {"last4": {"type": "string"},
-                                                       "expires_at": {"type": ["string", "null"]},
-                                                       "expires_in_days": {"type": ["integer", "null"]}}},
+    "cloud": {"type": "string"}, "status": {"enum": ["active", "credentials_expired", "not_configured"]},
+    "admin_contact_email": {"type": ["string", "null"]}, "credential_type": {"enum": ["secret", "certificate"]},
+    "client_secret": {"type": ["object", "null"], "properties": {"last4": {"type": "string"}, **_EXPIRY}},
+    "certificate": {"type": ["object", "null"], "properties": {
+        "thumbprint": {"type": "string", "description": "SHA-1, hex, as Entra ID shows it"}, **_EXPIRY}},
     "updated_at": {"type": ["string", "null"]}, "updated_by": {"type": ["string", "null"]}}}
 _TEST_RESULT = {"type": "object", "required": ["result"], "properties": {
     "result": {"enum": ["sent", "failed"]}, "request_id": {"type": ["string", "null"]},
     "code": {"type": "string"}, "message": {"type": "string"}, "http_status": {"type": ["integer", "null"]},
+    "smtp_status": {"type": "integer"}, "message_id": {"type": "string"},
     "diagnosis": {"$ref": "#/components/schemas/Diagnosis"}, "sender": {"type": "string"}}}
 _NOTIFICATION = {"type": "object", "properties": {
     "id": {"type": "string"}, "state": {"enum": [s.value for s in State]}, "attempts": {},

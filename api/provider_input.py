@@ -2,7 +2,9 @@
 
 Every text field is checked for format and for CR/LF and other control characters, which could
 otherwise smuggle headers into mail or lines into logs. The cloud is a name from the fixed table
-in shared.clouds, never a URL.
+in shared.clouds, never a URL. The credential is a client secret or a certificate
+(`certificate_pem`: a PEM private key and its PEM certificate, checked by shared.certificates),
+never both; leaving both out keeps the stored credential.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+from shared.certificates import CertificateCredential, parse_certificate_pem
 from shared.clouds import CLOUDS
 from shared.errors import ValidationFailed
 from shared.message import check_address, check_line
@@ -23,12 +26,15 @@ _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4
 _DOMAIN = re.compile(r"^(?=.{3,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$")
 _SECRET_MAX = 1024
 _KEYS = frozenset({"provider", "service", "sender_name", "sender_address", "reply_to", "azure_tenant", "client_id",
-                   "client_secret", "secret_expires_at", "cloud"})
+                   "client_secret", "certificate_pem", "secret_expires_at", "cloud", "admin_contact_email"})
 
 
 @dataclass(frozen=True, slots=True)
 class ProviderInput:
-    """A validated customer-provided Graph configuration; `client_secret` None keeps the stored one."""
+    """A validated customer-provided Graph configuration.
+
+    At most one of `client_secret` and `certificate` is set; neither keeps the stored credential.
+    """
 
     sender_address: str
     azure_tenant: str
@@ -37,7 +43,9 @@ class ProviderInput:
     sender_name: str | None = None
     reply_to: str | None = None
     secret_expires_at: datetime | None = None
+    admin_contact_email: str | None = None
     client_secret: str | None = field(default=None, repr=False)
+    certificate: CertificateCredential | None = None
 
 
 def parse_provider(data: object) -> ProviderInput | None:
@@ -51,14 +59,20 @@ def parse_provider(data: object) -> ProviderInput | None:
     if provider == "platform":
         return None
     _choice(data.get("service", "microsoft_graph"), "service", SERVICES)
+    secret, pem = _optional(data, "client_secret"), _optional(data, "certificate_pem")
+    if secret is not None and pem is not None:
+        raise ValidationFailed("certificate_pem", "give either a client secret or a certificate, not both")
     return ProviderInput(
         sender_name=check_line(_optional(data, "sender_name"), "sender_name", 200) or None,
         sender_address=check_address(_required(data, "sender_address"), "sender_address"),
         reply_to=check_address(r, "reply_to") if (r := _optional(data, "reply_to")) else None,
         azure_tenant=_azure_tenant(_required(data, "azure_tenant")),
         client_id=_guid(_required(data, "client_id"), "client_id"),
-        client_secret=_secret(_optional(data, "client_secret")),
+        client_secret=_secret(secret),
+        certificate=parse_certificate_pem(pem) if pem is not None else None,
         secret_expires_at=_expiry(_optional(data, "secret_expires_at")),
+        admin_contact_email=(check_address(a, "admin_contact_email")
+                             if (a := _optional(data, "admin_contact_email")) else None),
         cloud=_choice(data.get("cloud", "global"), "cloud", tuple(CLOUDS)),
     )
 

@@ -1,7 +1,9 @@
 """Email provider settings of one tenant: view, save after a credential check, revert, history.
 
-A save stores a new version only after Entra ID issued a token for the new credentials; any
-failure leaves the version in force untouched and answers 422 with the code, cause and fix.
+A save stores a new version only after Entra ID issued a token for the new credentials (a client
+secret or a certificate); any failure leaves the version in force untouched and answers 422 with
+the code, cause and fix. Responses never carry a credential: a secret shows its last 4 characters
+and expiry, a certificate its SHA-1 thumbprint and notAfter.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from api.credentials import Credentials, acquire_token
 from api.errors import ApiError
 from api.keys import Principal
 from api.provider_input import ProviderInput, parse_provider
+from shared.certificates import CertificateCredential, parse_certificate_pem
 from shared.clouds import resolve_cloud
 from shared.diagnosis import diagnose
 from shared.errors import DeliveryError
@@ -30,24 +33,28 @@ _log = structlog.get_logger("tenantmail.api")
 # Which form field an Entra ID code points at, so the page can show the error next to it.
 _FIELD_BY_CODE = {"AADSTS90002": "azure_tenant", "AADSTS900023": "azure_tenant", "AADSTS700016": "client_id",
                   "AADSTS7000215": "client_secret", "AADSTS7000222": "client_secret",
-                  "AADSTS7000218": "client_secret", "AADSTS700027": "client_secret",
+                  "AADSTS7000218": "client_secret", "AADSTS700027": "certificate_pem",
                   "AuthorityUnreachable": "cloud"}
 
 
 async def view(ctx: ApiContext, tenant_id: str) -> dict[str, Any]:
-    """The configuration in force, with the secret reduced to its last 4 characters and expiry."""
+    """The configuration in force, its credential reduced to what identifies it and its expiry."""
     row = await ctx.blocking(current_config, ctx.engine, tenant_id)
     if row is None or row.kind == "platform":
-        return {"provider": "platform", "service": "microsoft_graph", "version": row.version if row else 0,
+        return {"provider": "platform", "service": "smtp", "version": row.version if row else 0,
                 "sender_name": ctx.settings.platform_sender_name, "sender_address": ctx.settings.platform_sender,
-                "status": "active", "updated_at": _iso(row.created_at) if row else None,
-                "updated_by": row.created_by if row else None}
+                "status": "active" if ctx.settings.smtp_host else "not_configured",
+                "updated_at": _iso(row.created_at) if row else None, "updated_by": row.created_by if row else None}
+    expiry = {"expires_at": _iso(row.secret_expires_at), "expires_in_days": _days_left(row.secret_expires_at)}
+    certificate = row.credential_type == "certificate"
     return {
         "provider": "customer", "service": "microsoft_graph", "version": row.version,
         "sender_name": row.sender_name, "sender_address": row.sender_address, "reply_to": row.reply_to,
         "azure_tenant": row.azure_tenant, "client_id": row.client_id, "cloud": row.cloud,
-        "client_secret": {"last4": row.secret_last4, "expires_at": _iso(row.secret_expires_at),
-                          "expires_in_days": _days_left(row.secret_expires_at)},
+        "admin_contact_email": row.admin_contact_email,
+        "credential_type": "certificate" if certificate else "secret",
+        "client_secret": None if certificate else {"last4": row.secret_last4, **expiry},
+        "certificate": {"thumbprint": row.cert_thumbprint, **expiry} if certificate else None,
         "status": await ctx.blocking(_status, ctx, row),
         "updated_at": _iso(row.created_at), "updated_by": row.created_by,
     }
@@ -68,9 +75,12 @@ async def save(ctx: ApiContext, who: Principal, body: object) -> dict[str, Any]:
     if form is None:
         await revert(ctx, who)
         return await view(ctx, who.tenant_id)
-    secret: str = (form.client_secret if form.client_secret is not None
-                   else await ctx.blocking(_stored_secret, ctx, who.tenant_id, form))
-    creds = Credentials(form.azure_tenant, form.client_id, resolve_cloud(form.cloud, ctx.settings), secret)
+    secret, certificate = form.client_secret, form.certificate
+    if secret is None and certificate is None:
+        secret, certificate = await ctx.blocking(_stored_credential, ctx, who.tenant_id, form)
+    creds = Credentials(form.azure_tenant, form.client_id, resolve_cloud(form.cloud, ctx.settings),
+                        certificate.pem if certificate else secret or "",
+                        "certificate" if certificate else "secret")
     try:
         await check_credentials(ctx, creds)
     except ApiError as exc:
@@ -80,21 +90,29 @@ async def save(ctx: ApiContext, who: Principal, body: object) -> dict[str, Any]:
         raise
     version = await ctx.blocking(lambda: save_graph_provider(
         ctx.engine, ctx.box, who.tenant_id, sender_address=form.sender_address, azure_tenant=form.azure_tenant,
-        client_id=form.client_id, client_secret=secret, sender_name=form.sender_name, reply_to=form.reply_to,
-        cloud=form.cloud, secret_expires_at=form.secret_expires_at, created_by=who.actor))
-    _log.info("provider.saved", version=version, client_id=form.client_id, cloud=form.cloud)
+        client_id=form.client_id, client_secret=None if certificate else secret, certificate=certificate,
+        sender_name=form.sender_name, reply_to=form.reply_to, cloud=form.cloud,
+        secret_expires_at=form.secret_expires_at, admin_contact_email=form.admin_contact_email,
+        created_by=who.actor))
+    _log.info("provider.saved", version=version, client_id=form.client_id, cloud=form.cloud,
+              credential_type=creds.credential_type, thumbprint=certificate.thumbprint if certificate else None)
     await ctx.blocking(lambda: record_event(ctx.engine, who.tenant_id, "provider_saved",
                                             detail=f"version {version}", actor=who.actor))
     return await view(ctx, who.tenant_id)
 
 
-def _stored_secret(ctx: ApiContext, tenant_id: str, form: ProviderInput) -> str:
-    # An edit that leaves the secret blank keeps the stored one, for the same app in the same tenant.
+def _stored_credential(ctx: ApiContext, tenant_id: str,
+                       form: ProviderInput) -> tuple[str | None, CertificateCredential | None]:
+    # An edit that leaves the credential blank keeps the stored one, for the same app in the same tenant.
     row = current_config(ctx.engine, tenant_id)
     if (row is None or row.secret_enc is None or row.client_id != form.client_id
             or row.azure_tenant != form.azure_tenant):
-        raise ApiError(422, "validation_failed", "client_secret: is required", field="client_secret")
-    return ctx.box.decrypt(row.secret_enc)
+        raise ApiError(422, "validation_failed", "client_secret: is required (or certificate_pem)",
+                       field="client_secret")
+    stored = ctx.box.decrypt(row.secret_enc)
+    if row.credential_type == "certificate":
+        return None, parse_certificate_pem(stored)
+    return stored, None
 
 
 async def check_credentials(ctx: ApiContext, creds: Credentials) -> str:

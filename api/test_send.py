@@ -1,7 +1,8 @@
 """Send test: one message through the tenant's provider in force, answered synchronously.
 
-The result is `sent` with Graph's request-id, or `failed` with the code and its diagnosis
-(ErrorAccessDenied "[RAOP]" → outside the Application Access Policy, and so on). Rate-limited
+The result is `sent` with Graph's request-id (or, on the platform default, the SMTP relay's reply
+and the Message-ID), or `failed` with the code and its diagnosis (ErrorAccessDenied "[RAOP]" →
+outside the Application Access Policy, SMTP550 → the relay refused it, and so on). Rate-limited
 per tenant so the endpoint cannot be used as a relay.
 """
 
@@ -21,9 +22,11 @@ from shared.diagnosis import diagnose
 from shared.errors import DeliveryError, ProviderError, ValidationFailed
 from shared.events import record_event
 from shared.ids import new_id
-from shared.message import check_address, graph_request_body, parse_message
-from shared.providers import ProviderResolver, ResolvedProvider
+from shared.message import Message, check_address, graph_request_body, parse_message
+from shared.mime import smtp_envelope
+from shared.providers import PlatformProvider, ProviderResolver, ResolvedProvider
 from worker.graph import GraphClient
+from worker.smtp import SmtpRelayClient
 
 _log = structlog.get_logger("tenantmail.api")
 SUBJECT = "tenantmail test message"
@@ -41,11 +44,16 @@ async def send_test(ctx: ApiContext, who: Principal, body: object) -> dict[str, 
         return _failed("NoProviderConfigured", str(provider))
     try:
         async with asyncio.timeout(ctx.settings.api_test_send_timeout_s):
-            outcome = await _send(ctx, provider, to)
+            if isinstance(provider, PlatformProvider):
+                outcome = await _send_smtp(ctx, provider, to)
+            else:
+                outcome = await _send(ctx, provider, to)
     except TimeoutError:
         outcome = _failed("Timeout", "no answer before the test send timeout")
     except DeliveryError as exc:
-        outcome = _failed(exc.code or "DeliveryError", exc.message, request_id=exc.request_id)
+        smtp_status = exc.status if isinstance(provider, PlatformProvider) else None
+        outcome = _failed(exc.code or "DeliveryError", exc.message, request_id=exc.request_id,
+                          smtp_status=smtp_status)
     outcome.update(sender=provider.sender_address, provider="platform" if provider.kind == "platform" else "customer")
     await ctx.blocking(lambda: record_event(
         ctx.engine, who.tenant_id, "test_sent" if outcome["result"] == "sent" else "test_failed",
@@ -56,12 +64,29 @@ async def send_test(ctx: ApiContext, who: Principal, body: object) -> dict[str, 
     return outcome
 
 
+def _test_message(to: str) -> Message:
+    return parse_message({"to": [to], "subject": SUBJECT, "body_type": "text",
+                          "body": "This test message confirms tenantmail can send through your provider."})
+
+
+async def _send_smtp(ctx: ApiContext, provider: PlatformProvider, to: str) -> dict[str, Any]:
+    envelope = smtp_envelope(_test_message(to), sender_address=provider.sender_address,
+                             sender_name=provider.sender_name, reply_to=None, notification_id=f"test-{new_id()}")
+    relay = SmtpRelayClient(ctx.settings, pool_size=1)
+    try:
+        result = await relay.send(envelope)
+    finally:
+        await relay.close()
+    return {"result": "sent", "request_id": result.message[:64], "message_id": result.message_id,
+            "smtp_status": result.code}
+
+
 async def _send(ctx: ApiContext, provider: ResolvedProvider, to: str) -> dict[str, Any]:
     s = ctx.settings
-    creds = Credentials(provider.azure_tenant, provider.client_id, provider.cloud, provider.client_secret)
+    creds = Credentials(provider.azure_tenant, provider.client_id, provider.cloud, provider.credential,
+                        provider.credential_type)
     token = await ctx.blocking(lambda: acquire_token(creds, ca_bundle=s.ca_bundle, timeout_s=s.token_timeout_s))
-    message = parse_message({"to": [to], "subject": SUBJECT, "body_type": "text",
-                             "body": "This test message confirms tenantmail can send through your provider."})
+    message = _test_message(to)
     body = graph_request_body(message, sender_address=provider.sender_address, sender_name=provider.sender_name,
                               reply_to=provider.reply_to, notification_id=f"test-{new_id()}", checked=True)
     assert ctx.http is not None
@@ -74,7 +99,11 @@ async def _send(ctx: ApiContext, provider: ResolvedProvider, to: str) -> dict[st
                    request_id=response.request_id)
 
 
-def _failed(code: str, message: str, *, status: int | None = None, request_id: str | None = None) -> dict[str, Any]:
+def _failed(code: str, message: str, *, status: int | None = None, request_id: str | None = None,
+            smtp_status: int | None = None) -> dict[str, Any]:
     diagnosis = diagnose(code, message)
-    return {"result": "failed", "code": code, "message": message, "http_status": status, "request_id": request_id,
-            "diagnosis": {"cause": diagnosis.cause, "fix": diagnosis.fix} if diagnosis else None}
+    out = {"result": "failed", "code": code, "message": message, "http_status": status, "request_id": request_id,
+           "diagnosis": {"cause": diagnosis.cause, "fix": diagnosis.fix} if diagnosis else None}
+    if smtp_status is not None:
+        out["smtp_status"] = smtp_status
+    return out

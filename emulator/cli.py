@@ -1,4 +1,5 @@
-"""`tenantmail emulator` / `python -m emulator`: run the emulator until SIGINT/SIGTERM."""
+"""`tenantmail emulator` / `python -m emulator`: run the emulator (Entra ID, Graph and the local SMTP
+relay) until SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-lifetime-s", type=int, default=3599)
     parser.add_argument("--ca-out", default=None, help="where to write the CA PEM (default: in --state-dir)")
     parser.add_argument("--state-dir", default=None, help="directory for the CA PEM (default: a temp dir)")
+    parser.add_argument("--smtp-port", type=int, default=0, help="port of the local SMTP relay; 0 picks a free one")
+    parser.add_argument("--smtp-security", choices=["starttls", "tls", "none"], default="starttls",
+                        help="the relay offers STARTTLS (default), implicit TLS, or plain text")
+    parser.add_argument("--no-smtp", dest="smtp", action="store_false", default=True, help="no SMTP relay")
     parser.add_argument(
         "--advertised-base-url",
         default=None,
@@ -53,6 +58,9 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         ca_path=args.ca_out,
         state_dir=args.state_dir,
         advertised_base_url=args.advertised_base_url,
+        smtp=args.smtp,
+        smtp_port=args.smtp_port,
+        smtp_security=args.smtp_security,
     )
 
 

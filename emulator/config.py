@@ -24,6 +24,7 @@ MUTABLE_FIELDS = frozenset(
         "request_log_size",
         "advertised_base_url",
         "retry_after_grace_ms",
+        "smtp_credentials",
     }
 )
 
@@ -64,6 +65,13 @@ class EmulatorConfig:
     advertised_base_url: str | None = None
     state_dir: str | None = None
     ca_path: str | None = None
+    # The local SMTP relay (emulator.smtp) for the platform default provider: on by default, on
+    # `smtp_port` (0 = a free one). "starttls" offers STARTTLS when `tls` is on; "tls" is implicit
+    # TLS; "none" plain text. `smtp_credentials` ({user: password}) makes AUTH mandatory.
+    smtp: bool = True
+    smtp_port: int = 0
+    smtp_security: str = "starttls"
+    smtp_credentials: dict[str, str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def updated(self, changes: dict[str, Any]) -> EmulatorConfig:

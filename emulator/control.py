@@ -65,6 +65,23 @@ async def put_tenant(request: web.Request) -> web.Response:
     return _json({"id": tenant.id})
 
 
+async def add_certificate(request: web.Request) -> web.Response:
+    """POST /_emulator/directory/tenants/{tenant}/apps/{client_id}/certificates {"pem": ...}: register a
+    certificate's public part on the app, as an admin uploads it in Certificates & secrets."""
+    body = await _body(request)
+    pem = body.get("pem") if isinstance(body, dict) else None
+    if not isinstance(pem, str):
+        raise _bad(ValueError("pem: a PEM certificate is required"))
+    try:
+        _emu(request).directory.add_certificate(request.match_info["tenant"], request.match_info["client_id"], pem)
+    except KeyError as exc:
+        raise web.HTTPNotFound(text=orjson.dumps({"error": str(exc)}).decode(),
+                               content_type="application/json") from None
+    except (ValueError, TypeError) as exc:
+        raise _bad(exc) from None
+    return _json({"registered": True}, status=201)
+
+
 async def get_outbox(request: web.Request) -> web.Response:
     """GET /_emulator/outbox?field=value...: accepted messages, oldest first."""
     filters = dict(request.query)
@@ -188,6 +205,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/_emulator/directory", get_directory)
     r.add_put("/_emulator/directory", put_directory)
     r.add_post("/_emulator/directory/tenants", put_tenant)
+    r.add_post("/_emulator/directory/tenants/{tenant}/apps/{client_id}/certificates", add_certificate)
     r.add_get("/_emulator/outbox", get_outbox)
     r.add_get("/_emulator/requests", get_requests)
     r.add_get("/_emulator/counters", get_counters)

@@ -94,6 +94,34 @@ class ControlClient:
         """A token signed by the emulator (or `signed_by="other"`) with these claims over app defaults."""
         return self._call("POST", "tokens", json=claims)["access_token"]
 
+    def add_certificate(self, tenant: str, client_id: str, cert_pem: str) -> None:
+        """Register a certificate's public part on an app (as an admin uploads it in Certificates & secrets)."""
+        self._call("POST", f"directory/tenants/{tenant}/apps/{client_id}/certificates", json={"pem": cert_pem})
+
+    def smtp_messages(self, **filters: Any) -> list[dict[str, Any]]:
+        """Messages the SMTP relay received, filtered like `outbox` (e.g. notification_id=...)."""
+        return self._call("GET", "smtp/messages", params=filters)
+
+    def smtp_counters(self) -> dict[str, Any]:
+        """The SMTP relay's counters: connections, transactions, accepted, dropped_after_data, replies ..."""
+        return self._call("GET", "smtp/counters")
+
+    def add_smtp_fault(self, **spec: Any) -> str:
+        """Add an SMTP fault rule (see emulator/smtp.py); returns its id."""
+        return self._call("POST", "smtp/faults", json=spec)["id"]
+
+    def smtp_faults(self) -> list[dict[str, Any]]:
+        """SMTP fault rules with their hit counts."""
+        return self._call("GET", "smtp/faults")
+
+    def smtp_disconnect(self) -> int:
+        """Make the SMTP relay close every open client connection; returns how many it closed."""
+        return self._call("POST", "smtp/disconnect")["closed"]
+
+    def clear_smtp_faults(self) -> None:
+        """Drop every SMTP fault rule."""
+        self._call("DELETE", "smtp/faults")
+
     def close(self) -> None:
         """Close the HTTP session."""
         self.session.close()
@@ -107,6 +135,16 @@ class EmulatorHandle:
     port: int
     ca_path: str | None
     control: ControlClient = field(repr=False)
+    smtp_host: str | None = None
+    smtp_port: int | None = None
+    smtp_security: str | None = None  # what a client should use: "starttls", "tls" or "none"
+
+    def smtp_settings(self) -> dict[str, str]:
+        """TENANTMAIL_SMTP_* variables that point the platform default provider at this relay."""
+        if self.smtp_port is None:
+            raise RuntimeError("this emulator runs without its SMTP relay")
+        return {"TENANTMAIL_SMTP_HOST": str(self.smtp_host), "TENANTMAIL_SMTP_PORT": str(self.smtp_port),
+                "TENANTMAIL_SMTP_SECURITY": str(self.smtp_security)}
 
     @property
     def graph_base_url(self) -> str:

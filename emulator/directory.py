@@ -240,6 +240,19 @@ class Directory:
         """A tenant by GUID or verified domain, case-insensitive."""
         return self._by_key.get(ident.lower())
 
+    def add_certificate(self, ident: str, client_id: str, pem: str) -> Tenant:
+        """Register a certificate's public part on an app of a tenant (KeyError if either is unknown)."""
+        tenant = self.tenant(ident)
+        if tenant is None:
+            raise KeyError(f"no tenant {ident!r}")
+        spec = self._raw[tenant.id]
+        for app in spec.get("apps", []):
+            if str(app["client_id"]).lower() == client_id.lower():
+                _certificate({"pem": pem})  # ValueError on a malformed certificate, before changing anything
+                app["certificates"] = [*app.get("certificates", []), {"pem": pem}]
+                return self.put_tenant(spec)
+        raise KeyError(f"no app {client_id!r} in tenant {tenant.id}")
+
     def to_dict(self) -> dict[str, Any]:
         """The directory as it was given (JSON-able)."""
         return {"tenants": list(self._raw.values())}

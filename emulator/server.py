@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from emulator import control, entra, graph
+from emulator import control, entra, graph, smtp
 from emulator.clock import Clock, Ids
 from emulator.config import EmulatorConfig
 from emulator.directory import Directory
@@ -36,6 +36,7 @@ class Emulator:
         self.faults = Faults(self.ids.random)
         self.inspection = Inspection(config.request_log_size)
         self.tls = TlsMaterial(config.state_dir, config.ca_path) if config.tls else None
+        self.smtp = smtp.SmtpRelay(self) if config.smtp else None
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
         # handler -> accept time, kept until the connection's first request
@@ -55,7 +56,14 @@ class Emulator:
             "graph_base_url": f"{self.base_url}/v1.0",
             "ca_path": self.tls.ca_path if self.tls else None,
             "port": self.port,
+            "smtp_host": self.config.host if self.smtp else None,
+            "smtp_port": self.smtp.port if self.smtp else None,
+            "smtp_security": self._smtp_security() if self.smtp else None,
         }
+
+    def _smtp_security(self) -> str:
+        # What a client should use: STARTTLS or implicit TLS need the emulator's certificate.
+        return self.config.smtp_security if self.tls else "none"
 
     def sent_at(self, request: web.Request) -> float:
         """When the client started sending this request, as near as the server can tell.
@@ -70,9 +78,12 @@ class Emulator:
         return accepted if accepted is not None else self.clock.now()
 
     def reset(self) -> None:
-        """Clear outbox, log, counters, faults, throttle state and clock offset; keep the directory."""
+        """Clear outbox, log, counters, faults, throttle state, clock offset and the SMTP relay's messages,
+        faults and counters; keep the directory."""
         self.faults.clear()
         self.limits.reset()
+        if self.smtp is not None:
+            self.smtp.reset()
         self.inspection.reset(self.config.request_log_size)
         self.clock.reset()
         self.ids.reset()
@@ -82,6 +93,7 @@ class Emulator:
         app = web.Application(client_max_size=_CLIENT_MAX_SIZE, middlewares=[_request_log])
         app[EMULATOR_KEY] = self
         control.add_routes(app)
+        smtp.add_routes(app)
         r = app.router
         r.add_get("/common/discovery/instance", entra.instance_discovery)
         r.add_get("/{tenant}/v2.0/.well-known/openid-configuration", entra.openid_configuration)
@@ -112,10 +124,14 @@ class Emulator:
         )
         await site.start()
         self._runner = runner
+        if self.smtp is not None:
+            await self.smtp.start()
 
     async def stop(self) -> None:
         """Stop listening and close connections (held requests are released first)."""
         self.faults.clear()
+        if self.smtp is not None:
+            await self.smtp.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

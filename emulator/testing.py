@@ -1,9 +1,11 @@
-"""Run the emulator for tests and benchmarks: in a background thread, or as a subprocess."""
+"""Run the emulator for tests and benchmarks (in a background thread, or as a subprocess), and
+make app certificates to register on it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import os
 import select
@@ -14,11 +16,42 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
 from emulator.config import EmulatorConfig
 from emulator.control_client import ControlClient, EmulatorHandle
 from emulator.server import Emulator
 
 _START_TIMEOUT_S = 60.0
+
+
+def make_certificate(common_name: str = "tenantmail-app", *, valid_days: float = 30.0,
+                     not_before_days: float = -1.0, key_size: int = 2048) -> tuple[str, str]:
+    """A self-signed app certificate: (private key PEM, certificate PEM).
+
+    Valid from `not_before_days` (negative = in the past) to `valid_days` from now; a negative
+    `valid_days` makes an expired certificate.
+    """
+    key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now + dt.timedelta(days=min(not_before_days, valid_days - 1)))
+        .not_valid_after(now + dt.timedelta(days=valid_days))
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return key_pem, cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
 class _ThreadRunner:
@@ -64,6 +97,9 @@ def _handle(info: dict[str, Any]) -> EmulatorHandle:
         port=int(info["port"]),
         ca_path=info["ca_path"],
         control=ControlClient(info["base_url"], info["ca_path"]),
+        smtp_host=info.get("smtp_host"),
+        smtp_port=info.get("smtp_port"),
+        smtp_security=info.get("smtp_security"),
     )
 
 

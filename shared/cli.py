@@ -1,5 +1,5 @@
-"""`tenantmail` command line: demo (the main command), worker, dispatcher, api, keys, migrate, emulator, activity,
-bench, chaos."""
+"""`tenantmail` command line: demo (the main command), worker, dispatcher, beat, api, keys, migrate, doctor, health,
+emulator, activity, bench, chaos."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
 
     sub.add_parser("dispatcher", help="run only the dispatcher loop")
-    sub.add_parser("beat", help="run the scheduler (exactly one): retention purge")
+    sub.add_parser("beat", help="run the scheduler (exactly one): retention purge, credential expiry reminders")
 
     api = sub.add_parser("api", help="serve the HTTP API and the admin web page")
     api.add_argument("--host", default=None)
@@ -47,13 +47,18 @@ def _parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="check configuration, database, Redis and a tenant's provider")
     doctor.add_argument("--tenant", default=None, help="also check that this tenant's provider gets a token")
 
+    health = sub.add_parser("health", help="exit 0 when this host's processes of a role are live (health checks)")
+    health.add_argument("role", choices=["worker", "dispatcher", "beat"])
+    health.add_argument("--max-age", type=float, default=30.0,
+                        help="seconds a process may go without being live (default 30)")
+
     activity = sub.add_parser("activity", help="print the delivery activity table")
     activity.add_argument("--tenant", default=None)
     activity.add_argument("--limit", type=int, default=50)
 
     from emulator import cli as emulator_cli
 
-    emulator_cli.add_arguments(sub.add_parser("emulator", help="run the Entra ID + Graph emulator"))
+    emulator_cli.add_arguments(sub.add_parser("emulator", help="run the Entra ID + Graph emulator and its SMTP relay"))
 
     from benchmarks import cli as bench_cli
 
@@ -114,6 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run_api(settings, host=args.host, port=args.port)
         return 0
+    if command == "health":
+        from worker.liveness import check
+
+        verdict = check(settings.state_dir, args.role, args.max_age)
+        print("\n".join(verdict.lines), file=sys.stdout if verdict.ok else sys.stderr)
+        return 0 if verdict.ok else 1
     if command == "keys":
         return _keys(settings, args)
     if command == "activity":

@@ -2,8 +2,9 @@
 
 With no DATABASE_URL / REDIS_URL it runs on SQLite under state_dir and a private redis-server it
 starts itself; the emulator plays Entra ID and Graph with the demo tenant (Contoso, whose app an
-Application Access Policy scopes to governance@contoso.example) and a platform tenant for the
-default no-reply sender. One worker process delivers; the activity table is printed at the end.
+Application Access Policy scopes to governance@contoso.example), and its local SMTP relay is the
+platform default's relay for the no-reply sender. One worker process delivers; the activity table
+is printed at the end.
 """
 
 from __future__ import annotations
@@ -23,10 +24,7 @@ from emulator.demo import (
     DEMO_CLIENT_SECRET,
     DEMO_SENDER,
     DEMO_TENANT_ID,
-    PLATFORM_CLIENT_ID,
-    PLATFORM_CLIENT_SECRET,
     PLATFORM_NO_REPLY,
-    PLATFORM_TENANT_ID,
     demo_directory,
 )
 from emulator.testing import running_emulator
@@ -70,7 +68,8 @@ def run_demo(settings: Settings, *, keep_running: bool = False) -> int:
         done = _wait(engine, ids, worker, timeout_s=90)
         rows = [r for r in recent_activity(engine, limit=200) if r["id"] in set(ids)]
         print(format_activity(rows))
-        print(f"emulator outbox: {len(emu.outbox())} message(s) accepted by Graph")
+        print(f"emulator outbox: {len(emu.outbox())} message(s) accepted by Graph, "
+              f"{len(emu.smtp_messages())} by the SMTP relay (platform default)")
         if keep_running:
             _start_api(stack, engine, settings, env)
             print("stack running; Ctrl-C to stop")
@@ -87,9 +86,7 @@ def _child_env(settings: Settings, redis_url: str, emu: Any) -> dict[str, str]:
         "TENANTMAIL_AUTHORITY_OVERRIDE": emu.base_url,
         "TENANTMAIL_GRAPH_BASE_OVERRIDE": emu.graph_base_url,
         "TENANTMAIL_CA_BUNDLE": str(emu.ca_path),
-        "TENANTMAIL_PLATFORM_TENANT": PLATFORM_TENANT_ID,
-        "TENANTMAIL_PLATFORM_CLIENT_ID": PLATFORM_CLIENT_ID,
-        "TENANTMAIL_PLATFORM_CLIENT_SECRET": PLATFORM_CLIENT_SECRET,
+        **emu.smtp_settings(),
         "TENANTMAIL_PLATFORM_SENDER": PLATFORM_NO_REPLY,
         "TENANTMAIL_LOG_LEVEL": os.environ.get("TENANTMAIL_LOG_LEVEL", "WARNING"),
     })
@@ -112,7 +109,7 @@ def _configure_tenants(engine: Any, box: SecretBox) -> None:
     save_graph_provider(engine, box, "contoso", sender_address=DEMO_SENDER, sender_name="Contoso Governance",
                         reply_to=DEMO_SENDER, **common)
     save_graph_provider(engine, box, "contoso-ceo", sender_address=DEMO_CEO, sender_name="Contoso CEO", **common)
-    # "fabrikam" has no configuration: it uses the platform default sender.
+    # "fabrikam" has no configuration: it uses the platform default sender, through the SMTP relay.
 
 
 def _start_api(stack: ExitStack, engine: Any, settings: Settings, env: dict[str, str]) -> None:

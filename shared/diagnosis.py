@@ -62,13 +62,31 @@ _BY_CODE: dict[str, Diagnosis] = {
     "AADSTS7000218": Diagnosis(
         "No client secret or certificate was sent.", "Enter the client secret (or certificate) in the settings."),
     "AADSTS700027": Diagnosis(
-        "The certificate does not match any certificate registered on the app.",
-        "Upload the certificate's public key in Certificates & secrets, or configure the matching private key."),
+        "Entra ID could not verify the certificate: the app has no certificate with this thumbprint, "
+        "the key does not match it, or it has expired.",
+        "In Entra ID > App registrations > your app > Certificates & secrets > Certificates, upload the "
+        "certificate's public part (the .cer/.pem, never the private key); check its thumbprint there matches "
+        "the one shown here and that it has not expired; then save the matching private key and certificate "
+        "here."),
     "AADSTS1002012": Diagnosis(
         "The token scope is not /.default.", "This is a tenantmail bug; report it."),
     "NoProviderConfigured": Diagnosis(
-        "The tenant has no email provider and the platform default is not configured.",
-        "Configure the tenant's provider, or set TENANTMAIL_PLATFORM_TENANT, _CLIENT_ID and _CLIENT_SECRET."),
+        "The tenant has no email provider and the platform default (an SMTP relay) is not configured.",
+        "Configure the tenant's provider, or set TENANTMAIL_SMTP_HOST (and _SMTP_PORT, _SMTP_SECURITY, "
+        "_SMTP_USERNAME, _SMTP_PASSWORD) for the platform's no-reply sender."),
+    "SMTP535": Diagnosis(
+        "The SMTP relay refused the platform's username or password.",
+        "Fix TENANTMAIL_SMTP_USERNAME / TENANTMAIL_SMTP_PASSWORD and restart the workers."),
+    "SMTP530": Diagnosis(
+        "The SMTP relay requires authentication.", "Set TENANTMAIL_SMTP_USERNAME and TENANTMAIL_SMTP_PASSWORD."),
+    "SMTP552": Diagnosis(
+        "The message is larger than the SMTP relay accepts.", "Send smaller attachments or raise the relay's limit."),
+    "SMTPNotSupported": Diagnosis(
+        "The SMTP relay does not offer what the settings ask for (STARTTLS or AUTH).",
+        "Check TENANTMAIL_SMTP_SECURITY (starttls on 587, tls on 465) against the relay."),
+    "TLSError": Diagnosis(
+        "TLS with the SMTP relay failed (certificate not trusted or wrong name).",
+        "Trust the relay's CA (TENANTMAIL_CA_BUNDLE) or fix TENANTMAIL_SMTP_HOST; it is retried."),
     "AuthorityUnreachable": Diagnosis(
         "Entra ID could not be reached.", "Check outbound HTTPS to the cloud's login host; it is retried."),
     "WorkerLost": Diagnosis(
@@ -78,9 +96,10 @@ _BY_CODE: dict[str, Diagnosis] = {
         "Graph did not answer in time; the message may have been accepted.",
         "Nothing to do: it is retried once and flagged possible_duplicate."),
     "ConnectionReset": Diagnosis(
-        "The connection to Graph broke after sending; the message may have been accepted.",
+        "The connection to Graph (or the SMTP relay) broke after sending; the message may have been accepted.",
         "Nothing to do: it is retried once and flagged possible_duplicate."),
-    "ConnectionRefused": Diagnosis("Graph could not be reached.", "Check outbound HTTPS; it is retried."),
+    "ConnectionRefused": Diagnosis("Graph (or the SMTP relay) could not be reached.",
+                                   "Check outbound HTTPS (or SMTP to the relay); it is retried."),
     "MaxAgeExceeded": Diagnosis(
         "The mailbox stayed throttled until the notification's maximum age.",
         "Lower the sending rate for this mailbox (TENANTMAIL_MAILBOX_PACING_MS) or raise the maximum age."),
@@ -100,4 +119,16 @@ def diagnose(code: str | None, message: str | None = None) -> Diagnosis | None:
         return _POLICY
     if code.startswith("HTTP5") or code in ("ServiceUnavailable", "MailboxInfoStale", "UnknownError"):
         return Diagnosis("Graph had a transient failure.", "Nothing to do: it is retried with backoff.")
-    return _BY_CODE.get(code)
+    return _BY_CODE.get(code) or _smtp(code)
+
+
+def _smtp(code: str) -> Diagnosis | None:
+    # SMTP replies of the platform default's relay: 4xx is "try later", 5xx "never".
+    if code.startswith("SMTP4"):
+        return Diagnosis("The SMTP relay deferred the message (a temporary refusal).",
+                         "Nothing to do: it is retried with backoff.")
+    if code.startswith("SMTP5"):
+        return Diagnosis("The SMTP relay refused the message permanently (see its reply for why: unknown "
+                         "recipient, policy, content).",
+                         "Correct the recipient or content the relay's reply names; it is not retried.")
+    return None

@@ -1,5 +1,5 @@
-"""`tenantmail doctor`: check configuration, database, migrations, Redis, broker and a tenant's
-provider, and say what to fix."""
+"""`tenantmail doctor`: check configuration, database, migrations, Redis, the platform default's SMTP
+relay and a tenant's provider, and say what to fix."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from sqlalchemy import Engine, text
 from shared.db import database_url, make_engine, migrations_current
 from shared.diagnosis import diagnose
 from shared.errors import ConfigurationError, DeliveryError, ProviderError, TenantmailError
-from shared.providers import ProviderResolver
+from shared.providers import PlatformProvider, ProviderResolver
 from shared.secretbox import SecretBox
 from shared.settings import Settings
 
@@ -44,10 +44,7 @@ def run_checks(settings: Settings, tenant: str | None = None) -> list[Check]:
             checks.append(Check("ok", "migrations current") if current else
                           Check("fail", "database schema is behind the code", "run `tenantmail migrate`"))
         checks += _redis_checks(settings)
-        if not (settings.platform_tenant and settings.platform_client_id and settings.platform_client_secret):
-            checks.append(Check("warn", "platform default provider not configured",
-                                "set TENANTMAIL_PLATFORM_TENANT, _CLIENT_ID and _CLIENT_SECRET, or give every "
-                                "tenant its own provider"))
+        checks.append(_smtp_check(settings))
         if tenant and db_ok and isinstance(box, SecretBox):
             checks.append(_tenant_check(settings, engine, box, tenant))
     finally:
@@ -93,12 +90,35 @@ def _redis_checks(settings: Settings) -> list[Check]:
     return out
 
 
+def _smtp_check(settings: Settings) -> Check:
+    from worker.smtp import SmtpRelayClient  # the worker's own client, so the check is the real one
+
+    if not settings.smtp_host:
+        return Check("warn", "platform default provider not configured (no SMTP relay)",
+                     "set TENANTMAIL_SMTP_HOST (and _SMTP_PORT, _SMTP_SECURITY, _SMTP_USERNAME, _SMTP_PASSWORD), "
+                     "or give every tenant its own provider")
+    where = f"SMTP relay {settings.smtp_host}:{settings.smtp_port} ({settings.smtp_security})"
+
+    async def connect() -> None:
+        relay = SmtpRelayClient(settings, pool_size=1)
+        await relay.check()
+
+    try:
+        asyncio.run(connect())
+    except DeliveryError as exc:
+        d = diagnose(exc.code, exc.message)
+        return Check("fail", f"{where}: {exc}", d.fix if d else "check the relay's host, port and TLS mode")
+    return Check("ok", where)
+
+
 def _tenant_check(settings: Settings, engine: Engine, box: SecretBox, tenant: str) -> Check:
     from worker.tokens import TokenProvider  # the worker's own token path, so the check is the real one
 
     provider = ProviderResolver(engine, box, settings).resolve_many([tenant])[tenant]
     if isinstance(provider, ProviderError):
         return Check("fail", f"tenant {tenant}: {provider}", "configure the tenant's email provider")
+    if isinstance(provider, PlatformProvider):
+        return Check("ok", f"tenant {tenant}: uses the platform default, {provider.sender_address} via the SMTP relay")
 
     async def acquire() -> None:
         import redis.asyncio as redis_async

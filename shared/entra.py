@@ -1,15 +1,22 @@
 """The MSAL boundary shared by the workers (worker.tokens) and the API's credential check
-(api.credentials): the HTTP session MSAL is given, and how MSAL's error dicts become our errors."""
+(api.credentials): the HTTP session MSAL is given, the credential it is handed (a client secret, or
+a certificate's private key and public certificate), and how MSAL's exceptions and error dicts
+become our errors.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import msal
 import requests
 
+from shared.certificates import split_credential
+from shared.clouds import Cloud
 from shared.errors import TokenError, TransientError
 
 _TRANSIENT_ERRORS = {"temporarily_unavailable", "server_error"}
+CREDENTIAL_TYPES = ("secret", "certificate")
 
 
 class TimeoutSession(requests.Session):
@@ -27,6 +34,50 @@ class TimeoutSession(requests.Session):
         return super().request(*args, **kwargs)
 
 
+def client_credential(credential_type: str, credential: str) -> str | dict[str, str]:
+    """What MSAL's `client_credential` takes: the secret itself, or the certificate as a dict.
+
+    A certificate goes in as private key + public certificate: MSAL then signs the client
+    assertion with PS256 and names the key by its SHA-256 thumbprint (`x5t#S256`), which is what
+    Entra ID expects (MSAL calls the SHA-1 `thumbprint` form deprecated).
+    """
+    if credential_type == "certificate":
+        key_pem, cert_pem = split_credential(credential)
+        return {"private_key": key_pem, "public_certificate": cert_pem}
+    return credential
+
+
+def confidential_app(client_id: str, credential: str | dict[str, str], azure_tenant: str, cloud: Cloud,
+                     http: requests.Session) -> msal.ConfidentialClientApplication:
+    """An MSAL app with its own token cache; raises TokenError (tenant unknown) or TransientError."""
+    try:
+        return msal.ConfidentialClientApplication(
+            client_id, client_credential=credential, authority=f"{cloud.authority_host}/{azure_tenant}",
+            instance_discovery=False, azure_region=False, http_client=http, token_cache=msal.TokenCache(),
+        )
+    except requests.RequestException as exc:
+        raise _unreachable(cloud, exc) from exc
+    except ValueError as exc:  # OIDC discovery refused the tenant
+        detail = f"{exc} {exc.__context__ or ''}"
+        code = "AADSTS900023" if "900023" in detail else "AADSTS90002"
+        raise TokenError(f"tenant '{azure_tenant}' not found in the {cloud.name} cloud", code=code) from exc
+
+
+def acquire_for_client(app: msal.ConfidentialClientApplication, cloud: Cloud) -> dict[str, Any]:
+    """MSAL's client-credentials result with an access token; raises TokenError or TransientError."""
+    try:
+        result: dict[str, Any] = app.acquire_token_for_client(scopes=[cloud.scope])
+    except requests.RequestException as exc:
+        raise _unreachable(cloud, exc) from exc
+    except msal.exceptions.MsalServiceError as exc:
+        raise TransientError(f"Entra ID error: {exc}", code="TokenServiceError") from exc
+    except ValueError as exc:  # a non-JSON body from the token endpoint
+        raise TransientError("Entra ID answered with a non-JSON body", code="TokenServiceError") from exc
+    if "access_token" not in result:
+        raise token_error(result)
+    return result
+
+
 def token_error(result: dict[str, Any]) -> TokenError | TransientError:
     """The error for an MSAL result without an access token: `AADSTS<n>` when Entra gave codes."""
     codes = result.get("error_codes") or []
@@ -35,3 +86,8 @@ def token_error(result: dict[str, Any]) -> TokenError | TransientError:
     cls = TransientError if result.get("error") in _TRANSIENT_ERRORS else TokenError
     return cls(text or str(result.get("error")), code=code, request_id=result.get("trace_id"),
                client_request_id=result.get("correlation_id"))
+
+
+def _unreachable(cloud: Cloud, exc: Exception) -> TransientError:
+    return TransientError(f"Entra ID ({cloud.authority_host}) could not be reached: {type(exc).__name__}",
+                          code="AuthorityUnreachable")

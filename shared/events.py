@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Connection, Engine, insert, select
 
 from shared.models import ActivityEvent
 
@@ -20,9 +20,14 @@ def record_event(engine: Engine, tenant_id: str, kind: str, *, code: str | None 
                  request_id: str | None = None, actor: str | None = None) -> None:
     """Append one event."""
     with engine.begin() as conn:
-        conn.execute(insert(_E).values(tenant_id=tenant_id, kind=kind, code=code, detail=(detail or None) and
-                                       detail[:1000], request_id=request_id, actor=actor,
-                                       created_at=datetime.now(UTC)))
+        insert_event(conn, tenant_id, kind, code=code, detail=detail, request_id=request_id, actor=actor)
+
+
+def insert_event(conn: Connection, tenant_id: str, kind: str, *, code: str | None = None,
+                 detail: str | None = None, request_id: str | None = None, actor: str | None = None) -> None:
+    """Append one event inside the caller's transaction."""
+    conn.execute(insert(_E).values(tenant_id=tenant_id, kind=kind, code=code, detail=(detail or None) and
+                                   detail[:1000], request_id=request_id, actor=actor, created_at=datetime.now(UTC)))
 
 
 def recent_events(engine: Engine, tenant_id: str, *, limit: int = 50) -> list[dict[str, Any]]:

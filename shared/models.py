@@ -1,4 +1,5 @@
-"""Tables: notification (the transactional outbox), delivery_attempt, provider_config.
+"""Tables: notification (the transactional outbox), delivery_attempt, provider_config, and the API's
+api_key, provider_history, activity_event and expiry_reminder.
 
 Hot-path times are epoch milliseconds (`*_ms`, BigInteger) so that claims and the dispatcher
 compare integers the same way on PostgreSQL and SQLite; dashboard times are timestamps.
@@ -87,7 +88,12 @@ class Notification(SQLModel, table=True):
 
 
 class DeliveryAttempt(SQLModel, table=True):
-    """One call to Graph (or one decision not to call it) for a notification."""
+    """One call to Graph or one SMTP transaction (or one decision not to make it) for a notification.
+
+    Graph attempts fill `http_status`, `request_id` (Graph's request-id) and `client_request_id`;
+    SMTP attempts fill `smtp_status` (the relay's reply code), `request_id` (the relay's final
+    reply, e.g. "2.0.0 Ok: queued as 4BC9D2E3F") and `client_request_id` (the Message-ID we sent).
+    """
 
     __tablename__ = "delivery_attempt"
     __table_args__ = (
@@ -107,14 +113,21 @@ class DeliveryAttempt(SQLModel, table=True):
     error_code: str | None = Field(default=None, max_length=100)
     error_message: str | None = Field(default=None, max_length=2000)
     request_id: str | None = Field(default=None, max_length=64)
-    client_request_id: str | None = Field(default=None, max_length=64)
+    client_request_id: str | None = Field(default=None, max_length=255)
     retry_after_s: float | None = None
     mailbox: str | None = Field(default=None, max_length=320)
     worker: str | None = Field(default=None, max_length=100)
+    smtp_status: int | None = None
 
 
 class ProviderConfig(SQLModel, table=True):
-    """A tenant's email provider, versioned; the highest active version is in force."""
+    """A tenant's email provider, versioned; the highest active version is in force.
+
+    `secret_enc` holds the encrypted credential of a "graph" row: the client secret when
+    `credential_type` is "secret", the PEM private key and certificate when it is "certificate".
+    `secret_expires_at` is that credential's expiry: as entered for a secret, the certificate's
+    notAfter for a certificate; the expiry reminders read it.
+    """
 
     __tablename__ = "provider_config"
     __table_args__ = (UniqueConstraint("tenant_id", "version", name="uq_provider_tenant_version"),)
@@ -132,6 +145,9 @@ class ProviderConfig(SQLModel, table=True):
     secret_enc: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
     secret_last4: str | None = Field(default=None, max_length=4)
     secret_expires_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    credential_type: str | None = Field(default=None, max_length=16)  # "secret" | "certificate"
+    cert_thumbprint: str | None = Field(default=None, max_length=40)  # SHA-1 hex, as Entra shows it
+    admin_contact_email: str | None = Field(default=None, max_length=320)
     cloud: str = Field(default="global", max_length=16)
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     created_by: str | None = Field(default=None, max_length=200)
@@ -179,4 +195,23 @@ class ActivityEvent(SQLModel, table=True):
     detail: str | None = Field(default=None, max_length=1000)
     request_id: str | None = Field(default=None, max_length=64)
     actor: str | None = Field(default=None, max_length=200)
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class ExpiryReminder(SQLModel, table=True):
+    """One expiry reminder of one provider version at one threshold (30 or 7 days before).
+
+    The unique constraint is what makes a reminder go out once, however many beat runs or task
+    retries reach it: the row, its activity event and its email are inserted in one transaction.
+    """
+
+    __tablename__ = "expiry_reminder"
+    __table_args__ = (UniqueConstraint("tenant_id", "config_version", "threshold_days", name="uq_expiry_reminder"),)
+
+    id: int | None = Field(default=None, sa_column=Column(_BIGID, primary_key=True, autoincrement=True))
+    tenant_id: str = Field(max_length=64)
+    config_version: int
+    threshold_days: int
+    expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    notification_id: str | None = Field(default=None, max_length=32)  # the email, when one was sent
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))

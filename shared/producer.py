@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, select, tuple_
+from sqlalchemy import Connection, Engine, func, insert, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -30,6 +30,9 @@ from shared.models import ACTIVE_STATES, Notification, State
 from shared.settings import Settings
 
 _TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+# Tenant id of mail the platform itself sends (expiry reminders to tenant admins); it always goes
+# through the platform default provider. No producer can use it: tenant ids start with a letter or digit.
+PLATFORM_TENANT_KEY = "__platform__"
 _KEY_MAX = 200
 _TABLE = Notification.__table__  # type: ignore[attr-defined]
 
@@ -76,8 +79,18 @@ class Producer:
                 ids = [existing.get((r["tenant_id"], r["idempotency_key"]), r["id"]) for r in rows]
         return ids
 
-    def _row(self, index: int, item: EnqueueItem) -> dict[str, Any]:
-        tenant_id = _check_tenant(index, item.tenant_id)
+    def enqueue_platform_mail(self, conn: Connection, message: Mapping[str, Any], idempotency_key: str) -> str:
+        """Enqueue mail of the platform itself inside the caller's transaction (`conn`), under
+        PLATFORM_TENANT_KEY; returns its id. It commits, or not, with the caller's other writes."""
+        row = self._row(0, EnqueueItem(PLATFORM_TENANT_KEY, message, idempotency_key), platform=True)
+        self._assign_ranks(conn, [row])
+        conn.execute(self._insert_stmt(), [row])
+        existing = conn.execute(select(_TABLE.c.id).where(_TABLE.c.tenant_id == PLATFORM_TENANT_KEY,
+                                                          _TABLE.c.idempotency_key == idempotency_key)).scalar()
+        return str(existing or row["id"])
+
+    def _row(self, index: int, item: EnqueueItem, *, platform: bool = False) -> dict[str, Any]:
+        tenant_id = PLATFORM_TENANT_KEY if platform else _check_tenant(index, item.tenant_id)
         key = _check_key(index, item.idempotency_key)
         try:
             message = item.message if isinstance(item.message, Message) else parse_message(item.message)

@@ -1,8 +1,10 @@
 """Tenant provider configurations: store a version, resolve the one in force.
 
 Table access for the configuration API (versions with a change history) and for the workers
-(the version in force). Secrets are decrypted only into
-`ResolvedProvider`, which never prints them.
+(the version in force). A tenant's provider is either its own Microsoft 365 app
+(`ResolvedProvider`: Graph, with a client secret or a certificate) or the platform default
+(`PlatformProvider`: the platform's no-reply sender through the SMTP relay in settings).
+Credentials are decrypted only into `ResolvedProvider`, which never prints them.
 """
 
 from __future__ import annotations
@@ -16,20 +18,26 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, func, select
 from sqlmodel import Session
 
+from shared.certificates import CertificateCredential
 from shared.clouds import Cloud, resolve_cloud
+from shared.entra import client_credential
 from shared.errors import ConfigurationError, NoProviderConfigured, ProviderError
 from shared.models import ProviderConfig, ProviderHistory
+from shared.producer import PLATFORM_TENANT_KEY
 from shared.secretbox import SecretBox
 from shared.settings import Settings
 
-PLATFORM_TENANT_KEY = "__platform__"
 _P = ProviderConfig.__table__  # type: ignore[attr-defined]
 _H = ProviderHistory.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
 class ResolvedProvider:
-    """Everything a worker needs to send for one tenant; `client_secret` never prints."""
+    """A tenant's own Microsoft 365 app: everything a worker needs to send through Graph.
+
+    `credential` is the client secret or, for `credential_type` "certificate", the PEM private key
+    and certificate; it never prints.
+    """
 
     tenant_id: str
     version: int
@@ -40,7 +48,8 @@ class ResolvedProvider:
     azure_tenant: str
     client_id: str
     cloud: Cloud
-    client_secret: str = field(repr=False)
+    credential: str = field(repr=False)
+    credential_type: str = "secret"
 
     @property
     def token_key(self) -> str:
@@ -52,10 +61,30 @@ class ResolvedProvider:
         """Key of the Graph per-(app, mailbox) limits."""
         return f"{self.client_id}:{self.sender_address.lower()}"
 
+    @property
+    def msal_credential(self) -> str | dict[str, str]:
+        """What MSAL's `client_credential` takes for this provider."""
+        return client_credential(self.credential_type, self.credential)
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformProvider:
+    """The platform default: its no-reply sender through the SMTP relay configured in settings."""
+
+    tenant_id: str
+    version: int
+    sender_address: str
+    sender_name: str | None
+    reply_to: str | None = None
+    kind: str = "platform"
+
+
+Provider = ResolvedProvider | PlatformProvider
+
 
 # Fields whose change the history records by name; the secret is compared, never stored in it.
 TRACKED_FIELDS = ("kind", "sender_name", "sender_address", "reply_to", "azure_tenant", "client_id", "cloud",
-                  "secret_expires_at")
+                  "secret_expires_at", "credential_type", "cert_thumbprint", "admin_contact_email")
 
 
 def save_graph_provider(
@@ -66,28 +95,42 @@ def save_graph_provider(
     sender_address: str,
     azure_tenant: str,
     client_id: str,
-    client_secret: str,
+    client_secret: str | None = None,
+    certificate: CertificateCredential | None = None,
     sender_name: str | None = None,
     reply_to: str | None = None,
     cloud: str = "global",
     secret_expires_at: datetime | None = None,
+    admin_contact_email: str | None = None,
     created_by: str | None = None,
 ) -> int:
-    """Store a new active customer-provided Graph configuration and its history entry; returns its version."""
+    """Store a new active customer-provided Graph configuration and its history entry; returns its version.
+
+    Exactly one of `client_secret` and `certificate` is given. A certificate's expiry is its notAfter.
+    """
+    if (client_secret is None) == (certificate is None):
+        raise ValueError("give exactly one of client_secret and certificate")
+    credential = certificate.pem if certificate is not None else client_secret or ""
     row = ProviderConfig(
         tenant_id=tenant_id, version=0, kind="graph", sender_name=sender_name,
-        sender_address=sender_address, reply_to=reply_to, azure_tenant=azure_tenant,
-        client_id=client_id, secret_enc=box.encrypt(client_secret), secret_last4=client_secret[-4:],
-        secret_expires_at=secret_expires_at, cloud=cloud, created_at=datetime.now(UTC), created_by=created_by,
+        sender_address=sender_address, reply_to=reply_to, azure_tenant=azure_tenant, client_id=client_id,
+        secret_enc=box.encrypt(credential), cloud=cloud, admin_contact_email=admin_contact_email,
+        created_at=datetime.now(UTC), created_by=created_by,
+        credential_type="secret" if certificate is None else "certificate",
+        secret_last4=credential[-4:] if certificate is None else None,
+        cert_thumbprint=certificate.thumbprint if certificate is not None else None,
+        secret_expires_at=certificate.not_after if certificate is not None else secret_expires_at,
     )
-    return _insert_version(engine, row, "saved", lambda prev: _secret_changed(box, prev, client_secret))
+    changed_name = "certificate_pem" if certificate is not None else "client_secret"
+    return _insert_version(engine, row, "saved",
+                           lambda prev: [changed_name] if _credential_changed(box, prev, credential) else [])
 
 
 def set_platform_default(engine: Engine, tenant_id: str, *, created_by: str | None = None) -> int:
     """Revert a tenant to the platform's own sender; returns the new version."""
     return _insert_version(engine, ProviderConfig(
         tenant_id=tenant_id, version=0, kind="platform", created_at=datetime.now(UTC), created_by=created_by,
-    ), "reverted", lambda prev: prev is not None and prev.secret_enc is not None)
+    ), "reverted", lambda prev: [] if prev is None or prev.secret_enc is None else [_credential_name(prev)])
 
 
 def current_config(engine: Engine, tenant_id: str) -> ProviderConfig | None:
@@ -110,13 +153,17 @@ def _current(session: Session, tenant_id: str) -> ProviderConfig | None:
     return session.scalars(query).first()
 
 
-def _secret_changed(box: SecretBox, prev: ProviderConfig | None, secret: str) -> bool:
+def _credential_changed(box: SecretBox, prev: ProviderConfig | None, credential: str) -> bool:
     if prev is None or prev.secret_enc is None:
         return True
     try:
-        return box.decrypt(prev.secret_enc) != secret
+        return box.decrypt(prev.secret_enc) != credential
     except ConfigurationError:
         return True
+
+
+def _credential_name(row: ProviderConfig) -> str:
+    return "certificate_pem" if row.credential_type == "certificate" else "client_secret"
 
 
 def _changed_fields(prev: ProviderConfig | None, row: ProviderConfig) -> list[str]:
@@ -133,7 +180,7 @@ def _comparable(value: object) -> object:
 
 
 def _insert_version(
-    engine: Engine, row: ProviderConfig, action: str, secret_changed: Callable[[ProviderConfig | None], bool]
+    engine: Engine, row: ProviderConfig, action: str, credential_changes: Callable[[ProviderConfig | None], list[str]]
 ) -> int:
     # One transaction: the new version and its history entry land together or not at all; the
     # unique (tenant_id, version) constraint makes a concurrent save fail instead of interleaving.
@@ -141,7 +188,7 @@ def _insert_version(
         prev = _current(session, row.tenant_id)
         current = session.scalar(select(func.max(_P.c.version)).where(_P.c.tenant_id == row.tenant_id))
         row.version = (current or 0) + 1
-        changed = _changed_fields(prev, row) + (["client_secret"] if secret_changed(prev) else [])
+        changed = _changed_fields(prev, row) + credential_changes(prev)
         session.add(row)
         session.add(ProviderHistory(tenant_id=row.tenant_id, version=row.version, action=action,
                                     changed_fields=changed, actor=row.created_by, created_at=row.created_at))
@@ -157,13 +204,13 @@ class ProviderResolver:
         self._box = box
         self._settings = settings
         self._ttl_s = settings.provider_cache_ttl_ms / 1000
-        self._cache: dict[str, tuple[float, ResolvedProvider | ProviderError]] = {}
+        self._cache: dict[str, tuple[float, Provider | ProviderError]] = {}
         self._lock = threading.Lock()
 
-    def resolve_many(self, tenant_ids: Iterable[str]) -> dict[str, ResolvedProvider | ProviderError]:
+    def resolve_many(self, tenant_ids: Iterable[str]) -> dict[str, Provider | ProviderError]:
         """Provider (or the reason there is none) for each tenant."""
         now = time.monotonic()
-        out: dict[str, ResolvedProvider | ProviderError] = {}
+        out: dict[str, Provider | ProviderError] = {}
         missing: list[str] = []
         with self._lock:
             for tid in set(tenant_ids):
@@ -180,7 +227,7 @@ class ProviderResolver:
             out.update(fresh)
         return out
 
-    def _load(self, tenant_ids: list[str]) -> dict[str, ResolvedProvider | ProviderError]:
+    def _load(self, tenant_ids: list[str]) -> dict[str, Provider | ProviderError]:
         latest = (
             select(_P.c.tenant_id, func.max(_P.c.version).label("v"))
             .where(_P.c.tenant_id.in_(tenant_ids), _P.c.active.is_(True))
@@ -193,32 +240,28 @@ class ProviderResolver:
             rows = {r.tenant_id: r for r in session.scalars(query).all()}
         return {tid: self._resolve_row(tid, rows.get(tid)) for tid in tenant_ids}
 
-    def _resolve_row(self, tenant_id: str, row: ProviderConfig | None) -> ResolvedProvider | ProviderError:
+    def _resolve_row(self, tenant_id: str, row: ProviderConfig | None) -> Provider | ProviderError:
         try:
-            if row is None or row.kind == "platform":
+            if tenant_id == PLATFORM_TENANT_KEY or row is None or row.kind == "platform":
                 return self._platform(tenant_id, row.version if row else 0)
             assert row.secret_enc and row.sender_address and row.azure_tenant and row.client_id
             return ResolvedProvider(
                 tenant_id=tenant_id, version=row.version, kind="graph", sender_address=row.sender_address,
                 sender_name=row.sender_name, reply_to=row.reply_to, azure_tenant=row.azure_tenant,
                 client_id=row.client_id, cloud=resolve_cloud(row.cloud, self._settings),
-                client_secret=self._box.decrypt(row.secret_enc),
+                credential=self._box.decrypt(row.secret_enc), credential_type=row.credential_type or "secret",
             )
         except ProviderError as exc:
             return exc
         except Exception as exc:  # a broken row must fail its tenant, not the whole batch
             return ProviderError(f"provider configuration v{row.version if row else 0} unusable: {exc}")
 
-    def _platform(self, tenant_id: str, version: int) -> ResolvedProvider:
+    def _platform(self, tenant_id: str, version: int) -> PlatformProvider:
         s = self._settings
-        if not (s.platform_tenant and s.platform_client_id and s.platform_client_secret):
+        if not s.smtp_host:
             raise NoProviderConfigured(
                 f"tenant {tenant_id} has no email provider and the platform default is not configured "
-                "(TENANTMAIL_PLATFORM_TENANT, _CLIENT_ID, _CLIENT_SECRET)"
+                "(TENANTMAIL_SMTP_HOST)"
             )
-        return ResolvedProvider(
-            tenant_id=PLATFORM_TENANT_KEY, version=0, kind="platform", sender_address=s.platform_sender,
-            sender_name=s.platform_sender_name, reply_to=None, azure_tenant=s.platform_tenant,
-            client_id=s.platform_client_id, cloud=resolve_cloud(s.platform_cloud, s),
-            client_secret=s.platform_client_secret,
-        )
+        return PlatformProvider(tenant_id=tenant_id, version=version, sender_address=s.platform_sender,
+                                sender_name=s.platform_sender_name)

@@ -10,10 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 AmbiguousPolicy = Literal["retry_once", "give_up"]
+SmtpSecurity = Literal["starttls", "tls", "none"]
 
 
 class Settings(BaseSettings):
@@ -36,13 +37,18 @@ class Settings(BaseSettings):
     graph_base_override: str | None = None
     ca_bundle: str | None = None
 
-    # Platform default provider: the platform's own Microsoft 365 app and no-reply mailbox.
-    platform_tenant: str | None = None
-    platform_client_id: str | None = None
-    platform_client_secret: str | None = None
+    # Platform default provider: the platform's no-reply sender through an SMTP relay. `smtp_security`
+    # is "starttls" (upgrade after connecting, usually port 587), "tls" (implicit TLS, usually 465) or
+    # "none" (a relay on a trusted local network only). Unset `smtp_host`: no platform default.
     platform_sender: str = "no-reply@platform.example"
     platform_sender_name: str = "Notifications"
-    platform_cloud: str = "global"
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_security: SmtpSecurity = "starttls"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_timeout_s: float = 30.0
+    smtp_pool_size: int = 4  # connections per worker process, reused between messages
 
     # Worker and dispatcher.
     worker_concurrency: int = 32
@@ -75,10 +81,15 @@ class Settings(BaseSettings):
     token_refresh_margin_s: float = 300.0
 
     metrics_port: int | None = None
+    # Liveness: a worker holding batches with no outcome for this long is reported not live.
+    liveness_stall_s: float = 120.0
+    liveness_interval_s: float = 5.0
 
     # Retention: finished notifications older than this are purged by the beat process.
     retention_days: float = 90.0
     purge_interval_s: float = 3600.0
+    # How often the beat process looks for credentials 30 and 7 days before their recorded expiry.
+    expiry_check_interval_s: float = 3600.0
     # HTTP API and admin page.
     api_host: str = "127.0.0.1"
     api_port: int = 8080
@@ -90,7 +101,13 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
-    @field_validator("batch_size", "tenant_window", "mailbox_concurrency", "worker_concurrency")
+    @field_validator("smtp_host", "smtp_username", "smtp_password", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # docker-compose passes `${VAR:-}` through as an empty string: that means "not set".
+        return None if value == "" else value
+
+    @field_validator("batch_size", "tenant_window", "mailbox_concurrency", "worker_concurrency", "smtp_pool_size")
     @classmethod
     def _positive(cls, value: int) -> int:
         if value < 1:

@@ -7,9 +7,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
 import requests
 from aiohttp import web
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from api.app import create_app
 from api.keys import create_key
@@ -91,3 +92,19 @@ class ApiClient:
 
     def delete(self, path: str, **kwargs: Any) -> requests.Response:
         return self.call("DELETE", path, **kwargs)
+
+
+def assert_secret_nowhere(server: ApiServer, secret: str, logs: list[dict[str, Any]],
+                          tables: tuple[str, ...] = ("provider_config", "provider_history", "api_key",
+                                                     "activity_event")) -> None:
+    """Fail if `secret` is in any response the server gave, the captured logs, a table row or a Redis value."""
+    needle = secret.encode()
+    assert not any(secret in body for body in server.responses), "in a response"
+    assert secret not in repr(logs), "in a log line"
+    with server.engine.connect() as conn:
+        for table in tables:
+            for row in conn.execute(text(f"SELECT * FROM {table}")):
+                assert all(needle not in (v if isinstance(v, bytes) else str(v).encode()) for v in row), table
+    r = redis.Redis.from_url(server.settings.redis_url or "")
+    for key in r.keys("*"):
+        assert needle not in key and needle not in (r.dump(key) or b""), key

@@ -13,7 +13,7 @@ import pytest
 import redis
 from sqlalchemy import text
 
-from emulator.demo import PLATFORM_CLIENT_ID, PLATFORM_CLIENT_SECRET, PLATFORM_NO_REPLY, PLATFORM_TENANT_ID
+from emulator.demo import PLATFORM_NO_REPLY
 from shared.db import make_engine, migrate
 from shared.embedded import start_redis
 from shared.secretbox import SecretBox
@@ -87,7 +87,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     engine = make_engine(Settings(database_url=url))
     with engine.begin() as conn:
         conn.execute(text("TRUNCATE notification, delivery_attempt, provider_config, api_key, provider_history, "
-                          "activity_event"))
+                          "activity_event, expiry_reminder"))
     engine.dispose()
     return url
 
@@ -106,6 +106,8 @@ def make_stack(database_url: str, redis_url: str, emulator: Any, tmp_path: Path)
             "TENANTMAIL_AUTHORITY_OVERRIDE": emulator.base_url,
             "TENANTMAIL_GRAPH_BASE_OVERRIDE": emulator.graph_base_url,
             "TENANTMAIL_CA_BUNDLE": str(emulator.ca_path),
+            **emulator.smtp_settings(),  # the platform default sends through the emulator's SMTP relay
+            "TENANTMAIL_PLATFORM_SENDER": PLATFORM_NO_REPLY,
             "TENANTMAIL_STATE_DIR": str(tmp_path / "state"),
             "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
         })
@@ -123,12 +125,12 @@ def make_stack(database_url: str, redis_url: str, emulator: Any, tmp_path: Path)
 
 @pytest.fixture
 def api_settings(database_url: str, redis_url: str, emulator: Any, tmp_path: Path) -> Settings:
-    """Settings of an API wired to this test's database, Redis and emulator."""
+    """Settings of an API wired to this test's database, Redis, emulator and the emulator's SMTP relay."""
     return Settings(database_url=database_url, redis_url=redis_url, encryption_keys=new_encryption_key(),
                     authority_override=emulator.base_url, graph_base_override=emulator.graph_base_url,
                     ca_bundle=str(emulator.ca_path), state_dir=tmp_path / "state", token_timeout_s=10.0,
-                    platform_tenant=PLATFORM_TENANT_ID, platform_client_id=PLATFORM_CLIENT_ID,
-                    platform_client_secret=PLATFORM_CLIENT_SECRET, platform_sender=PLATFORM_NO_REPLY)
+                    smtp_host=emulator.smtp_host, smtp_port=emulator.smtp_port,
+                    smtp_security=emulator.smtp_security, platform_sender=PLATFORM_NO_REPLY)
 
 
 @pytest.fixture

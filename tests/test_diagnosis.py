@@ -22,7 +22,8 @@ def test_diagnose_missing_mail_send_points_at_admin_consent() -> None:
     "ErrorInvalidUser", "MailboxNotEnabledForRESTAPI", "ErrorSendAsDenied", "ErrorInvalidRecipients",
     "ErrorMessageSizeExceeded", "AADSTS90002", "AADSTS900023", "AADSTS700016", "AADSTS7000215",
     "AADSTS7000222", "AADSTS7000218", "AADSTS700027", "NoProviderConfigured", "WorkerLost", "Timeout",
-    "ConnectionReset", "HTTP503", "MaxAgeExceeded",
+    "ConnectionReset", "HTTP503", "MaxAgeExceeded", "SMTP451", "SMTP550", "SMTP535", "TLSError",
+    "SMTPNotSupported", "ConnectionRefused",
 ])
 def test_diagnose_knows_every_recorded_failure_code(code: str) -> None:
     d = diagnose(code)
@@ -36,3 +37,15 @@ def test_diagnose_wrong_secret_mentions_secret_id_versus_value() -> None:
 
 def test_diagnose_nothing_for_no_code() -> None:
     assert diagnose(None) is None and diagnose("") is None
+
+
+def test_diagnose_certificate_mismatch_says_what_to_upload_and_check() -> None:
+    d = diagnose("AADSTS700027")
+    assert d is not None and "thumbprint" in d.cause
+    assert "public part" in d.fix and "thumbprint" in d.fix and "expired" in d.fix
+
+
+def test_diagnose_smtp_replies_temporary_retry_permanent_not() -> None:
+    temporary, permanent = diagnose("SMTP421"), diagnose("SMTP554")
+    assert temporary is not None and "retried" in temporary.fix
+    assert permanent is not None and "not retried" in permanent.fix

@@ -42,3 +42,23 @@ def test_metrics_count_what_was_sent_and_refused(make_stack: Any, emulator: Any)
     assert samples[("tenantmail_graph_latency_seconds_count", ())] == 10
     assert samples[("tenantmail_token_lookups_total", (("source", "entra"),))] == 2  # one per tenant config
     assert len(emulator.outbox()) == 9
+
+
+def test_metrics_count_platform_relay_sends_apart_from_graph(make_stack: Any, emulator: Any) -> None:
+    # given a tenant on the platform default, and a relay that refuses one recipient for good
+    stack = make_stack()
+    emulator.add_smtp_fault(stage="rcpt", recipient="gone@example.org", reply="550 5.1.1 No such user")
+    ids = [stack.producer.enqueue("fabrikam", {"to": [f"u{i}@example.org"], "subject": "hi"}) for i in range(4)]
+    ids.append(stack.producer.enqueue("fabrikam", {"to": ["gone@example.org"], "subject": "hi"}))
+    port = free_port()
+
+    # when a worker delivers them
+    stack.start_workers(1, metrics_port=port)
+    stack.wait_terminal(ids)
+
+    # then the SMTP counter has them and the Graph counter does not
+    samples = wait_until(lambda: _samples(port), what="the metrics endpoint")
+    assert samples[("tenantmail_smtp_sends_total", (("code", "SMTP250"), ("outcome", "sent")))] == 4
+    assert samples[("tenantmail_smtp_sends_total", (("code", "SMTP550"), ("outcome", "failed")))] == 1
+    assert not any(name == "tenantmail_graph_sends_total" for name, _ in samples)
+    assert len(emulator.smtp_messages()) == 4

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import yaml
 
 from emulator.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_SENDER, DEMO_TENANT_ID
 from shared.embedded import free_port
@@ -33,6 +34,25 @@ def test_procfile_lines_name_tenantmail_commands() -> None:
     names = {ln.split(":", 1)[0] for ln in lines}
     assert {"api", "worker", "beat", "emulator"} <= names
     assert all(re.match(r"^\w+: tenantmail \w+", ln) for ln in lines)
+
+
+def _health(env: dict[str, str], cwd: Path, role: str) -> subprocess.CompletedProcess[str] | None:
+    done = subprocess.run(["tenantmail", "health", role], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=60)
+    return done if done.returncode == 0 else None
+
+
+def test_compose_gives_every_long_running_service_a_health_check_the_cli_knows() -> None:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    long_running = {name: svc for name, svc in services.items() if name != "migrate"}
+    assert {"postgres", "redis", "api", "worker", "dispatcher", "beat", "emulator"} <= set(long_running)
+    for name, svc in long_running.items():
+        assert svc.get("healthcheck", {}).get("test"), f"{name} has no health check"
+    for role in ("worker", "dispatcher", "beat"):
+        assert services[role]["healthcheck"]["test"][1:4] == ["tenantmail", "health", role]
+    parser_roles = subprocess.run([sys.executable, "-m", "shared.cli", "health", "--help"], capture_output=True,
+                                  text=True, cwd=ROOT, check=True).stdout
+    assert "{worker,dispatcher,beat}" in parser_roles
 
 
 def test_honcho_runs_the_procfile_and_a_notification_is_sent(make_stack: Any, emulator: Any, tmp_path: Path) -> None:
@@ -59,6 +79,10 @@ def test_honcho_runs_the_procfile_and_a_notification_is_sent(make_stack: Any, em
         # and the Procfile's API answers
         health = wait_until(lambda: _get(f"http://127.0.0.1:{api_port}/healthz"), what="the API")
         assert health.status_code == 200
+        # and the health checks the containers use pass for the Procfile's worker and beat
+        for role in ("worker", "beat"):
+            check = wait_until(lambda r=role: _health(env, tmp_path, r), what=f"`tenantmail health {role}`")
+            assert "live" in check.stdout
     finally:
         honcho.send_signal(signal.SIGTERM)
         honcho.wait(timeout=60)

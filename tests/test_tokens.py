@@ -33,7 +33,7 @@ def _provider(emulator: Any, *, secret: str = DEMO_CLIENT_SECRET, azure_tenant: 
     return ResolvedProvider(
         tenant_id="acme", version=version, kind="graph", sender_address=DEMO_SENDER, sender_name=None,
         reply_to=None, azure_tenant=azure_tenant, client_id=DEMO_CLIENT_ID,
-        cloud=resolve_cloud("global", _settings(emulator)), client_secret=secret,
+        cloud=resolve_cloud("global", _settings(emulator)), credential=secret,
     )
 
 

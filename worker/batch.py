@@ -13,6 +13,7 @@ import structlog
 
 from shared.models import State
 from worker.delivery import Sender
+from worker.liveness import progress
 from worker.runtime import Runtime
 from worker.store import RowOutcome, claim, renew_leases, write_outcomes
 from worker.throttle import sendmark_key
@@ -36,13 +37,21 @@ def redis_epoch(runtime: Runtime) -> str:
 
 def deliver_batch(runtime: Runtime, ids: Sequence[str]) -> dict[str, int]:
     """Claim, send and record one batch; returns counts by resulting state."""
+    progress.batch_started()
+    try:
+        return _deliver(runtime, ids)
+    finally:
+        progress.batch_finished()
+
+
+def _deliver(runtime: Runtime, ids: Sequence[str]) -> dict[str, int]:
     s = runtime.settings
     claimed_by = f"{worker_name()}/{redis_epoch(runtime)}"
     rows = claim(runtime.engine, ids, claimed_by, s.send_lease_ms, int(time.time() * 1000))
     if not rows:
         return {}
     providers = runtime.resolver.resolve_many(r.tenant_id for r in rows)
-    sender = Sender(runtime.graph, runtime.tokens, runtime.throttle, s)
+    sender = Sender(runtime.graph, runtime.tokens, runtime.throttle, s, runtime.smtp)
     pending = runtime.submit(sender.send_all(rows, providers))
     renew_every_s = s.send_lease_ms / 3000
     while True:

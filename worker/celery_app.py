@@ -9,6 +9,7 @@ and throttle store).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
@@ -16,21 +17,25 @@ from typing import Any
 import redis as redis_sync
 import structlog
 from celery import Celery, signals
+from celery.beat import PersistentScheduler
 from kombu.entity import Queue
 
 from shared.db import make_engine
 from shared.errors import ConfigurationError
+from shared.reminders import send_due_reminders
 from shared.settings import Settings
 from worker.batch import deliver_batch
 from worker.dispatcher import Dispatcher
+from worker.liveness import Heartbeat, watch_worker
 from worker.metrics import metrics
-from worker.runtime import close_runtime, get_runtime
+from worker.runtime import Runtime, close_runtime, get_runtime
 from worker.store import purge_finished
 
 log = structlog.get_logger(__name__)
 QUEUE = "tenantmail"
 TASK = "tenantmail.deliver_batch"
 PURGE_TASK = "tenantmail.purge_finished"
+EXPIRY_TASK = "tenantmail.expiry_reminders"
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -65,7 +70,17 @@ def create_celery(settings: Settings) -> Celery:
         log.info("retention.purged", notifications=purged, retention_days=settings.retention_days)
         return purged
 
-    app.conf.beat_schedule = {"purge-finished": {"task": PURGE_TASK, "schedule": settings.purge_interval_s}}
+    @app.task(name=EXPIRY_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
+    def expiry_reminders() -> int:
+        # Safe to run twice or concurrently: each reminder is a unique row (shared.reminders).
+        recorded = send_due_reminders(get_runtime(settings, redis_url).engine, settings)
+        log.info("expiry.checked", reminders=recorded)
+        return recorded
+
+    app.conf.beat_schedule = {
+        "purge-finished": {"task": PURGE_TASK, "schedule": settings.purge_interval_s},
+        "expiry-reminders": {"task": EXPIRY_TASK, "schedule": settings.expiry_check_interval_s},
+    }
 
     return app
 
@@ -88,12 +103,29 @@ def start_dispatcher(app: Celery, settings: Settings) -> Dispatcher:
     return dispatcher
 
 
+class HeartbeatScheduler(PersistentScheduler):  # type: ignore[misc]
+    """Celery's persistent scheduler, reporting liveness each time it ticks."""
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        interval_s = float(super().tick(*args, **kwargs))
+        self._heartbeat().beat()
+        return interval_s
+
+    def _heartbeat(self) -> Heartbeat:
+        if not hasattr(self, "_tm_heartbeat"):
+            self._tm_heartbeat = Heartbeat(self.app.conf.tm_state_dir, "beat")
+        return self._tm_heartbeat
+
+
 def run_beat(settings: Settings) -> None:
-    """Run Celery beat (exactly one per deployment): schedules the retention purge."""
+    """Run Celery beat (exactly one per deployment): schedules the retention purge and expiry reminders."""
     app = create_celery(settings)
     schedule = settings.state_dir / "celerybeat-schedule"
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    app.start(["beat", "--loglevel=WARNING", f"--schedule={schedule}"])
+    # Tick at least every liveness interval so that a live beat is seen as one.
+    app.conf.update(beat_max_loop_interval=settings.liveness_interval_s, tm_state_dir=settings.state_dir)
+    app.start(["beat", "--loglevel=WARNING", f"--schedule={schedule}",
+               f"--scheduler={HeartbeatScheduler.__module__}:{HeartbeatScheduler.__qualname__}"])
 
 
 def run_worker(settings: Settings, *, concurrency: int, with_dispatcher: bool, hostname: str | None,
@@ -101,14 +133,20 @@ def run_worker(settings: Settings, *, concurrency: int, with_dispatcher: bool, h
     """Run a Celery worker (threads pool) in this process until it is told to stop."""
     app = create_celery(settings)
     holder: dict[str, Dispatcher] = {}
+    heartbeat = Heartbeat(settings.state_dir, "worker")
+    stop_watch = threading.Event()
 
     @signals.worker_ready.connect(weak=False)  # type: ignore[untyped-decorator]
     def _ready(**_: Any) -> None:
-        get_runtime(settings, settings.redis_url or "")
+        runtime = get_runtime(settings, settings.redis_url or "")
         if metrics_port:
             metrics.serve(metrics_port)
         if with_dispatcher:
             holder["d"] = start_dispatcher(app, settings)
+        heartbeat.beat()
+        threading.Thread(target=watch_worker, name="tm-liveness", daemon=True, args=(
+            heartbeat, lambda: _loop_answers(runtime), settings.liveness_stall_s, settings.liveness_interval_s,
+            stop_watch)).start()
         log.info("worker.ready", concurrency=concurrency, dispatcher=with_dispatcher)
 
     @signals.worker_shutting_down.connect(weak=False)  # type: ignore[untyped-decorator]
@@ -118,6 +156,8 @@ def run_worker(settings: Settings, *, concurrency: int, with_dispatcher: bool, h
 
     @signals.worker_shutdown.connect(weak=False)  # type: ignore[untyped-decorator]
     def _shutdown(**_: Any) -> None:
+        stop_watch.set()
+        heartbeat.remove()
         close_runtime()
 
     argv = ["--quiet", "worker", "--pool=threads", f"--concurrency={concurrency}", "--loglevel=WARNING",
@@ -125,3 +165,12 @@ def run_worker(settings: Settings, *, concurrency: int, with_dispatcher: bool, h
     if hostname:
         argv.append(f"--hostname={hostname}")
     app.worker_main(argv)
+
+
+def _loop_answers(runtime: Runtime) -> bool:
+    """Whether the process's event loop runs a trivial coroutine within 5 s."""
+    try:
+        runtime.run(asyncio.sleep(0), timeout_s=5)
+    except Exception:
+        return False
+    return True

@@ -1,4 +1,5 @@
-"""Sending claimed notifications: token, fleet-wide mailbox slot, Graph, decision.
+"""Sending claimed notifications: token, fleet-wide mailbox slot, Graph, decision; or, for tenants
+on the platform default, one SMTP transaction through the relay.
 
 Runs on the process event loop. Nothing here sleeps out a Retry-After: a blocked or saturated
 mailbox sends the row back to the database with the time it may be tried again.
@@ -26,12 +27,15 @@ from shared.errors import (
     TransientError,
 )
 from shared.message import graph_request_body, message_from_stored
+from shared.mime import smtp_envelope
 from shared.models import State
-from shared.providers import ResolvedProvider
+from shared.providers import PlatformProvider, Provider, ResolvedProvider
 from shared.settings import Settings
+from worker import liveness
 from worker.graph import GraphClient
 from worker.metrics import metrics
 from worker.retry_policy import classify, decide, retry_delay_ms
+from worker.smtp import SmtpRelayClient
 from worker.store import AttemptRecord, ClaimedRow, RowOutcome
 from worker.throttle import MailboxThrottle, Slot
 from worker.tokens import TokenProvider
@@ -45,14 +49,15 @@ class Sender:
     """Delivers claimed rows through their tenants' providers."""
 
     def __init__(self, graph: GraphClient, tokens: TokenProvider, throttle: MailboxThrottle,
-                 settings: Settings) -> None:
+                 settings: Settings, smtp: SmtpRelayClient | None = None) -> None:
         self._graph = graph
         self._tokens = tokens
         self._throttle = throttle
         self._settings = settings
+        self._smtp = smtp
 
     async def send_all(self, rows: Sequence[ClaimedRow],
-                       providers: dict[str, ResolvedProvider | ProviderError]) -> list[RowOutcome]:
+                       providers: dict[str, Provider | ProviderError]) -> list[RowOutcome]:
         """Send every row; one outcome per row, in order.
 
         Rows are grouped by (app, mailbox). Each group is served by up to `mailbox_concurrency`
@@ -61,15 +66,61 @@ class Sender:
         """
         outcomes: dict[str, RowOutcome] = {}
         groups: dict[str, deque[tuple[ClaimedRow, ResolvedProvider]]] = {}
+        relayed: list[tuple[ClaimedRow, PlatformProvider]] = []
         for row in rows:
             provider = providers[row.tenant_id]
             if isinstance(provider, ProviderError):
                 error = DeliveryError(str(provider), code=type(provider).__name__)
                 outcomes[row.id] = self._finish(row, None, error, (_record(datetime.now(UTC), "failed", error),))
+            elif isinstance(provider, PlatformProvider):
+                relayed.append((row, provider))
             else:
                 groups.setdefault(provider.mailbox_key, deque()).append((row, provider))
-        await asyncio.gather(*(self._mailbox(key, queue, outcomes) for key, queue in groups.items()))
+        await asyncio.gather(*(self._mailbox(key, queue, outcomes) for key, queue in groups.items()),
+                             *(self._relay(row, provider, outcomes) for row, provider in relayed))
         return [outcomes[r.id] for r in rows]
+
+    async def _relay(self, row: ClaimedRow, provider: PlatformProvider, outcomes: dict[str, RowOutcome]) -> None:
+        """One row through the platform's SMTP relay (the pool bounds how many run at once); never raises."""
+        started = datetime.now(UTC)
+        progress: list[str] = []
+        try:
+            outcomes[row.id] = await self._send_smtp(row, provider, started, progress)
+        except Exception as exc:  # the top boundary of an SMTP send, as send_one is for Graph
+            log.exception("send.unexpected_error", notification_id=row.id, tenant_id=row.tenant_id)
+            cls = AmbiguousOutcome if "sending" in progress else TransientError
+            error = cls(f"internal error: {type(exc).__name__}", code="InternalError")
+            record = _record(started, "ambiguous" if cls is AmbiguousOutcome else "retry", error)
+            outcomes[row.id] = self._finish(row, provider, error, (record,))
+
+    async def _send_smtp(self, row: ClaimedRow, provider: PlatformProvider, started: datetime,
+                         progress: list[str]) -> RowOutcome:
+        if self._smtp is None:
+            error = DeliveryError("the platform default needs TENANTMAIL_SMTP_HOST", code="NoProviderConfigured")
+            return self._finish(row, provider, error, (_record(started, "failed", error),))
+        envelope = smtp_envelope(message_from_stored(row.payload), sender_address=provider.sender_address,
+                                 sender_name=provider.sender_name, reply_to=provider.reply_to,
+                                 notification_id=row.id)
+        # The sweeper must count a row of a worker that dies from here on as possibly sent.
+        await self._throttle.mark_send(row.id)
+        progress.append("sending")
+        t0 = time.perf_counter()
+        try:
+            result = await self._smtp.send(envelope)
+        except DeliveryError as exc:
+            outcome = _smtp_outcome_name(exc)
+            metrics.smtp_sends.labels(outcome, exc.code or "").inc()
+            record = AttemptRecord(started_at=started, outcome=outcome, latency_ms=(time.perf_counter() - t0) * 1000,
+                                   smtp_status=exc.status, error_code=exc.code, error_message=exc.message,
+                                   client_request_id=envelope.message_id, mailbox=provider.sender_address)
+            return self._finish(row, provider, exc, (record,))
+        metrics.smtp_sends.labels("sent", f"SMTP{result.code}").inc()
+        refused = "; ".join(f"{r}: {reply}" for r, reply in result.refused.items())
+        record = AttemptRecord(started_at=started, outcome="sent", latency_ms=result.latency_ms,
+                               smtp_status=result.code, request_id=result.message[:64],
+                               client_request_id=result.message_id, mailbox=provider.sender_address,
+                               error_message=f"recipients refused: {refused}" if refused else None)
+        return self._finish(row, provider, None, (record,))
 
     async def _mailbox(self, key: str, queue: deque[tuple[ClaimedRow, ResolvedProvider]],
                        outcomes: dict[str, RowOutcome]) -> None:
@@ -216,12 +267,13 @@ class Sender:
         except Exception:
             log.warning("throttle.release_failed", mailbox=mailbox_key, exc_info=True)
 
-    def _finish(self, row: ClaimedRow, provider: ResolvedProvider | None, error: DeliveryError | None,
+    def _finish(self, row: ClaimedRow, provider: Provider | None, error: DeliveryError | None,
                 records: tuple[AttemptRecord, ...]) -> RowOutcome:
         now = time.time()
         d = decide(error, attempts=row.attempts + len(records), ambiguous_count=row.ambiguous_count,
                    age_s=now - row.created_at.timestamp(), now_ms=int(now * 1000), settings=self._settings)
         metrics.notifications.labels(d.state.value).inc()
+        liveness.progress.outcome()
         if d.state is State.RETRY_WAIT:
             metrics.retries.inc()
         if isinstance(error, AmbiguousOutcome):
@@ -242,6 +294,12 @@ class Sender:
             return self._finish(row, provider, error, (_record(datetime.now(UTC), "failed", error),))
         return RowOutcome(row, State.RETRY_WAIT, int(now * 1000) + max(1, delay_ms), (),
                           row.possible_duplicate, row.ambiguous_count, provider.version, provider.sender_address)
+
+
+def _smtp_outcome_name(error: DeliveryError) -> str:
+    if isinstance(error, AmbiguousOutcome):
+        return "ambiguous"
+    return "retry" if isinstance(error, TransientError) else "failed"
 
 
 def _outcome_name(error: DeliveryError) -> str:

@@ -17,6 +17,8 @@ class Metrics:
         r = self.registry
         self.sends = Counter("tenantmail_graph_sends", "Graph sendMail calls by outcome and service error code",
                              ["outcome", "code"], registry=r)
+        self.smtp_sends = Counter("tenantmail_smtp_sends", "SMTP relay transactions (platform default) by outcome "
+                                  "and reply code", ["outcome", "code"], registry=r)
         self.notifications = Counter("tenantmail_notifications", "Notification outcomes recorded, by new state",
                                      ["state"], registry=r)
         self.graph_latency = Histogram("tenantmail_graph_latency_seconds", "Latency of Graph sendMail calls",

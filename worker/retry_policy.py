@@ -7,6 +7,13 @@
     ErrorAccessDenied, ErrorInvalidUser, MailboxNotEnabledForRESTAPI, ErrorInvalidRecipients,
     ErrorSendAsDenied, ErrorMessageSizeExceeded, other 4xx, AADSTS token errors -> failed, never retried
 
+The platform default's SMTP relay (worker.smtp maps its replies into the same tree):
+
+    250                                    -> sent
+    4xx, connection refused or lost before DATA -> retry with exponential backoff
+    5xx, AUTH refused                      -> failed, never retried
+    connection lost once DATA began        -> ambiguous: `ambiguous_policy` decides
+
 `compute_backoff` is pure; attempts are capped by `max_attempts` and by `max_age_s`.
 """
 

@@ -1,4 +1,4 @@
-"""Per-process runtime: one event loop thread, one aiohttp session, one Redis pool.
+"""Per-process runtime: one event loop thread, one aiohttp session, one Redis pool, one SMTP pool.
 
 Celery's threads pool runs tasks in plain threads; they hand coroutines to this loop with
 `run()`, so hundreds of sends are in flight per process on one session. Created lazily and keyed
@@ -26,6 +26,7 @@ from shared.providers import ProviderResolver
 from shared.secretbox import SecretBox
 from shared.settings import Settings
 from worker.graph import GraphClient
+from worker.smtp import SmtpRelayClient
 from worker.throttle import MailboxThrottle
 from worker.tokens import TokenProvider
 
@@ -66,6 +67,8 @@ class Runtime:
             pacing_ms=s.mailbox_pacing_ms,
         )
         self.tokens = TokenProvider(self.redis, self.redis_sync, self.box, s, self._executor)
+        # The platform default's relay; connections open on first use and are reused after.
+        self.smtp = SmtpRelayClient(s) if s.smtp_host else None
 
     def run(self, coro: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
         """Run a coroutine on the process loop from any other thread and wait for it."""
@@ -78,6 +81,8 @@ class Runtime:
     def close(self) -> None:
         """Close sessions and stop the loop."""
         async def _close() -> None:
+            if self.smtp is not None:
+                await self.smtp.close()
             await self.session.close()
             await self.redis.aclose()
         try:

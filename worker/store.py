@@ -8,6 +8,7 @@ this worker still holds.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import Engine, and_, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, CursorResult, Engine, and_, bindparam, delete, insert, select, text, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import OperationalError
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
@@ -41,7 +43,7 @@ class ClaimedRow:
 
 @dataclass(frozen=True, slots=True)
 class AttemptRecord:
-    """One try at delivering, as it goes into delivery_attempt."""
+    """One try at delivering, as it goes into delivery_attempt (`smtp_status` for the SMTP relay)."""
 
     started_at: datetime
     outcome: str
@@ -53,6 +55,7 @@ class AttemptRecord:
     client_request_id: str | None = None
     retry_after_s: float | None = None
     mailbox: str | None = None
+    smtp_status: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,13 +149,51 @@ def write_outcomes(engine: Engine, outcomes: Sequence[RowOutcome], claimed_by: s
     for u in updates:
         u["b_claimed_by"] = claimed_by
     with engine.begin() as conn:
-        result = conn.execute(stmt, updates)
-        if attempts:
-            conn.execute(insert(_A), attempts)
+        if conn.dialect.name == "postgresql":
+            # One statement per table for the whole batch instead of one per row: most of the
+            # worker's database time at full throughput.
+            result = _pg_update_outcomes(conn, updates, now, claimed_by)
+            if attempts:
+                _pg_insert_attempts(conn, attempts)
+        else:
+            result = conn.execute(stmt, updates)
+            if attempts:
+                conn.execute(insert(_A), attempts)
     matched = result.rowcount if result.rowcount is not None and result.rowcount >= 0 else len(updates)
     if matched < len(updates):
         log.warning("outcomes.lost_claims", expected=len(updates), matched=matched, worker=claimed_by)
     return matched
+
+
+def _pg_arrays(table: Any, rows: Sequence[dict[str, Any]], names: Sequence[str]) -> tuple[str, dict[str, Any]]:
+    """`unnest(CAST(:c AS type[]), ...) AS v(c, ...)` over `rows` for PostgreSQL, with its parameters:
+    one array parameter per column instead of one statement per row."""
+    return _pg_source(table, tuple(names)), {n: [r[n] for r in rows] for n in names}
+
+
+@functools.lru_cache(maxsize=16)
+def _pg_source(table: Any, names: tuple[str, ...]) -> str:
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    casts = ", ".join(f"CAST(:{n} AS {table.c[n.removeprefix('b_')].type.compile(dialect=dialect)}[])"
+                      for n in names)
+    return f"unnest({casts}) AS v({', '.join(names)})"
+
+
+def _pg_update_outcomes(conn: Connection, updates: Sequence[dict[str, Any]], now: datetime,
+                        claimed_by: str) -> CursorResult[Any]:
+    names = [n for n in updates[0] if n != "b_claimed_by"]
+    source, params = _pg_arrays(_N, updates, names)
+    sets = ", ".join(f"{n} = v.{n}" for n in names if n != "b_id")
+    return conn.execute(text(
+        f"UPDATE notification AS n SET {sets}, lease_until_ms = NULL, claimed_by = NULL, updated_at = :now "
+        f"FROM {source} WHERE n.id = v.b_id AND n.state = 'sending' AND n.claimed_by = :claimed_by"
+    ), params | {"now": now, "claimed_by": claimed_by})
+
+
+def _pg_insert_attempts(conn: Connection, attempts: Sequence[dict[str, Any]]) -> None:
+    names = list(attempts[0])
+    source, params = _pg_arrays(_A, attempts, names)
+    conn.execute(text(f"INSERT INTO delivery_attempt ({', '.join(names)}) SELECT * FROM {source}"), params)
 
 
 def _update_params(o: RowOutcome, now: datetime) -> dict[str, Any]:
@@ -161,7 +202,7 @@ def _update_params(o: RowOutcome, now: datetime) -> dict[str, Any]:
         "b_id": o.row.id, "state": o.state.value, "next_attempt_ms": o.next_attempt_ms,
         "attempts": o.row.attempts + len(o.attempts), "ambiguous_count": o.ambiguous_count,
         "possible_duplicate": o.possible_duplicate,
-        "last_status": last.http_status if last else None,
+        "last_status": (last.http_status or last.smtp_status) if last else None,
         "last_error_code": last.error_code if last else None,
         "last_error_message": last.error_message if last else None,
         "graph_request_id": last.request_id if last else None,
@@ -177,5 +218,5 @@ def _attempt_params(o: RowOutcome, a: AttemptRecord, index: int, worker: str) ->
         "http_status": a.http_status, "error_code": a.error_code,
         "error_message": a.error_message[:2000] if a.error_message else None,
         "request_id": a.request_id, "client_request_id": a.client_request_id,
-        "retry_after_s": a.retry_after_s, "mailbox": a.mailbox, "worker": worker,
+        "retry_after_s": a.retry_after_s, "mailbox": a.mailbox, "worker": worker, "smtp_status": a.smtp_status,
     }

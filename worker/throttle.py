@@ -133,6 +133,10 @@ class MailboxThrottle:
             keys=keys, args=[lease_id, self._lease_ms, self._pacing_ms, MARK_TTL_S])
         return Slot(bool(ok), int(wait_ms), reason == 1)
 
+    async def mark_send(self, notification_id: str) -> None:
+        """Set the notification's send mark without a slot (SMTP relay sends have no Graph mailbox limits)."""
+        await self._redis.set(sendmark_key(notification_id), "1", ex=MARK_TTL_S)
+
     async def mark_sent(self, notification_id: str) -> None:
         """Graph accepted the message: should this process die before its outcome is written, the
         sweeper records it as sent instead of sending it again. Only an existing mark is changed

@@ -6,8 +6,9 @@ Lookup order for a provider's token key (tenant, client id, config version):
 3. MSAL, under a fleet-wide single-flight lock (`SET tm:toklock:<key> NX PX`), so one token
    request per tenant per token lifetime reaches Entra ID however many workers run.
 
-MSAL is blocking (requests), so it runs in an executor. This module is the boundary where MSAL's
-error dicts and exceptions become TokenError (permanent, with the AADSTS code) or TransientError.
+MSAL is blocking (requests), so it runs in an executor. Building the MSAL app and turning its
+error dicts and exceptions into TokenError (permanent, with the AADSTS code) or TransientError is
+shared.entra's job, the same for a client secret and a certificate.
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import msal
-import requests
 import requests.adapters
 
-from shared.entra import TimeoutSession, token_error
+from shared.entra import TimeoutSession, acquire_for_client, confidential_app
 from shared.errors import TokenError, TransientError
 from shared.providers import ResolvedProvider
 from shared.secretbox import SecretBox
@@ -166,42 +166,18 @@ class TokenProvider:
         for at in list(app.token_cache.search(msal.TokenCache.CredentialType.ACCESS_TOKEN)):
             app.token_cache.remove_at(at)  # we only get here when we want a new token
         self.msal_requests += 1
-        try:
-            result = app.acquire_token_for_client(scopes=[provider.cloud.scope])
-        except requests.RequestException as exc:
-            raise TransientError(f"Entra ID unreachable: {type(exc).__name__}", code="AuthorityUnreachable") from exc
-        except msal.exceptions.MsalServiceError as exc:
-            raise TransientError(f"Entra ID error: {exc}", code="TokenServiceError") from exc
-        except ValueError as exc:  # non-JSON body from the token endpoint
-            raise TransientError("Entra ID answered with a non-JSON body", code="TokenServiceError") from exc
-        if "access_token" not in result:
-            raise token_error(result)
+        result = acquire_for_client(app, provider.cloud)
         now = time.time()
         expires_in = float(result.get("expires_in", 3599))
         margin = min(self._settings.token_refresh_margin_s, expires_in * 0.1)
         return CachedToken(result["access_token"], now + expires_in, now + expires_in - margin)
 
     def _app(self, provider: ResolvedProvider) -> msal.ConfidentialClientApplication:
+        # Keyed on the config version: a new secret or certificate is a new version, so a new app.
         key = provider.token_key
         app = self._apps.get(key)
         if app is None:
-            try:
-                app = msal.ConfidentialClientApplication(
-                    provider.client_id, client_credential=provider.client_secret,
-                    authority=f"{provider.cloud.authority_host}/{provider.azure_tenant}",
-                    instance_discovery=False, azure_region=False, http_client=self._http,
-                    token_cache=msal.TokenCache(),
-                )
-            except requests.RequestException as exc:
-                raise TransientError(f"Entra ID unreachable: {type(exc).__name__}",
-                                     code="AuthorityUnreachable") from exc
-            except ValueError as exc:
-                raise _discovery_error(exc, provider) from exc
+            app = confidential_app(provider.client_id, provider.msal_credential, provider.azure_tenant,
+                                   provider.cloud, self._http)
             self._apps[key] = app
         return app
-
-
-def _discovery_error(exc: ValueError, provider: ResolvedProvider) -> TokenError:
-    detail = f"{exc} {exc.__context__ or ''}"
-    code = "AADSTS900023" if "900023" in detail else "AADSTS90002"
-    return TokenError(f"tenant '{provider.azure_tenant}' not found in {provider.cloud.name} cloud", code=code)

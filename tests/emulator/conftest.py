@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import msal
 import pytest
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from emulator.control_client import EmulatorHandle
 from emulator.directory import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_TENANT_ID
 from emulator.pytest_plugin import emulator  # noqa: F401  (the fixture, usable without the root plugin)
+from emulator.testing import make_certificate  # noqa: F401  (tests import it from here)
 
 GRAPH_SCOPE = ["https://graph.microsoft.com/.default"]
 
@@ -57,27 +53,6 @@ def make_app(
 def demo_token(make_app: Callable[..., msal.ConfidentialClientApplication]) -> str:
     """A Graph token for the demo app, obtained through MSAL."""
     return make_app().acquire_token_for_client(scopes=GRAPH_SCOPE)["access_token"]
-
-
-def make_certificate(common_name: str = "tenantmail-app") -> tuple[str, str]:
-    """A self-signed app certificate: (private key PEM, certificate PEM)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    return key_pem, cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
 def send(http: requests.Session, handle: EmulatorHandle, mailbox: str, token: str | None, **message: Any):
