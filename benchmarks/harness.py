@@ -49,7 +49,7 @@ class Bench:
 
     def start_workers(self, n: int, concurrency: int) -> None:
         """Start n worker processes and wait until one of them leads the dispatch."""
-        for i in range(n):
+        for i in range(len(self.workers), len(self.workers) + n):
             log = open(self.tmp / f"worker{i}.log", "wb")
             self.workers.append(subprocess.Popen(
                 [sys.executable, "-m", "shared.cli", "worker", f"--concurrency={concurrency}",
@@ -118,17 +118,21 @@ def _cpu_s(pid: int | None) -> float:
 
 @contextmanager
 def bench_stack(*, tenants: int, latency_ms: float, database: str = "postgres",
-                extra_env: dict[str, str] | None = None, token_lifetime_s: int | None = None) -> Iterator[Bench]:
-    """Start Redis, a fresh database, the emulator with `tenants` tenants, and configure them."""
+                extra_env: dict[str, str] | None = None, token_lifetime_s: int | None = None,
+                pg_admin_url: str = PG_ADMIN_URL, seed: int | None = None) -> Iterator[Bench]:
+    """Start Redis, a fresh database, the emulator with `tenants` tenants, and configure them.
+
+    `pg_admin_url` is the PostgreSQL server that gets the fresh database; `seed` makes the
+    emulator's ids and fault rolls repeat."""
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tm-bench-")))
         redis_url, redis_proc = start_redis(tmp / "redis")
         stack.callback(lambda: (redis_proc.terminate(), redis_proc.wait()))
-        db_url = stack.enter_context(_database(database, tmp))
+        db_url = stack.enter_context(_database(database, tmp, pg_admin_url))
         directory = demo_directory()
         directory["tenants"] += [make_tenant(i) for i in range(tenants)]
         extra = ["--token-lifetime-s", str(token_lifetime_s)] if token_lifetime_s else []
-        emu_proc = EmulatorProcess(directory=directory, latency_ms=latency_ms, extra_args=extra)
+        emu_proc = EmulatorProcess(directory=directory, latency_ms=latency_ms, extra_args=extra, seed=seed)
         emu = stack.enter_context(emu_proc)
         env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTMAIL_")}
         env.update({
@@ -163,21 +167,21 @@ def bench_stack(*, tenants: int, latency_ms: float, database: str = "postgres",
 
 
 @contextmanager
-def _database(kind: str, tmp: Path) -> Iterator[str]:
+def _database(kind: str, tmp: Path, admin_url: str = PG_ADMIN_URL) -> Iterator[str]:
     if kind == "sqlite":
         url = f"sqlite:///{tmp / 'bench.db'}"
         migrate(Settings(database_url=url))
         yield url
         return
     name = f"tm_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    url = admin_url.rsplit("/", 1)[0] + f"/{name}"
     try:
         migrate(Settings(database_url=url))
         yield url
     finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,7 +38,9 @@ class Fault:
     app_id: str | None = None
     count: int | None = None
     probability: float | None = None
-    retry_after: str | None = "1"
+    # A header value ("2", "2.128"), None for no header, or {"min_s", "max_s"}: a fresh uniform
+    # value per response (3 decimals, as Graph sends fractions), e.g. Retry-After 1-3 s.
+    retry_after: str | dict[str, float] | None = "1"
     body: str = "json"
     latency_ms: Any = 0
     status: int | None = None
@@ -69,6 +72,27 @@ class Fault:
             return (low + (high - low) * rng()) / 1000.0
         return float(spec or 0) / 1000.0
 
+    def for_request(self, rng: Callable[[], float]) -> Fault:
+        """This rule as it answers one request: a Retry-After range becomes one value."""
+        spec = self.retry_after
+        if not isinstance(spec, dict):
+            return self
+        low, high = spec["min_s"], spec["max_s"]
+        return dataclasses.replace(self, retry_after=f"{low + (high - low) * rng():.3f}")
+
+
+def _retry_after(value: Any) -> str | dict[str, float] | None:
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        if set(value) != {"min_s", "max_s"}:
+            raise ValueError("retry_after range must be {\"min_s\": n, \"max_s\": n}")
+        low, high = float(value["min_s"]), float(value["max_s"])
+        if not 0 <= low <= high:
+            raise ValueError("retry_after range needs 0 <= min_s <= max_s")
+        return {"min_s": low, "max_s": high}
+    return str(value)
+
 
 def build_fault(fault_id: str, spec: dict[str, Any]) -> Fault:
     """Validate a fault spec from the control API."""
@@ -79,8 +103,8 @@ def build_fault(fault_id: str, spec: dict[str, Any]) -> Fault:
     route = str(spec.pop("route", "*"))
     if route not in ROUTES:
         raise ValueError(f"unknown route {route!r}; one of {sorted(ROUTES)}")
-    if "retry_after" in spec and spec["retry_after"] is not None:
-        spec["retry_after"] = str(spec["retry_after"])
+    if "retry_after" in spec:
+        spec["retry_after"] = _retry_after(spec["retry_after"])
     if spec.get("body", "json") not in ("json", "html"):
         raise ValueError("body must be 'json' or 'html'")
     allowed = set(Fault.__dataclass_fields__) - {"id", "kind", "route", "hits", "gate"}
@@ -152,7 +176,7 @@ class Faults:
                 assert fault.gate is not None
                 hit.gates.append(fault.gate)
             elif hit.fault is None:
-                hit.fault = fault
+                hit.fault = fault.for_request(self._rng)
             else:
                 continue
             self._consume(fault)

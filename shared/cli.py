@@ -1,5 +1,5 @@
 """`tenantmail` command line: demo (the main command), worker, dispatcher, beat, api, keys, migrate, doctor, health,
-emulator, activity, bench."""
+emulator, activity, bench, chaos."""
 
 from __future__ import annotations
 
@@ -63,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     from benchmarks import cli as bench_cli
 
     bench_cli.add_arguments(sub.add_parser("bench", help="run a benchmark scenario (or all) and report"))
+
+    from benchmarks import chaos
+
+    chaos.add_arguments(sub.add_parser("chaos", help="deliver while workers die, Redis is flushed and "
+                                                     "PostgreSQL restarts; check nothing is lost or duplicated"))
     return parser
 
 
@@ -78,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from benchmarks import cli as bench_cli
 
         return int(bench_cli.run(args))
+    if command == "chaos":
+        from benchmarks import chaos
+
+        return chaos.main(args)
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_json)
     if command == "migrate":

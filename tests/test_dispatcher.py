@@ -21,7 +21,7 @@ from tests.stack import ROOT, wait_until
 from worker.batch import EPOCH_KEY
 from worker.dispatcher import Dispatcher
 from worker.store import claim
-from worker.throttle import sendmark_key
+from worker.throttle import SENT_MARK, sendmark_key
 
 _N = Notification.__table__  # type: ignore[attr-defined]
 _A = DeliveryAttempt.__table__  # type: ignore[attr-defined]
@@ -162,6 +162,27 @@ def test_dispatcher_keeps_each_tenants_rows_in_one_batch(env: Env) -> None:
     assert sorted(map(sorted, published.batches)) == sorted(map(sorted, [a, b, c]))
 
 
+def test_dispatcher_holds_a_tenant_whose_mailbox_is_inside_a_recorded_retry_after(env: Env) -> None:
+    # given: one of acme's rows got a 429 and waits out its Retry-After; Redis has lost the block
+    throttled, *queued = _enqueue(env, "acme", 3)
+    other = _enqueue(env, "other", 2)
+    with env.engine.begin() as conn:
+        conn.execute(update(_N).where(_N.c.id == throttled).values(
+            state=State.RETRY_WAIT.value, last_status=429, next_attempt_ms=_now_ms() + 60_000))
+    env.redis.flushall()
+    dispatcher, published = env.make(tenant_affinity=False)
+
+    # when
+    dispatcher.tick()
+
+    # then: acme's queued rows wait for the window to pass; other tenants go
+    assert sorted(published.ids) == sorted(other)
+    with env.engine.begin() as conn:
+        conn.execute(update(_N).where(_N.c.id == throttled).values(next_attempt_ms=_now_ms() - 1))
+    dispatcher.tick()
+    assert set(queued) | {throttled} <= set(published.ids)
+
+
 def test_dispatcher_tick_skips_rows_not_yet_due(env: Env) -> None:
     due, later = _enqueue(env, "acme", 2)
     with env.engine.begin() as conn:
@@ -244,6 +265,21 @@ def test_dispatcher_sweep_flags_marked_row_for_one_retry(env: Env) -> None:
     [attempt] = _attempts(env, nid)
     assert (attempt.outcome, attempt.error_code, attempt.attempt_no, attempt.worker) == (
         "ambiguous", "WorkerLost", 1, f"host:123/{EPOCH}")
+
+
+def test_dispatcher_sweep_records_as_sent_a_row_graph_accepted_before_its_worker_died(env: Env) -> None:
+    [nid] = _enqueue(env, "acme", 1)
+    env.redis.set(EPOCH_KEY, EPOCH)
+    sweep_ms = _claim_expired(env, [nid])
+    env.redis.set(sendmark_key(nid), SENT_MARK)  # 202 came back; the outcome was never written
+
+    env.make()[0].sweep(sweep_ms)
+
+    row = _row(env, nid)
+    assert (row.state, row.possible_duplicate, row.attempts, row.last_status) == ("sent", False, 1, 202)
+    assert row.sent_at is not None and row.claimed_by is None and row.lease_until_ms is None
+    [attempt] = _attempts(env, nid)
+    assert (attempt.outcome, attempt.http_status, attempt.worker) == ("sent", 202, f"host:123/{EPOCH}")
 
 
 def test_dispatcher_sweep_marks_ambiguous_under_give_up(env: Env) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import redis.asyncio as redis_async
 
-from worker.throttle import MARK_TTL_S, MailboxThrottle, Slot, sendmark_key
+from worker.throttle import MARK_TTL_S, SENT_MARK, MailboxThrottle, Slot, sendmark_key
 
 MAILBOX = "app-1:governance@contoso.example"
 OTHER_MAILBOX = "app-1:ceo@contoso.example"
@@ -270,3 +270,19 @@ def test_throttle_begin_send_refuses_while_blocked(redis_url: str) -> None:
 
 def test_throttle_sendmark_key_names_the_notification() -> None:
     assert sendmark_key("abc123") == "tm:sendmark:abc123"
+
+
+def test_throttle_mark_sent_changes_only_an_existing_send_mark(redis_url: str) -> None:
+    async def scenario(r: Any, t1: MailboxThrottle, t2: MailboxThrottle) -> None:
+        lane = _lease()
+        assert (await t1.try_acquire(MAILBOX, lane)).granted
+        assert (await t1.begin_send(MAILBOX, lane, "n1")).granted
+
+        await t1.mark_sent("n1")
+        await t1.mark_sent("never-started")  # no mark (never sent, or Redis lost it): nothing to say
+
+        assert await r.get(sendmark_key("n1")) == SENT_MARK.encode()
+        assert await r.ttl(sendmark_key("n1")) > MARK_TTL_S - 60
+        assert await r.exists(sendmark_key("never-started")) == 0
+
+    _run(redis_url, scenario)

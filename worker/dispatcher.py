@@ -5,12 +5,14 @@ The database decides what is due; the broker only carries batches of ids. Each t
 2. reads a page of due rows in `fair_rank` order and takes, per tenant, only up to
    `tenant_window` in flight, so one tenant's backlog never fills the workers; with
    `tenant_affinity` (default) a tenant gets its next rows only once its previous ones are
-   done, so each tenant's rows are in one batch, on one process, at a time;
+   done, so each tenant's rows are in one batch, on one process, at a time; a tenant whose
+   mailbox answered 429 gets nothing until the Retry-After recorded on that row has passed
+   (the Redis block says the same, but Redis can lose it: the database cannot);
 3. stamps them with a dispatch lease and publishes them in batches of `batch_size`.
 A row whose dispatch lease runs out unclaimed (the broker lost it: Redis flushed or restarted)
 becomes due again by itself. Every second it also sweeps `sending` rows whose lease expired
-(their worker died): never-started sends go back to the queue, possibly-sent ones follow the
-ambiguous policy and are flagged.
+(their worker died): never-started sends go back to the queue, sends Graph accepted (the send
+mark says "sent") are recorded as sent, possibly-sent ones follow the ambiguous policy and are flagged.
 
 One dispatcher is active at a time across the fleet (a Redis leader lease); every worker runs
 one on standby, so losing the leader only pauses dispatch for the lease's length.
@@ -34,7 +36,7 @@ from shared.settings import Settings
 from worker.batch import EPOCH_KEY
 from worker.liveness import Heartbeat
 from worker.metrics import metrics
-from worker.throttle import sendmark_key
+from worker.throttle import SENT_MARK, sendmark_key
 
 log = structlog.get_logger(__name__)
 _N = Notification.__table__  # type: ignore[attr-defined]
@@ -138,7 +140,12 @@ class Dispatcher:
                 .where(_N.c.state.in_((*ACTIVE_STATES, State.SENDING.value)), _N.c.lease_until_ms > now_ms)
                 .group_by(_N.c.tenant_id)
             ).all()))
+            throttled = set(conn.scalars(
+                select(_N.c.tenant_id).distinct()
+                .where(_N.c.state == State.RETRY_WAIT.value, _N.c.last_status == 429, _N.c.next_attempt_ms > now_ms)
+            ))
             busy = {t for t, n in inflight.items() if n > 0} if self._s.tenant_affinity else set()
+            busy |= throttled
             full = busy | {t for t, n in inflight.items() if n >= self._s.tenant_window}
             due = [_N.c.state.in_(ACTIVE_STATES), _N.c.next_attempt_ms <= now_ms,
                    or_(_N.c.lease_until_ms.is_(None), _N.c.lease_until_ms <= now_ms)]
@@ -170,35 +177,55 @@ class Dispatcher:
             ).all()
         if not lost:
             return 0
-        maybe_sent = self._maybe_sent(lost)
-        never, maybe = [r for r in lost if r.id not in maybe_sent], [r for r in lost if r.id in maybe_sent]
+        never, maybe, sent = self._classify(lost)
         with self._engine.begin() as conn:
             guard = and_(_N.c.state == State.SENDING.value, _N.c.lease_until_ms <= now_ms)
             if never:
                 conn.execute(update(_N).where(_N.c.id.in_([r.id for r in never]), guard).values(
                     state=State.QUEUED.value, lease_until_ms=None, claimed_by=None, next_attempt_ms=now_ms))
             for r in maybe:
-                retry = self._s.ambiguous_policy == "retry_once" and r.ambiguous_count == 0
-                conn.execute(update(_N).where(_N.c.id == r.id, guard).values(
-                    state=State.RETRY_WAIT.value if retry else State.AMBIGUOUS.value, lease_until_ms=None,
-                    claimed_by=None, next_attempt_ms=now_ms, possible_duplicate=True,
-                    ambiguous_count=r.ambiguous_count + 1, attempts=r.attempts + 1,
-                    last_error_code="WorkerLost",
-                    last_error_message="the worker sending this died; the message may have been sent"))
-                conn.execute(insert(_A).values(
-                    notification_id=r.id, tenant_id=r.tenant_id, attempt_no=r.attempts + 1,
-                    started_at=datetime.now(UTC), outcome="ambiguous", error_code="WorkerLost",
-                    error_message="worker lease expired after the send started", worker=r.claimed_by))
-        log.warning("dispatcher.recovered", requeued=len(never), ambiguous=len(maybe))
+                self._record_maybe_sent(conn, r, guard, now_ms)
+            for r in sent:
+                self._record_sent(conn, r, guard)
+        log.warning("dispatcher.recovered", requeued=len(never), ambiguous=len(maybe), sent=len(sent))
         return len(lost)
 
-    def _maybe_sent(self, rows: Sequence[Any]) -> set[str]:
+    def _record_maybe_sent(self, conn: Any, r: Any, guard: Any, now_ms: int) -> None:
+        retry = self._s.ambiguous_policy == "retry_once" and r.ambiguous_count == 0
+        conn.execute(update(_N).where(_N.c.id == r.id, guard).values(
+            state=State.RETRY_WAIT.value if retry else State.AMBIGUOUS.value, lease_until_ms=None,
+            claimed_by=None, next_attempt_ms=now_ms, possible_duplicate=True,
+            ambiguous_count=r.ambiguous_count + 1, attempts=r.attempts + 1,
+            last_error_code="WorkerLost",
+            last_error_message="the worker sending this died; the message may have been sent"))
+        conn.execute(insert(_A).values(
+            notification_id=r.id, tenant_id=r.tenant_id, attempt_no=r.attempts + 1,
+            started_at=datetime.now(UTC), outcome="ambiguous", error_code="WorkerLost",
+            error_message="worker lease expired after the send started", worker=r.claimed_by))
+
+    @staticmethod
+    def _record_sent(conn: Any, r: Any, guard: Any) -> None:
+        now = datetime.now(UTC)
+        conn.execute(update(_N).where(_N.c.id == r.id, guard).values(
+            state=State.SENT.value, lease_until_ms=None, claimed_by=None, attempts=r.attempts + 1,
+            last_status=202, last_error_code=None, last_error_message=None, sent_at=now, updated_at=now))
+        conn.execute(insert(_A).values(
+            notification_id=r.id, tenant_id=r.tenant_id, attempt_no=r.attempts + 1, started_at=now,
+            outcome="sent", http_status=202, worker=r.claimed_by,
+            error_message="recorded by the sweeper: Graph accepted it, then its worker died"))
+
+    def _classify(self, rows: Sequence[Any]) -> tuple[list[Any], list[Any], list[Any]]:
+        """Split lost rows into never sent, maybe sent and sent, by their send marks."""
         epoch = self._redis.get(EPOCH_KEY)
         epoch = epoch.decode() if isinstance(epoch, bytes) else epoch
         marks = self._redis.mget([sendmark_key(r.id) for r in rows])
-        out = set()
+        never, maybe, sent = [], [], []
         for r, mark in zip(rows, marks, strict=True):
             claimed_epoch = (r.claimed_by or "").rpartition("/")[2]
-            if mark is not None or claimed_epoch != epoch:
-                out.add(r.id)  # marked, or Redis lost its data since the claim: cannot know
-        return out
+            if mark == SENT_MARK.encode():
+                sent.append(r)  # Graph answered 202 before the worker died
+            elif mark is not None or claimed_epoch != epoch:
+                maybe.append(r)  # the send started, or Redis lost its data since the claim: cannot know
+            else:
+                never.append(r)
+        return never, maybe, sent

@@ -105,12 +105,19 @@ def purge_finished(engine: Engine, older_than_ms: int, *, chunk: int = 5_000) ->
         total += len(ids)
 
 
-def renew_leases(engine: Engine, ids: Sequence[str], claimed_by: str, lease_ms: int) -> None:
-    """Extend this worker's claim on rows it is still sending."""
+def renew_leases(engine: Engine, ids: Sequence[str], claimed_by: str, lease_ms: int) -> bool:
+    """Extend this worker's claim on rows it is still sending; False when the database could not
+    be reached. That must not end the batch: its sends go on and their outcomes are written once
+    the database is back (the lease is three renewals long, so one missed renewal is harmless)."""
     now_ms = int(time.time() * 1000)
-    with engine.begin() as conn:
-        conn.execute(update(_N).where(_N.c.id.in_(list(ids)), _N.c.state == State.SENDING.value,
-                                      _N.c.claimed_by == claimed_by).values(lease_until_ms=now_ms + lease_ms))
+    try:
+        with engine.begin() as conn:
+            conn.execute(update(_N).where(_N.c.id.in_(list(ids)), _N.c.state == State.SENDING.value,
+                                          _N.c.claimed_by == claimed_by).values(lease_until_ms=now_ms + lease_ms))
+    except OperationalError:
+        log.warning("leases.renew_failed", rows=len(ids), worker=claimed_by, exc_info=True)
+        return False
+    return True
 
 
 @retry(retry=retry_if_exception_type(OperationalError), stop=stop_after_delay(180),

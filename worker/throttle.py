@@ -6,7 +6,8 @@ so a worker that dies mid-send frees its slots when the lease runs out. A 429 bl
 for everyone until Retry-After has passed. Redis's own clock (TIME) is used so that workers on
 machines with skewed clocks agree. A slot is held by a lane that sends several notifications in
 turn; before each send, `begin_send` renews the lease and sets a per-notification "send started"
-mark, which lets the sweeper tell a never-sent row from one that may have gone out.
+mark, which lets the sweeper tell a never-sent row from one that may have gone out; `mark_sent`
+turns it into "sent" once Graph accepted the message.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ return math.max(untilms, cur)
 """
 
 MARK_TTL_S = 7 * 24 * 3600
+SENT_MARK = "sent"  # the value of a send mark once Graph accepted the message
 
 
 def sendmark_key(notification_id: str) -> str:
@@ -134,6 +136,12 @@ class MailboxThrottle:
     async def mark_send(self, notification_id: str) -> None:
         """Set the notification's send mark without a slot (SMTP relay sends have no Graph mailbox limits)."""
         await self._redis.set(sendmark_key(notification_id), "1", ex=MARK_TTL_S)
+
+    async def mark_sent(self, notification_id: str) -> None:
+        """Graph accepted the message: should this process die before its outcome is written, the
+        sweeper records it as sent instead of sending it again. Only an existing mark is changed
+        (none after a FLUSHALL: then the row is treated as possibly sent)."""
+        await self._redis.set(sendmark_key(notification_id), SENT_MARK, ex=MARK_TTL_S, xx=True)
 
     async def acquire(self, mailbox_key: str, lease_id: str, *, max_wait_ms: int) -> Slot:
         """Wait up to max_wait_ms for a slot; a Retry-After block returns at once (never slept out)."""

@@ -25,6 +25,21 @@ def test_fault_429_retry_after_integer_fraction_or_absent(emulator, http, token,
     assert send(http, emulator, PLATFORM_SENDER, token).status_code == 202
 
 
+def test_fault_429_retry_after_range_draws_a_value_per_response(emulator, http, token):
+    emulator.add_fault(route="sendMail", kind="429", count=20, retry_after={"min_s": 1, "max_s": 3})
+    values = {float(send(http, emulator, PLATFORM_SENDER, token).headers["Retry-After"]) for _ in range(20)}
+    assert all(1.0 <= v <= 3.0 for v in values)
+    assert len(values) > 1
+    assert emulator.counters()["throttled_429"] == 20
+
+
+def test_fault_retry_after_range_must_name_min_and_max(emulator):
+    with pytest.raises(RuntimeError, match="min_s"):
+        emulator.add_fault(route="sendMail", kind="429", retry_after={"low": 1})
+    with pytest.raises(RuntimeError, match="min_s <= max_s"):
+        emulator.add_fault(route="sendMail", kind="429", retry_after={"min_s": 3, "max_s": 1})
+
+
 def test_fault_503_json_and_html_bodies(emulator, http, token):
     emulator.add_fault(route="sendMail", kind="503", count=1, body="json")
     emulator.add_fault(route="sendMail", kind="503", count=1, body="html")

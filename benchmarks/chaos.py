@@ -1,0 +1,386 @@
+"""`tenantmail chaos`: deliver notifications while workers die, Redis forgets and PostgreSQL restarts.
+
+One run starts its own Redis, a private PostgreSQL instance (benchmarks.private_pg), the emulator
+and worker processes (benchmarks.harness). A producer thread enqueues the notifications at a steady
+rate over `duration_s` (with idempotency keys, retrying while the database is down), while the
+emulator injects 5% 503, 3% 429 (Retry-After 1-3 s), 1% 504 after committing the message and 1%
+connection resets. Spread over the same time: three SIGKILLs of a worker that has sends in flight
+(each replaced by a new worker), one Redis FLUSHALL and one PostgreSQL restart. When every
+notification has settled (or `settle_timeout_s` passed) the checks of benchmarks.chaos_checks run
+on the database and the emulator's outbox; the exit status is 1 when any invariant fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+
+from benchmarks import chaos_checks
+from benchmarks.harness import Bench, bench_stack, message
+from benchmarks.private_pg import PrivatePostgres, private_postgres
+from shared.models import DeliveryAttempt, Notification
+from shared.producer import EnqueueItem, Producer
+from worker.throttle import sendmark_key
+
+_N = Notification.__table__  # type: ignore[attr-defined]
+_A = DeliveryAttempt.__table__  # type: ignore[attr-defined]
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+# The share of sendMail requests each fault answers, in the order the emulator tries the rules.
+FAULT_MIX = (("503", 0.05), ("429", 0.03), ("504_after_commit", 0.01), ("reset", 0.01))
+RETRY_AFTER_S = {"min_s": 1.0, "max_s": 3.0}
+REQUEST_LOG_SIZE = 200_000  # the emulator keeps every request of a run, for diagnosing a violation
+# Leases and backoff shortened so a killed worker's rows come back within seconds, not minutes.
+CHAOS_ENV = {
+    "TENANTMAIL_SEND_LEASE_MS": "10000", "TENANTMAIL_DISPATCH_LEASE_MS": "5000",
+    "TENANTMAIL_BACKOFF_BASE_MS": "200", "TENANTMAIL_BACKOFF_CAP_MS": "5000",
+    "TENANTMAIL_HTTP_TIMEOUT_S": "10", "TENANTMAIL_LOG_LEVEL": "WARNING",
+}
+
+
+@dataclass
+class ChaosSize:
+    """How big a run is and how hard it is hit."""
+
+    notifications: int = 20_000
+    tenants: int = 200
+    duration_s: float = 120.0
+    workers: int = 2
+    concurrency: int = 16
+    latency_ms: float = 100.0
+    kills: int = 3
+    pg_down_s: float = 3.0
+    seed: int | None = None
+    settle_timeout_s: float = 900.0
+    settings: dict[str, str] = field(default_factory=dict)
+
+
+SMALL = ChaosSize(notifications=1_500, tenants=30, duration_s=30.0, settle_timeout_s=150.0)
+
+
+def fault_specs(mix: tuple[tuple[str, float], ...] = FAULT_MIX) -> list[dict[str, Any]]:
+    """Probability rules that give each kind its share of all requests.
+
+    The emulator rolls the rules in order and the first that fires answers, so each rule gets the
+    probability conditional on the earlier ones not firing.
+    """
+    specs, left = [], 1.0
+    for kind, share in mix:
+        spec: dict[str, Any] = {"route": "sendMail", "kind": kind, "probability": share / left}
+        if kind == "429":
+            spec["retry_after"] = RETRY_AFTER_S
+        specs.append(spec)
+        left -= share
+    return specs
+
+
+def schedule(size: ChaosSize) -> list[tuple[float, str]]:
+    """(seconds after the start, event): kills spread from 15% to 75% of the enqueue time, the
+    FLUSHALL at 30% and the PostgreSQL restart at 60%."""
+    kills = [0.15 + 0.6 * i / max(1, size.kills - 1) for i in range(size.kills)]
+    events = [(f, "kill") for f in kills] + [(0.30, "flushall"), (0.60, "restart_postgres")]
+    return sorted((round(f * size.duration_s, 3), name) for f, name in events)
+
+
+@dataclass
+class LoadProducer:
+    """Enqueues `count` notifications at a steady rate on a thread; retries while the database is down."""
+
+    producer: Producer
+    size: ChaosSize
+    ids: list[str] = field(default_factory=list)
+    retries: int = 0
+    error: BaseException | None = None
+
+    def run(self) -> None:
+        n, tenants = self.size.notifications, self.size.tenants
+        chunks = max(1, int(self.size.duration_s / 0.2))
+        per_chunk = -(-n // chunks)
+        t0 = time.monotonic()
+        try:
+            for c, start in enumerate(range(0, n, per_chunk)):
+                items = [EnqueueItem(f"t{i % tenants}", message(i), f"chaos-{i}")
+                         for i in range(start, min(n, start + per_chunk))]
+                self.ids += self._enqueue(items)
+                time.sleep(max(0.0, t0 + (c + 1) * 0.2 - time.monotonic()))
+        except BaseException as exc:  # reported by the run, never swallowed
+            self.error = exc
+
+    def _enqueue(self, items: list[EnqueueItem]) -> list[str]:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                return self.producer.enqueue_many(items)
+            except OperationalError:  # the restart: the same keys again, so nothing is enqueued twice
+                if time.monotonic() > deadline:
+                    raise
+                self.retries += 1
+                time.sleep(0.2)
+
+
+class ChaosRun:
+    """Drives one run on a started stack and private PostgreSQL."""
+
+    def __init__(self, bench: Bench, pg: PrivatePostgres, size: ChaosSize, note: Callable[[str], None]) -> None:
+        self.bench, self.pg, self.size, self.note = bench, pg, size, note
+        self.redis = redis.Redis.from_url(bench.env["REDIS_URL"])
+        self.events: list[dict[str, Any]] = []
+        self.t0 = 0.0
+
+    def run(self) -> dict[str, Any]:
+        """Inject faults, produce, hit the stack on schedule, wait for everything to settle, check."""
+        control = self.bench.emulator.control
+        control.set_config(request_log_size=REQUEST_LOG_SIZE)
+        control.reset()  # the log takes its new size
+        fault_ids = {control.add_fault(**spec): spec["kind"] for spec in fault_specs()}
+        self.bench.start_workers(self.size.workers, self.size.concurrency)
+        producer = LoadProducer(Producer(self.bench.engine, self.bench.settings), self.size)
+        thread = threading.Thread(target=producer.run, name="chaos-producer", daemon=True)
+        self.t0 = time.monotonic()
+        thread.start()
+        for at_s, event in schedule(self.size):
+            time.sleep(max(0.0, self.t0 + at_s - time.monotonic()))
+            self.note(f"{event} at {self._elapsed()} s")
+            getattr(self, event)()
+        thread.join()
+        if producer.error is not None:
+            raise RuntimeError("the producer failed") from producer.error
+        settled = self._settle(set(producer.ids))
+        hits = {fault_ids[f["id"]]: int(f["hits"]) for f in control.faults() if f["id"] in fault_ids}
+        evidence = self._evidence(set(producer.ids), hits)
+        result = chaos_checks.check(evidence)
+        result.update(events=self.events, settled_s=settled, producer_retries=producer.retries,
+                      elapsed_s=self._elapsed(), recoveries=self._recoveries())
+        if result["invariants"]["requests_inside_retry_after"]:
+            result["retry_after_violations"] = self._retry_after_violations()
+        return result
+
+    def _retry_after_violations(self) -> list[dict[str, Any]]:
+        """Each request the emulator counted inside a Retry-After window, with the 429s of that
+        mailbox before it and the attempt rows of both (which worker, when it started)."""
+        log = self.bench.emulator.control.requests_log(route="sendMail")
+        out = []
+        for i, entry in enumerate(log):
+            if not entry.get("inside_retry_after"):
+                continue
+            throttles = [e for e in log[:i] if e.get("mailbox") == entry.get("mailbox") and e.get("status") == 429
+                         and e["time"] > entry["time"] - 5]
+            out.append({"request": _brief(entry), "earlier_429s": [_brief(e) for e in throttles],
+                        "attempts": self._attempts_by_crid([entry, *throttles])})
+        return out
+
+    def _attempts_by_crid(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        crids = [e.get("client_request_id") for e in entries]
+        with self.bench.engine.connect() as conn:
+            rows = conn.execute(select(_A.c.notification_id, _A.c.client_request_id, _A.c.worker, _A.c.started_at,
+                                       _A.c.outcome, _A.c.http_status, _A.c.retry_after_s, _A.c.latency_ms)
+                                .where(_A.c.client_request_id.in_(crids))).mappings().all()
+        return [{k: str(v) for k, v in r.items()} for r in rows]
+
+    def _elapsed(self) -> float:
+        return round(time.monotonic() - self.t0, 1)
+
+    def kill(self) -> None:
+        """SIGKILL the oldest live worker once it has sends in flight; start a replacement."""
+        victim = next(p for p in self.bench.workers if p.poll() is None)
+        in_flight = self._wait_in_flight(victim.pid, timeout_s=20)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=30)
+        self.events.append({"event": "kill", "at_s": self._elapsed(), "pid": victim.pid, **in_flight})
+        self.bench.start_workers(1, self.size.concurrency)
+
+    def _wait_in_flight(self, pid: int, timeout_s: float) -> dict[str, int]:
+        """Wait until the worker holds rows whose send has started (a send mark, no outcome yet)."""
+        deadline = time.monotonic() + timeout_s
+        found = {"sending_rows": 0, "sends_started": 0}
+        while time.monotonic() < deadline:
+            try:
+                with self.bench.engine.connect() as conn:
+                    ids = list(conn.scalars(select(_N.c.id).where(
+                        _N.c.state == "sending", _N.c.claimed_by.like(f"%:{pid}/%"))))
+            except OperationalError:
+                ids = []
+            started = sum(v is not None for v in self.redis.mget([sendmark_key(i) for i in ids])) if ids else 0
+            found = {"sending_rows": len(ids), "sends_started": started}
+            if started:
+                break
+            time.sleep(0.02)
+        return found
+
+    def flushall(self) -> None:
+        """FLUSHALL the Redis that holds the broker queue, tokens, throttles and send marks."""
+        keys = int(self.redis.dbsize())
+        self.redis.flushall()
+        self.events.append({"event": "flushall", "at_s": self._elapsed(), "keys_lost": keys})
+
+    def restart_postgres(self) -> None:
+        """Stop PostgreSQL (fast: every connection is cut), keep it down, start it again."""
+        at = self._elapsed()
+        down_s = self.pg.restart(self.size.pg_down_s)
+        self.events.append({"event": "restart_postgres", "at_s": at, "down_s": round(down_s, 2)})
+
+    def _settle(self, ids: set[str]) -> float | None:
+        deadline = time.monotonic() + self.size.settle_timeout_s
+        while time.monotonic() < deadline:
+            if self.bench.terminal_count() >= len(ids):
+                return self._elapsed()
+            time.sleep(0.5)
+        return None
+
+    def _evidence(self, expected: set[str], hits: dict[str, int]) -> chaos_checks.Evidence:
+        with self.bench.engine.connect() as conn:
+            rows = [chaos_checks.Row(*r) for r in conn.execute(select(
+                _N.c.id, _N.c.state, _N.c.possible_duplicate, _N.c.last_error_code))]
+            attempts = [tuple(a) for a in conn.execute(select(_A.c.notification_id, _A.c.outcome, _A.c.error_code))]
+        control = self.bench.emulator.control
+        return chaos_checks.Evidence(expected, rows, attempts,  # type: ignore[arg-type]
+                                     chaos_checks.outbox_ids(control.outbox()), control.counters(), hits)
+
+    def _recoveries(self) -> dict[str, int]:
+        """What the sweepers logged: rows requeued (never sent), made ambiguous (maybe sent) and
+        recorded sent (their send mark said Graph had accepted them)."""
+        total = {"requeued": 0, "ambiguous": 0, "sent": 0}
+        for log in self.bench.tmp.glob("worker*.log"):
+            for line in log.read_text(errors="replace").splitlines():
+                if "dispatcher.recovered" in line:
+                    try:
+                        entry = json.loads(line)
+                    except ValueError:
+                        continue
+                    for k in total:
+                        total[k] += int(entry.get(k, 0))
+        return total
+
+
+def _brief(entry: dict[str, Any]) -> dict[str, Any]:
+    keys = ("time", "sent_at", "status", "mailbox", "client_request_id", "duration_ms")
+    return {k: entry.get(k) for k in keys}
+
+
+def run(size: ChaosSize, note: Callable[[str], None] = lambda _: None,
+        logs_to: Path | None = None) -> dict[str, Any]:
+    """One chaos run from start to report (a dict; `ok` False when an invariant failed); the worker
+    logs are copied to `logs_to` when given."""
+    env = {**CHAOS_ENV, **size.settings}
+    with private_postgres() as pg, bench_stack(tenants=size.tenants, latency_ms=size.latency_ms,
+                                               pg_admin_url=pg.admin_url, extra_env=env, seed=size.seed) as bench:
+        note(f"stack up: PostgreSQL on port {pg.port}, emulator at {bench.emulator.base_url}")
+        result = ChaosRun(bench, pg, size, note).run()
+        if logs_to is not None:
+            logs_to.mkdir(parents=True, exist_ok=True)
+            for log in bench.tmp.glob("worker*.log"):
+                shutil.copy(log, logs_to / log.name)
+    result["size"] = asdict(size)
+    result["settings"] = env
+    return result
+
+
+_TITLES = {
+    "not_terminal": "every notification settled (sent, failed or ambiguous)",
+    "lost": "every notification recorded sent is in the outbox",
+    "unflagged_duplicates": "every duplicate in the outbox is flagged possible_duplicate with an ambiguous attempt",
+    "unflagged_ambiguous": "every ambiguous notification is flagged possible_duplicate",
+    "sent_but_recorded_failed": "no notification recorded failed is in the outbox unflagged",
+    "stray_copies": "no outbox message without a notification of the run",
+    "requests_inside_retry_after": "no request reached a mailbox inside its Retry-After window",
+}
+
+
+def text_report(result: dict[str, Any]) -> str:
+    """The human-readable report of one run."""
+    size = result["size"]
+    events = result["events"]
+    kills = [e for e in events if e["event"] == "kill"]
+    lines = [
+        f"tenantmail chaos: {size['notifications']} notifications, {size['tenants']} tenants, "
+        f"{size['workers']} workers x {size['concurrency']} threads, Graph latency {size['latency_ms']:.0f} ms, "
+        f"enqueued over {size['duration_s']:.0f} s",
+        f"kills: {len(kills)} SIGKILLs at " + ", ".join(
+            f"{e['at_s']} s ({e['sends_started']} sends in flight)" for e in kills),
+    ]
+    for e in events:
+        if e["event"] == "flushall":
+            lines.append(f"flushes: 1 Redis FLUSHALL at {e['at_s']} s ({e['keys_lost']} keys lost)")
+        elif e["event"] == "restart_postgres":
+            lines.append(f"restarts: 1 PostgreSQL restart at {e['at_s']} s ({e['down_s']} s without a database)")
+    kinds = ", ".join(f"{k} {n}" for k, n in result["faults_by_kind"].items())
+    lines += [
+        f"faults injected: {result['faults_injected']} of {result['send_requests']} sendMail requests ({kinds}); "
+        f"429 answered in all {result['throttled_429']}",
+        f"outcomes: {', '.join(f'{k} {n}' for k, n in result['states'].items())}; "
+        f"flagged possible_duplicate {result['flagged_possible_duplicate']}; failed codes {result['failed_codes']}",
+        f"attempts: {result['attempts']} ({', '.join(f'{k} {n}' for k, n in result['attempts_by_outcome'].items())});"
+        f" retries {result['retries']}; sweeper requeued {result['recoveries']['requeued']} never-sent rows, "
+        f"made {result['recoveries']['ambiguous']} ambiguous and recorded {result['recoveries']['sent']} sent; "
+        f"producer retries {result['producer_retries']}",
+        f"outbox: {result['outbox_messages']} messages; duplicates {result['duplicates']} "
+        f"({result['duplicate_copies']} extra copies, by cause {result['duplicates_by_cause']}); "
+        f"ambiguous {result['ambiguous']}; "
+        f"lost {result['invariants']['lost']}",
+        f"settled after {result['settled_s']} s" if result["settled_s"] is not None else "DID NOT SETTLE in time",
+        "invariants:",
+    ]
+    lines += [f"  [{'ok' if n == 0 else 'FAIL'}] {_TITLES[name]} ({name} = {n})"
+              for name, n in result["invariants"].items()]
+    lines.append(f"result: {'PASS' if result['ok'] else 'FAIL'}")
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `tenantmail chaos`."""
+    d = ChaosSize()
+    parser.add_argument("--notifications", type=int, default=d.notifications)
+    parser.add_argument("--tenants", type=int, default=d.tenants)
+    parser.add_argument("--duration-s", type=float, default=d.duration_s, help="enqueue spread over this long")
+    parser.add_argument("--workers", type=int, default=d.workers)
+    parser.add_argument("--concurrency", type=int, default=d.concurrency)
+    parser.add_argument("--latency-ms", type=float, default=d.latency_ms, help="emulator Graph latency")
+    parser.add_argument("--kills", type=int, default=d.kills)
+    parser.add_argument("--pg-down-s", type=float, default=d.pg_down_s, help="how long PostgreSQL stays down")
+    parser.add_argument("--seed", type=int, default=None, help="emulator seed: fault rolls repeat")
+    parser.add_argument("--settle-timeout-s", type=float, default=d.settle_timeout_s)
+    parser.add_argument("--small", action="store_true", help="the CI size: 1,500 notifications, 30 tenants, 30 s")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a TENANTMAIL_ setting for the workers, e.g. --set SEND_LEASE_MS=20000")
+    parser.add_argument("--json", action="store_true", help="print the JSON report instead of the text")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the JSON report is written")
+
+
+def size_from_args(args: argparse.Namespace) -> ChaosSize:
+    """The run's size: --small's, else the options'."""
+    settings = {f"TENANTMAIL_{k.upper()}": v for k, v in (item.split("=", 1) for item in args.set)}
+    if args.small:
+        return ChaosSize(**{**asdict(SMALL), "seed": args.seed, "settings": settings})
+    return ChaosSize(args.notifications, args.tenants, args.duration_s, args.workers, args.concurrency,
+                     args.latency_ms, args.kills, args.pg_down_s, args.seed, args.settle_timeout_s, settings)
+
+
+def main(args: argparse.Namespace) -> int:
+    """`tenantmail chaos`: run, print the report, write it as JSON; 1 when an invariant failed."""
+    size = size_from_args(args)
+    started = datetime.now(UTC)
+    stem = f"chaos-{started.strftime('%Y%m%dT%H%M%SZ')}-{os.getpid()}"
+    result = run(size, lambda msg: print(f"[chaos] {msg}", file=sys.stderr, flush=True), args.out / f"{stem}-logs")
+    result["command"] = "tenantmail chaos " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    result["started_at"] = started.isoformat(timespec="seconds")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{stem}.json"
+    path.write_text(json.dumps(result, indent=2, default=str))
+    sys.stdout.write(json.dumps(result, default=str) + "\n" if args.json else text_report(result))
+    print(f"wrote {path} (worker logs in {stem}-logs/)", file=sys.stderr)
+    return 0 if result["ok"] else 1

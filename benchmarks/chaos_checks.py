@@ -1,0 +1,109 @@
+"""What a chaos run must show afterwards, computed from the database and the emulator's outbox.
+
+Invariants (each a count that must be 0):
+- `not_terminal`: notifications not sent, failed or ambiguous (and enqueued ones missing from the table);
+- `lost`: notifications recorded `sent` with no copy in the outbox;
+- `unflagged_duplicates`: more than one copy in the outbox, but not flagged `possible_duplicate`
+  with an ambiguous attempt on record (a 504, a timeout, a reset, or a worker lost mid-send);
+- `unflagged_ambiguous`: in state `ambiguous` without the `possible_duplicate` flag;
+- `sent_but_recorded_failed`: a copy in the outbox of a notification recorded `failed` and never
+  flagged (the mail went out and the activity table says it did not);
+- `stray_copies`: outbox messages whose X-Tenantmail-Notification-Id is no notification of the run;
+- `requests_inside_retry_after`: sendMail requests that reached a mailbox inside its Retry-After window.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.models import TERMINAL_STATES
+
+HEADER = "X-Tenantmail-Notification-Id"
+AMBIGUOUS_OUTCOME = "ambiguous"
+
+
+@dataclass(frozen=True)
+class Row:
+    """What the check needs of one notification."""
+
+    id: str
+    state: str
+    possible_duplicate: bool
+    last_error_code: str | None
+
+
+@dataclass
+class Evidence:
+    """Everything collected after the run."""
+
+    expected_ids: set[str]
+    rows: Sequence[Row]
+    attempts: Sequence[tuple[str, str, str | None]]  # (notification id, outcome, error code)
+    outbox_ids: Sequence[str | None]
+    emulator_counters: dict[str, Any]
+    fault_hits: dict[str, int] = field(default_factory=dict)
+
+
+def outbox_ids(outbox: Iterable[dict[str, Any]]) -> list[str | None]:
+    """The notification id each accepted message carried (None when it had no such header)."""
+    return [(m.get("x_headers") or {}).get(HEADER) for m in outbox]
+
+
+def check(ev: Evidence) -> dict[str, Any]:
+    """Counts and invariants of a finished run; `invariants` maps each name to its violation count."""
+    copies = Counter(ev.outbox_ids)
+    by_id = {r.id: r for r in ev.rows}
+    ambiguous_attempts = {nid for nid, outcome, _ in ev.attempts if outcome == AMBIGUOUS_OUTCOME}
+    states = Counter(r.state for r in ev.rows)
+    duplicates = [nid for nid, n in copies.items() if n > 1 and nid is not None]
+
+    def flagged(nid: str) -> bool:
+        row = by_id.get(nid)
+        return row is not None and row.possible_duplicate and nid in ambiguous_attempts
+
+    invariants = {
+        "not_terminal": sum(s not in TERMINAL_STATES for s in (r.state for r in ev.rows))
+        + len(ev.expected_ids - by_id.keys()),
+        "lost": sum(1 for r in ev.rows if r.state == "sent" and copies[r.id] == 0),
+        "unflagged_duplicates": sum(1 for nid in duplicates if not flagged(nid)),
+        "unflagged_ambiguous": sum(1 for r in ev.rows if r.state == "ambiguous" and not r.possible_duplicate),
+        "sent_but_recorded_failed": sum(1 for r in ev.rows
+                                        if r.state == "failed" and copies[r.id] and not flagged(r.id)),
+        "stray_copies": sum(n for nid, n in copies.items() if nid not in by_id),
+        "requests_inside_retry_after": int(ev.emulator_counters.get("requests_inside_retry_after", 0)),
+    }
+    return {"invariants": invariants, "ok": not any(invariants.values()), **_counts(ev, states, copies, duplicates)}
+
+
+def _counts(ev: Evidence, states: Counter[str], copies: Counter[str | None], duplicates: list[str]) -> dict[str, Any]:
+    outcomes = Counter(outcome for _, outcome, _ in ev.attempts)
+    causes = {nid: code for nid, outcome, code in ev.attempts if outcome == AMBIGUOUS_OUTCOME}
+    per_row = Counter(nid for nid, _, _ in ev.attempts)
+    counters = ev.emulator_counters
+    return {
+        "notifications": len(ev.expected_ids),
+        "states": dict(sorted(states.items())),
+        "failed_codes": dict(Counter(r.last_error_code for r in ev.rows if r.state == "failed")),
+        "flagged_possible_duplicate": sum(r.possible_duplicate for r in ev.rows),
+        "ambiguous": states.get("ambiguous", 0),
+        "duplicates": len(duplicates),
+        "duplicate_copies": sum(copies[nid] - 1 for nid in duplicates),
+        "duplicates_by_cause": dict(Counter(causes.get(nid) or "none" for nid in duplicates)),
+        "outbox_messages": len(ev.outbox_ids),
+        "attempts": len(ev.attempts),
+        "attempts_by_outcome": dict(sorted(outcomes.items())),
+        "retries": sum(n - 1 for n in per_row.values()),
+        "worker_lost_attempts": sum(1 for _, _, code in ev.attempts if code == "WorkerLost"),
+        "faults_injected": int(counters.get("faults_injected", 0)),
+        "faults_by_kind": dict(sorted(ev.fault_hits.items())),
+        "send_requests": int(counters.get("send_requests", 0)),
+        "accepted_by_emulator": int(counters.get("accepted", 0)),
+        "throttled_429": int(counters.get("throttled_429", 0)),
+        "throttled_by_reason": dict(counters.get("throttled_by_reason", {})),
+        "requests_in_flight_at_429": int(counters.get("requests_in_flight_at_429", 0)),
+        "max_mailbox_concurrency": max(counters.get("max_concurrency", {}).values(), default=0),
+        "token_requests": sum(counters.get("token_requests", {}).values()),
+    }

@@ -1,0 +1,106 @@
+"""The chaos run at CI size (benchmarks/chaos.py), its checks, and the outage behaviour it found."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from benchmarks import chaos
+from benchmarks.chaos_checks import Evidence, Row, check
+from benchmarks.private_pg import postgres_bin_dir
+from shared.db import make_engine
+from shared.embedded import free_port
+from shared.settings import Settings
+from tests.conftest import IN_CI
+from worker.store import renew_leases
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(480)
+def test_chaos_run_loses_nothing_duplicates_only_flagged_rows_and_obeys_retry_after() -> None:
+    if postgres_bin_dir() is None:
+        if IN_CI:
+            pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) are missing; CI must provide them")
+        pytest.skip("no PostgreSQL server binaries for a private instance")
+    size = chaos.SMALL  # 1,500 notifications, 30 tenants, enqueued over 30 s
+
+    # when: three SIGKILLs, a FLUSHALL and a PostgreSQL restart hit the run under the fault mix
+    result = chaos.run(size, print)
+
+    # then: every invariant holds ...
+    report = chaos.text_report(result)
+    print(report)
+    assert result["ok"], report + json.dumps(result.get("retry_after_violations", []), default=str)[:4000]
+    assert result["states"].get("sent", 0) >= 0.99 * size.notifications
+    # ... and the run really was hit: each kill caught sends in flight, Redis lost keys, PostgreSQL was down
+    kills = [e for e in result["events"] if e["event"] == "kill"]
+    assert len(kills) == 3 and all(k["sends_started"] > 0 for k in kills), kills
+    flush, = (e for e in result["events"] if e["event"] == "flushall")
+    restart, = (e for e in result["events"] if e["event"] == "restart_postgres")
+    assert flush["keys_lost"] > 0 and restart["down_s"] >= size.pg_down_s
+    assert set(result["faults_by_kind"]) == {"503", "429", "504_after_commit", "reset"}
+    assert all(n > 0 for n in result["faults_by_kind"].values()), result["faults_by_kind"]
+    assert result["duplicates"] > 0  # the 504s after commit: the duplicate check had something to judge
+    assert result["settled_s"] is not None
+
+
+def _evidence(**overrides: object) -> Evidence:
+    base: dict[str, object] = dict(
+        expected_ids={"a", "b", "c"},
+        rows=[Row("a", "sent", False, None), Row("b", "sent", True, None), Row("c", "failed", False, "ErrorX")],
+        attempts=[("a", "sent", None), ("b", "ambiguous", "UnknownError"), ("b", "sent", None), ("c", "failed", "X")],
+        outbox_ids=["a", "b", "b"],
+        emulator_counters={"requests_inside_retry_after": 0},
+    )
+    base.update(overrides)
+    return Evidence(**base)  # type: ignore[arg-type]
+
+
+def test_chaos_checks_pass_a_clean_run_with_a_flagged_duplicate() -> None:
+    result = check(_evidence())
+    assert result["ok"] and result["duplicates"] == 1 and result["retries"] == 1
+
+
+@pytest.mark.parametrize(("change", "invariant"), [
+    ({"outbox_ids": ["b", "b"]}, "lost"),
+    ({"outbox_ids": ["a", "a", "b"]}, "unflagged_duplicates"),
+    ({"attempts": [("b", "sent", None)]}, "unflagged_duplicates"),  # flagged, but no ambiguous attempt
+    ({"outbox_ids": ["a", "b", "c"]}, "sent_but_recorded_failed"),
+    ({"outbox_ids": ["a", "b", "zzz"]}, "stray_copies"),
+    ({"outbox_ids": ["a", "b", None]}, "stray_copies"),
+    ({"rows": [Row("a", "sent", False, None), Row("b", "sending", True, None)]}, "not_terminal"),
+    ({"rows": [Row("a", "sent", False, None), Row("b", "ambiguous", False, None),
+               Row("c", "failed", False, None)], "outbox_ids": ["a"]}, "unflagged_ambiguous"),
+    ({"emulator_counters": {"requests_inside_retry_after": 2}}, "requests_inside_retry_after"),
+])
+def test_chaos_checks_count_each_kind_of_violation(change: dict[str, object], invariant: str) -> None:
+    result = check(_evidence(**change))
+    assert not result["ok"]
+    assert result["invariants"][invariant] > 0, result["invariants"]
+
+
+def test_chaos_fault_rules_give_each_kind_its_share_of_requests() -> None:
+    specs = chaos.fault_specs()
+    left, shares = 1.0, {}
+    for spec in specs:  # the emulator tries the rules in order; the first that fires answers
+        shares[spec["kind"]] = left * spec["probability"]
+        left *= 1 - spec["probability"]
+    assert shares == pytest.approx(dict(chaos.FAULT_MIX))
+    assert next(s for s in specs if s["kind"] == "429")["retry_after"] == {"min_s": 1.0, "max_s": 3.0}
+    assert math.isclose(left, 0.90)
+
+
+def test_chaos_schedule_spreads_three_kills_around_the_flush_and_the_restart() -> None:
+    events = chaos.schedule(chaos.ChaosSize(duration_s=100))
+    assert events == [(15.0, "kill"), (30.0, "flushall"), (45.0, "kill"), (60.0, "restart_postgres"),
+                      (75.0, "kill")]
+
+
+def test_renew_leases_reports_an_unreachable_database_instead_of_ending_the_batch() -> None:
+    engine = make_engine(Settings(database_url=f"postgresql://nobody@127.0.0.1:{free_port()}/none"))
+    try:
+        assert renew_leases(engine, ["x"], "host:1/e", 10_000) is False
+    finally:
+        engine.dispose()
