@@ -115,6 +115,7 @@ class Sender:
                                    client_request_id=envelope.message_id, mailbox=provider.sender_address)
             return self._finish(row, provider, exc, (record,))
         metrics.smtp_sends.labels("sent", f"SMTP{result.code}").inc()
+        self._throttle.note_sent(row.id)
         refused = "; ".join(f"{r}: {reply}" for r, reply in result.refused.items())
         record = AttemptRecord(started_at=started, outcome="sent", latency_ms=result.latency_ms,
                                smtp_status=result.code, request_id=result.message[:64],
@@ -200,6 +201,8 @@ class Sender:
             return self._requeue(row, provider, delay_ms), slot
         progress.append("posting")
         outcome = await self._send_in_slot(row, provider, token, started)
+        if outcome.state is State.SENT:
+            self._throttle.note_sent(row.id)
         if blocked_ms := self._throttle.local_block_ms(provider.mailbox_key):
             return outcome, Slot(False, blocked_ms, True)  # a 429: the lane stops, its rows wait
         return outcome, _GO
