@@ -21,6 +21,9 @@ class Diagnosis:
         return f"{self.cause} Fix: {self.fix}"
 
 
+_BUG = Diagnosis("Microsoft refused the shape of tenantmail's own request.",
+                 "This is a tenantmail bug (or a proxy altering requests); report it with the request id.")
+
 _BY_CODE: dict[str, Diagnosis] = {
     "ErrorAccessDenied": Diagnosis(
         "The app lacks the Mail.Send application permission, or admin consent was not granted.",
@@ -68,8 +71,49 @@ _BY_CODE: dict[str, Diagnosis] = {
         "certificate's public part (the .cer/.pem, never the private key); check its thumbprint there matches "
         "the one shown here and that it has not expired; then save the matching private key and certificate "
         "here."),
-    "AADSTS1002012": Diagnosis(
-        "The token scope is not /.default.", "This is a tenantmail bug; report it."),
+    "AADSTS700024": Diagnosis(
+        "Entra ID refused the certificate's signed assertion as outside its valid time range: this server's "
+        "clock is off.",
+        "Synchronise the clock of the machines running tenantmail (NTP), then save again."),
+    "AADSTS1002012": _BUG,
+    "AADSTS500011": Diagnosis(
+        "Microsoft Graph was not found in the tenant for this cloud: usually the wrong cloud is selected "
+        "(a GCC High, DoD or China tenant configured as global, or the reverse).",
+        "Choose the cloud the tenant lives in (global, US Government GCC High, DoD, China) and save again."),
+    "AADSTS50027": Diagnosis(
+        "Entra ID could not read the certificate's signed assertion.",
+        "Save the private key and certificate again as PEM; if it persists, report it as a tenantmail bug."),
+    "AADSTS700021": Diagnosis(
+        "The certificate's signed assertion was made for another authority: the cloud or the tenant ID does "
+        "not match where the app lives.",
+        "Check the Directory (tenant) ID and the cloud, then save again."),
+    "AADSTS700023": Diagnosis(
+        "The certificate's signed assertion names another application than the client ID.",
+        "Check the Application (client) ID is the app the certificate was uploaded to."),
+    "AADSTS90055": Diagnosis(
+        "Entra ID is throttling token requests for this app.",
+        "Nothing to do: tenantmail backs off and retries (one token per tenant per lifetime); if it persists, "
+        "look for other software requesting tokens with the same app registration."),
+    "AADSTS90033": Diagnosis(
+        "Entra ID is temporarily unavailable.",
+        "Nothing to do: it is retried; if it lasts, check Microsoft 365 service health."),
+    "AADSTS90006": Diagnosis(
+        "Entra ID had an internal error.", "Nothing to do: it is retried; if it lasts, check service health."),
+    "AADSTS70003": _BUG, "AADSTS900144": _BUG, "AADSTS90014": _BUG,
+    "RequestEntityTooLarge": Diagnosis(
+        "The request to Graph is over its 4 MB limit (attachments count about a third more once encoded).",
+        "Keep attachments under 3 MB in all, or send a link instead."),
+    "BadRequest": _BUG, "ErrorInvalidRequest": _BUG,
+    "InvalidInternetMessageHeaderCollection": Diagnosis(
+        "Graph refused the custom headers: an empty list, or more than 5 (Graph's limit).",
+        "Send at most 5 custom X- headers per notification."),
+    "ApplicationThrottled": Diagnosis(
+        "Exchange throttled the app on this mailbox (more than 4 requests at once, or too many in 10 minutes).",
+        "Nothing to do: the mailbox is held for the Retry-After and the notification rescheduled; for sustained "
+        "volume set TENANTMAIL_MAILBOX_PACING_MS or spread the load over more sender mailboxes."),
+    "TooManyRequests": Diagnosis(
+        "Graph is throttling this tenant or app.", "Nothing to do: the Retry-After is obeyed and it is retried."),
+    "InternalServerError": Diagnosis("Graph had an internal error.", "Nothing to do: it is retried with backoff."),
     "NoProviderConfigured": Diagnosis(
         "The tenant has no email provider and the platform default (an SMTP relay) is not configured.",
         "Configure the tenant's provider, or set TENANTMAIL_SMTP_HOST (and _SMTP_PORT, _SMTP_SECURITY, "
@@ -117,6 +161,8 @@ def diagnose(code: str | None, message: str | None = None) -> Diagnosis | None:
         return None
     if code == "ErrorAccessDenied" and message and ("RAOP" in message or "AccessPolicy" in message):
         return _POLICY
+    if code == "BadRequest" and message and "request length" in message.lower():
+        return _BY_CODE["RequestEntityTooLarge"]  # how Graph said "over 4 MB" before it answered 413
     if code.startswith("HTTP5") or code in ("ServiceUnavailable", "MailboxInfoStale", "UnknownError"):
         return Diagnosis("Graph had a transient failure.", "Nothing to do: it is retried with backoff.")
     return _BY_CODE.get(code) or _smtp(code)

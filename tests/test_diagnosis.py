@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from emulator.entra_errors import CATALOGUE as ENTRA
+from emulator.graph_errors import CATALOGUE as GRAPH
 from shared.diagnosis import diagnose
 
 
@@ -21,7 +23,7 @@ def test_diagnose_missing_mail_send_points_at_admin_consent() -> None:
 @pytest.mark.parametrize("code", [
     "ErrorInvalidUser", "MailboxNotEnabledForRESTAPI", "ErrorSendAsDenied", "ErrorInvalidRecipients",
     "ErrorMessageSizeExceeded", "AADSTS90002", "AADSTS900023", "AADSTS700016", "AADSTS7000215",
-    "AADSTS7000222", "AADSTS7000218", "AADSTS700027", "NoProviderConfigured", "WorkerLost", "Timeout",
+    "AADSTS7000222", "AADSTS7000218", "AADSTS700027", "AADSTS700024", "NoProviderConfigured", "WorkerLost", "Timeout",
     "ConnectionReset", "HTTP503", "MaxAgeExceeded", "SMTP451", "SMTP550", "SMTP535", "TLSError",
     "SMTPNotSupported", "ConnectionRefused",
 ])
@@ -49,3 +51,16 @@ def test_diagnose_smtp_replies_temporary_retry_permanent_not() -> None:
     temporary, permanent = diagnose("SMTP421"), diagnose("SMTP554")
     assert temporary is not None and "retried" in temporary.fix
     assert permanent is not None and "not retried" in permanent.fix
+
+
+def test_every_error_the_emulator_can_answer_has_a_diagnosis() -> None:
+    # the emulator's catalogues are built from Microsoft's documented Entra ID and Graph errors
+    missing = [f"AADSTS{code}" for _, _, code, _ in ENTRA.values() if diagnose(f"AADSTS{code}") is None]
+    missing += [code for _, code, message in GRAPH.values() if diagnose(code, message) is None]
+    assert missing == []
+
+
+def test_diagnose_older_400_for_a_request_over_4_mb_as_too_large() -> None:
+    d = diagnose("BadRequest", "The maximum request length supported is 4MB.")
+    assert d is not None and d == diagnose("RequestEntityTooLarge") and "3 MB" in d.fix
+    assert diagnose("BadRequest", "Unable to read JSON request payload.") != d

@@ -1,8 +1,9 @@
-"""Secret hygiene: with a known client secret configured through the API and traffic sent, no secret,
-access token or API key appears in a PostgreSQL dump, a Redis dump (every value and an uncompressed
-RDB file), the Celery messages, any log line of the API, worker and dispatcher processes, or any API
-response body; in plain, hex, URL-encoded, JSON-escaped or base64 form. A canary planted in each
-source proves the scan of that source finds what is there.
+"""Secret hygiene: with a known client secret, a certificate's private key and the SMTP relay's
+password configured and traffic sent, no secret, access token or API key appears in a PostgreSQL
+dump, a Redis dump (every value and an uncompressed RDB file), the Celery messages, any log line of
+the API, worker and dispatcher processes, or any API response body; in plain, hex, URL-encoded,
+JSON-escaped or base64 form. A canary planted in each source proves the scan of that source finds
+what is there.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import redis
 import requests
 
 from api.keys import create_key
-from emulator.demo import make_tenant, tenant_id_for
+from emulator.demo import PLATFORM_NO_REPLY, make_tenant, tenant_id_for
+from emulator.testing import make_certificate
 from shared.embedded import free_port
 from shared.models import Notification
 from tests.secret_scan import celery_messages, redis_dump, scan
@@ -34,6 +36,8 @@ _N = Notification.__table__  # type: ignore[attr-defined]
 TENANT = "hygiene"
 INDEX = 7  # emulator tenant7.example
 ROTATED = 8  # tenant8.example: its saved secret is replaced in the directory before it sends
+CERT = 9  # tenant9.example: its app signs in with a certificate
+RELAY_USER = "relay-user"
 
 
 @pytest.fixture
@@ -118,6 +122,25 @@ def _rotated_tenant(api: Api, emulator: Any, stack: Stack, admin: str, sender: s
     return [nid]
 
 
+def _certificate_and_platform_tenants(api: Api, emulator: Any, stack: Stack, keys: dict[str, str],
+                                      key_pem: str, cert_pem: str) -> list[str]:
+    """A tenant whose app signs in with a certificate, and one on the platform default (the SMTP relay,
+    which asks for a login): each sends one notification."""
+    tenant = make_tenant(CERT)
+    emulator.add_tenant(tenant)
+    emulator.add_certificate(tenant_id_for(CERT), tenant["apps"][0]["client_id"], cert_pem)
+    form = {k: v for k, v in _secret_form("", CERT).items() if k != "client_secret"}
+    form["certificate_pem"] = key_pem + cert_pem
+    saved = api.call("PUT", "/v1/email-provider", keys["cert admin"], json=form)
+    assert saved.status_code == 200, saved.text
+    msg = {"to": ["di@example.org"], "subject": "Signed", "body": "Hi"}
+    ids = [api.call("POST", "/v1/notifications", keys[f"{who} sender"], json=msg).json()["id"]
+           for who in ("cert", "platform")]
+    assert set(stack.wait_terminal(ids, timeout_s=60).values()) == {"sent"}
+    assert emulator.smtp_counters()["auth_failures"] == 0
+    return ids
+
+
 def _read_everything(api: Api, admin: str, viewer: str, ids: list[str]) -> None:
     for path in ("/v1/email-provider", "/v1/email-provider/history", "/v1/activity?limit=200", "/v1/events",
                  "/v1/stats", "/v1/openapi.json", "/healthz", "/readyz", "/ui/login", *[f"/v1/notifications/{i}"
@@ -166,6 +189,9 @@ def test_no_secret_token_or_key_in_dumps_messages_logs_or_responses(
     secret, wrong_secret = f"Hyg~{uuid.uuid4().hex}+/=.Val", f"Wrong~{uuid.uuid4().hex}+/="
     canary = f"canary{uuid.uuid4().hex}"
     rotated_secret = f"Rot~{uuid.uuid4().hex}+/="
+    smtp_password = f"Smtp~{uuid.uuid4().hex}+/="
+    key_pem, cert_pem = make_certificate("hygiene")
+    emulator.set_config(smtp_credentials={RELAY_USER: smtp_password})
     emulator.add_tenant(make_tenant(INDEX, secret=secret))
     emulator.add_tenant(make_tenant(ROTATED, secret=rotated_secret))
     recorder = TokenRecorder(emulator)
@@ -176,6 +202,8 @@ def test_no_secret_token_or_key_in_dumps_messages_logs_or_responses(
     env.update({"DATABASE_URL": fresh_pg, "REDIS_URL": redis_url, "TENANTMAIL_ENCRYPTION_KEYS": encryption_keys,
                 "TENANTMAIL_AUTHORITY_OVERRIDE": emulator.base_url, "TENANTMAIL_GRAPH_BASE_OVERRIDE":
                 emulator.graph_base_url, "TENANTMAIL_CA_BUNDLE": str(emulator.ca_path),
+                **emulator.smtp_settings(), "TENANTMAIL_SMTP_USERNAME": RELAY_USER,
+                "TENANTMAIL_SMTP_PASSWORD": smtp_password, "TENANTMAIL_PLATFORM_SENDER": PLATFORM_NO_REPLY,
                 "TENANTMAIL_STATE_DIR": str(tmp_path / "state"), "TENANTMAIL_LOG_LEVEL": "DEBUG",
                 "PYTHONPATH": str(ROOT)})
     stack = Stack(env, tmp_path)
@@ -185,6 +213,8 @@ def test_no_secret_token_or_key_in_dumps_messages_logs_or_responses(
     api = Api(f"http://127.0.0.1:{port}")
     keys = {role: create_key(stack.engine, TENANT, role) for role in ("admin", "sender", "viewer")}
     keys.update({f"rotated {role}": create_key(stack.engine, "rotated", role) for role in ("admin", "sender")})
+    keys.update({f"cert {role}": create_key(stack.engine, "certified", role) for role in ("admin", "sender")})
+    keys["platform sender"] = create_key(stack.engine, "platformed", "sender")
     try:
         wait_until(lambda: _up(api), timeout_s=60, what="the API process")
 
@@ -194,6 +224,7 @@ def test_no_secret_token_or_key_in_dumps_messages_logs_or_responses(
         emulator.add_fault(route="sendMail", kind="503", count=2)  # two retries, logged with Graph's request ids
         stack.start_workers(1, concurrency=4, dispatcher=False)
         assert set(stack.wait_terminal(ids, timeout_s=60).values()) == {"sent"}
+        _certificate_and_platform_tenants(api, emulator, stack, keys, key_pem, cert_pem)
         emulator.advance_clock(4000)  # tokens expire as Graph sees them: a 401 and a fresh token
         ids += _traffic_after_expiry(api, keys["sender"], stack)
         _rotated_tenant(api, emulator, stack, keys["rotated admin"], keys["rotated sender"], rotated_secret)
@@ -220,7 +251,8 @@ def test_no_secret_token_or_key_in_dumps_messages_logs_or_responses(
     found_canary = {h.source for h in scan(sources, {"canary": canary})}
     assert found_canary == set(sources), f"the scan misses the canary in {set(sources) - found_canary}"
     secrets = {"client secret": secret, "wrong client secret": wrong_secret, "rotated client secret": rotated_secret,
-               "encryption key": encryption_keys,
+               "encryption key": encryption_keys, "SMTP relay password": smtp_password,
+               "certificate private key": key_pem, "certificate private key, first line": key_pem.splitlines()[1],
                **{f"{role} API key": key for role, key in keys.items()},
                **{f"{role} API key secret part": key.split("_", 2)[2] for role, key in keys.items()},
                **{f"access token {i}": t for i, t in enumerate(sorted(set(recorder.tokens)))}}
