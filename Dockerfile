@@ -2,6 +2,8 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY shared ./shared
+COPY transport ./transport
+COPY tenantmail ./tenantmail
 COPY worker ./worker
 COPY api ./api
 COPY emulator ./emulator

@@ -1,7 +1,7 @@
 """Credential check: acquire a client-credentials token from the tenant's authority with MSAL.
 
 Used on save (a configuration is stored only if Entra ID issues a token for it) and by Send test.
-The credential is a client secret or a certificate; shared.entra builds the MSAL app and turns its
+The credential is a client secret or a certificate; transport.entra builds the MSAL app and turns its
 errors into TokenError (with the AADSTS code) or TransientError (`AuthorityUnreachable`). MSAL
 blocks, so callers run `acquire_token` in an executor. No token cache is shared: a check must ask
 Entra ID.
@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from shared.certificates import client_credential
 from shared.clouds import Cloud
-from shared.entra import TimeoutSession, acquire_for_client, client_credential, confidential_app
+from transport.entra import TimeoutSession, acquire_for_client, confidential_app
 
 
 @dataclass(frozen=True, slots=True)

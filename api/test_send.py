@@ -25,8 +25,8 @@ from shared.ids import new_id
 from shared.message import Message, check_address, graph_request_body, parse_message
 from shared.mime import smtp_envelope
 from shared.providers import PlatformProvider, ProviderResolver, ResolvedProvider
-from worker.graph import GraphClient
-from worker.smtp import SmtpRelayClient
+from transport.graph import GraphClient
+from transport.smtp import SmtpRelayClient
 
 _log = structlog.get_logger("tenantmail.api")
 SUBJECT = "tenantmail test message"

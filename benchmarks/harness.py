@@ -24,11 +24,11 @@ from sqlalchemy import Engine, func, select
 from emulator.demo import client_id_for, demo_directory, make_tenant, tenant_id_for
 from emulator.testing import EmulatorProcess
 from shared.db import make_engine, migrate
-from shared.embedded import start_redis
 from shared.models import TERMINAL_STATES, Notification
 from shared.providers import save_graph_provider
 from shared.secretbox import SecretBox
 from shared.settings import Settings
+from tenantmail.embedded import start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("TENANTMAIL_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -52,7 +52,7 @@ class Bench:
         for i in range(len(self.workers), len(self.workers) + n):
             log = open(self.tmp / f"worker{i}.log", "wb")
             self.workers.append(subprocess.Popen(
-                [sys.executable, "-m", "shared.cli", "worker", f"--concurrency={concurrency}",
+                [sys.executable, "-m", "tenantmail", "worker", f"--concurrency={concurrency}",
                  f"--hostname=bench{i}@%h"], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
         r = redis.Redis.from_url(self.env["REDIS_URL"])
         deadline = time.monotonic() + 60

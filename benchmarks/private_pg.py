@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psycopg
 
-from shared.embedded import free_port
+from tenantmail.embedded import free_port
 
 _SETTINGS = {  # a throwaway instance: durability off (a clean restart still loses nothing), room for workers
     "listen_addresses": "'127.0.0.1'", "max_connections": "400", "fsync": "off",

@@ -130,7 +130,7 @@ def run_tokens(size: TokensSize, tick: Tick) -> dict[str, float]:
         machine = load.figures()
         outbox = bench.emulator.control.outbox()
     lifetime = float(size.token_lifetime_s)
-    usable_s = lifetime - min(300.0, 0.1 * lifetime)  # worker/tokens.py refresh margin
+    usable_s = lifetime - min(300.0, 0.1 * lifetime)  # transport/tokens.py refresh margin
     sends: dict[str, list[float]] = defaultdict(list)
     for item in outbox:
         sends[item["tenant_id"]].append(float(item["received_at_epoch_s"]))

@@ -110,3 +110,16 @@ def _pem_block(text: str, begins: tuple[str, ...]) -> str | None:
                 return None
             return text[start:end + len(end_marker)] + "\n"
     return None
+
+
+def client_credential(credential_type: str, credential: str) -> str | dict[str, str]:
+    """What MSAL's `client_credential` takes: the secret itself, or the certificate as a dict.
+
+    A certificate goes in as private key + public certificate: MSAL then signs the client
+    assertion with PS256 and names the key by its SHA-256 thumbprint (`x5t#S256`), which is what
+    Entra ID expects (MSAL calls the SHA-1 `thumbprint` form deprecated).
+    """
+    if credential_type == "certificate":
+        key_pem, cert_pem = split_credential(credential)
+        return {"private_key": key_pem, "public_certificate": cert_pem}
+    return credential

@@ -16,7 +16,7 @@
 Every DeliveryError carries the HTTP status, the service's code (`ErrorAccessDenied`,
 `AADSTS7000215`), its message and the service's request id, so callers branch on `code` and
 `status`, never on message text. Third-party exceptions (aiohttp, MSAL, SQLAlchemy, redis) are
-translated into this tree at one boundary each: `worker.graph` for aiohttp, `worker.tokens` for
+translated into this tree at one boundary each: `transport.graph` for aiohttp, `transport.tokens` for
 MSAL.
 """
 

@@ -18,9 +18,8 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, func, select
 from sqlmodel import Session
 
-from shared.certificates import CertificateCredential
+from shared.certificates import CertificateCredential, client_credential
 from shared.clouds import Cloud, resolve_cloud
-from shared.entra import client_credential
 from shared.errors import ConfigurationError, NoProviderConfigured, ProviderError
 from shared.models import ProviderConfig, ProviderHistory
 from shared.producer import PLATFORM_TENANT_KEY

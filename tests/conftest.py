@@ -15,9 +15,9 @@ from sqlalchemy import text
 
 from emulator.demo import PLATFORM_NO_REPLY
 from shared.db import make_engine, migrate
-from shared.embedded import start_redis
 from shared.secretbox import SecretBox
 from shared.settings import Settings
+from tenantmail.embedded import start_redis
 from tests.api_harness import ApiServer
 from tests.stack import FAST, Stack, new_encryption_key
 

@@ -73,7 +73,7 @@ class Stack:
         started = []
         for _ in range(n):
             i = len(self.procs)
-            cmd = [sys.executable, "-m", "shared.cli", "worker", f"--concurrency={concurrency}",
+            cmd = [sys.executable, "-m", "tenantmail", "worker", f"--concurrency={concurrency}",
                    f"--hostname=w{i}@%h"]
             if metrics_port:
                 cmd.append(f"--metrics-port={metrics_port}")

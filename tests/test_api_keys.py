@@ -20,7 +20,7 @@ from tests.stack import ROOT, Stack
 def test_keys_create_prints_a_key_that_is_stored_only_as_its_digest(api: ApiServer) -> None:
     env = {"DATABASE_URL": api.settings.database_url or "", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
            "TENANTMAIL_LOG_LEVEL": "WARNING"}
-    out = subprocess.run([sys.executable, "-m", "shared.cli", "keys", "create", "--tenant", "acme", "--role", "viewer"],
+    out = subprocess.run([sys.executable, "-m", "tenantmail", "keys", "create", "--tenant", "acme", "--role", "viewer"],
                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
     key = out.stdout.strip().splitlines()[-1]
     who = authenticate(api.engine, key)

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from emulator.testing import make_certificate
 from shared.certificates import parse_certificate_pem, split_credential
-from shared.entra import client_credential
 from shared.errors import ValidationFailed
+from transport.entra import client_credential
 
 
 def _reason(value: object) -> str:

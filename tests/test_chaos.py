@@ -11,8 +11,8 @@ from benchmarks import chaos
 from benchmarks.chaos_checks import Evidence, Row, check
 from benchmarks.private_pg import postgres_bin_dir
 from shared.db import make_engine
-from shared.embedded import free_port
 from shared.settings import Settings
+from tenantmail.embedded import free_port
 from tests.conftest import IN_CI
 from worker.store import renew_leases
 

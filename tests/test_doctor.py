@@ -12,7 +12,7 @@ from tests.stack import ROOT
 
 
 def _doctor(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shared.cli", "doctor", *args], env=env, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "tenantmail", "doctor", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
 
 

@@ -1,4 +1,4 @@
-"""worker.graph.GraphClient with a real aiohttp session against the emulator (faults injected there)."""
+"""transport.graph.GraphClient with a real aiohttp session against the emulator (faults injected there)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from emulator.demo import DEMO_CEO, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_SENDER, DEMO_TENANT_ID
 from shared.errors import AmbiguousOutcome, PermanentError, Throttled, TransientError
 from shared.message import graph_request_body, parse_message
-from worker.graph import GraphClient, GraphResponse
+from transport.graph import GraphClient, GraphResponse
 from worker.retry_policy import classify
 
 

@@ -22,7 +22,7 @@ SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 def _health_cli(stack: Stack, role: str, max_age_s: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shared.cli", "health", role, f"--max-age={max_age_s}"],
+    return subprocess.run([sys.executable, "-m", "tenantmail", "health", role, f"--max-age={max_age_s}"],
                           env=stack.env, cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
@@ -33,7 +33,7 @@ def _verdict(stack: Stack, role: str, *, ok: bool, max_age_s: float = 1.0) -> Ve
 
 def _spawn(stack: Stack, *args: str) -> subprocess.Popen[bytes]:
     log = open(stack.log_dir / f"{args[0]}.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", *args], env=stack.env, cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "tenantmail", *args], env=stack.env, cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT)
     stack.procs.append(proc)
     return proc

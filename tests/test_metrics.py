@@ -8,8 +8,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from emulator.demo import DEMO_CEO, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_SENDER, DEMO_TENANT_ID
-from shared.embedded import free_port
 from shared.providers import save_graph_provider
+from tenantmail.embedded import free_port
 from tests.stack import wait_until
 
 

@@ -15,8 +15,8 @@ import requests
 import yaml
 
 from emulator.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_SENDER, DEMO_TENANT_ID
-from shared.embedded import free_port
 from shared.providers import save_graph_provider
+from tenantmail.embedded import free_port
 from tests.stack import ROOT, wait_until
 
 PROCESSES = ["api", "worker", "beat"]
@@ -50,7 +50,7 @@ def test_compose_gives_every_long_running_service_a_health_check_the_cli_knows()
         assert svc.get("healthcheck", {}).get("test"), f"{name} has no health check"
     for role in ("worker", "dispatcher", "beat"):
         assert services[role]["healthcheck"]["test"][1:4] == ["tenantmail", "health", role]
-    parser_roles = subprocess.run([sys.executable, "-m", "shared.cli", "health", "--help"], capture_output=True,
+    parser_roles = subprocess.run([sys.executable, "-m", "tenantmail", "health", "--help"], capture_output=True,
                                   text=True, cwd=ROOT, check=True).stdout
     assert "{worker,dispatcher,beat}" in parser_roles
 

@@ -156,7 +156,7 @@ def test_beat_running_repeatedly_emails_the_admin_once_through_the_platform_rela
     _save(stack.engine, stack.box, expires_at=datetime.now(UTC) + timedelta(days=20))
     stack.start_workers(1, concurrency=2)
     log = open(stack.log_dir / "worker-beat.log", "wb")
-    beat = subprocess.Popen([sys.executable, "-m", "shared.cli", "beat"], env=stack.env, cwd=ROOT, stdout=log,
+    beat = subprocess.Popen([sys.executable, "-m", "tenantmail", "beat"], env=stack.env, cwd=ROOT, stdout=log,
                             stderr=subprocess.STDOUT)
     try:
         # when: the beat has run the check several times

@@ -17,7 +17,7 @@ from shared.errors import (
 )
 from shared.models import State
 from shared.settings import Settings
-from worker.graph import GraphResponse, parse_retry_after
+from transport.graph import GraphResponse, parse_retry_after
 from worker.retry_policy import Decision, classify, compute_backoff, decide, retry_delay_ms
 
 NOW_MS = 1_700_000_000_000

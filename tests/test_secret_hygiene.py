@@ -26,8 +26,8 @@ import requests
 from api.keys import create_key
 from emulator.demo import PLATFORM_NO_REPLY, make_tenant, tenant_id_for
 from emulator.testing import make_certificate
-from shared.embedded import free_port
 from shared.models import Notification
+from tenantmail.embedded import free_port
 from tests.secret_scan import celery_messages, redis_dump, scan
 from tests.stack import FAST, ROOT, Stack, new_encryption_key, wait_until
 from worker.celery_app import QUEUE, create_celery, publisher
@@ -70,7 +70,7 @@ class TokenRecorder:
 
 
 def _process(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "shared.cli", *cmd], env=env, cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "tenantmail", *cmd], env=env, cwd=ROOT,
                             stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 

@@ -1,4 +1,4 @@
-"""worker.smtp.SmtpRelayClient and shared.mime against the emulator's real SMTP relay (aiosmtpd)."""
+"""transport.smtp.SmtpRelayClient and shared.mime against the emulator's real SMTP relay (aiosmtpd)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from shared.errors import AmbiguousOutcome, PermanentError, TransientError
 from shared.message import parse_message
 from shared.mime import Envelope, smtp_envelope
 from shared.settings import Settings
-from worker.smtp import SmtpRelayClient
+from transport.smtp import SmtpRelayClient
 
 T = TypeVar("T")
 SENDER = "no-reply@platform.example"

@@ -1,4 +1,4 @@
-"""worker.tokens.TokenProvider against the real emulator (Entra ID) and a real Redis."""
+"""transport.tokens.TokenProvider against the real emulator (Entra ID) and a real Redis."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from shared.errors import TokenError
 from shared.providers import ResolvedProvider
 from shared.secretbox import SecretBox
 from shared.settings import Settings
-from worker.tokens import TokenProvider
+from transport.tokens import TokenProvider
 
 UNKNOWN_TENANT = "00000000-1111-4222-8333-444444444444"
 

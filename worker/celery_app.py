@@ -22,12 +22,12 @@ from kombu.entity import Queue
 
 from shared.db import make_engine
 from shared.errors import ConfigurationError
+from shared.metrics import metrics
 from shared.reminders import send_due_reminders
 from shared.settings import Settings
 from worker.batch import deliver_batch
 from worker.dispatcher import Dispatcher
 from worker.liveness import Heartbeat, watch_worker
-from worker.metrics import metrics
 from worker.runtime import Runtime, close_runtime, get_runtime
 from worker.store import purge_finished
 

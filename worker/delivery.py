@@ -27,18 +27,18 @@ from shared.errors import (
     TransientError,
 )
 from shared.message import graph_request_body, message_from_stored
+from shared.metrics import metrics
 from shared.mime import smtp_envelope
 from shared.models import State
 from shared.providers import PlatformProvider, Provider, ResolvedProvider
 from shared.settings import Settings
+from transport.graph import GraphClient
+from transport.smtp import SmtpRelayClient
+from transport.tokens import TokenProvider
 from worker import liveness
-from worker.graph import GraphClient
-from worker.metrics import metrics
 from worker.retry_policy import classify, decide, retry_delay_ms
-from worker.smtp import SmtpRelayClient
 from worker.store import AttemptRecord, ClaimedRow, RowOutcome
 from worker.throttle import MailboxThrottle, Slot
-from worker.tokens import TokenProvider
 
 log = structlog.get_logger(__name__)
 _GO = Slot(True)

@@ -31,11 +31,11 @@ from typing import Any
 import structlog
 from sqlalchemy import Engine, and_, func, insert, or_, select, update
 
+from shared.metrics import metrics
 from shared.models import ACTIVE_STATES, DeliveryAttempt, Notification, State
 from shared.settings import Settings
 from worker.batch import EPOCH_KEY
 from worker.liveness import Heartbeat
-from worker.metrics import metrics
 from worker.throttle import SENT_MARK, sendmark_key
 
 log = structlog.get_logger(__name__)

@@ -7,7 +7,7 @@
     ErrorAccessDenied, ErrorInvalidUser, MailboxNotEnabledForRESTAPI, ErrorInvalidRecipients,
     ErrorSendAsDenied, ErrorMessageSizeExceeded, other 4xx, AADSTS token errors -> failed, never retried
 
-The platform default's SMTP relay (worker.smtp maps its replies into the same tree):
+The platform default's SMTP relay (transport.smtp maps its replies into the same tree):
 
     250                                    -> sent
     4xx, connection refused or lost before DATA -> retry with exponential backoff
@@ -32,7 +32,7 @@ from shared.errors import (
 )
 from shared.models import State
 from shared.settings import Settings
-from worker.graph import GraphResponse
+from transport.graph import GraphResponse
 
 _TRANSIENT_STATUSES = {408, 429, 500, 502, 503}
 _AMBIGUOUS_STATUSES = {504}

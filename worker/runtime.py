@@ -25,10 +25,10 @@ from shared.db import make_engine
 from shared.providers import ProviderResolver
 from shared.secretbox import SecretBox
 from shared.settings import Settings
-from worker.graph import GraphClient
-from worker.smtp import SmtpRelayClient
+from transport.graph import GraphClient
+from transport.smtp import SmtpRelayClient
+from transport.tokens import TokenProvider
 from worker.throttle import MailboxThrottle
-from worker.tokens import TokenProvider
 
 T = TypeVar("T")
 

@@ -91,7 +91,7 @@ def _redis_checks(settings: Settings) -> list[Check]:
 
 
 def _smtp_check(settings: Settings) -> Check:
-    from worker.smtp import SmtpRelayClient  # the worker's own client, so the check is the real one
+    from transport.smtp import SmtpRelayClient  # the worker's own client, so the check is the real one
 
     if not settings.smtp_host:
         return Check("warn", "platform default provider not configured (no SMTP relay)",
@@ -112,7 +112,7 @@ def _smtp_check(settings: Settings) -> Check:
 
 
 def _tenant_check(settings: Settings, engine: Engine, box: SecretBox, tenant: str) -> Check:
-    from worker.tokens import TokenProvider  # the worker's own token path, so the check is the real one
+    from transport.tokens import TokenProvider  # the worker's own token path, so the check is the real one
 
     provider = ProviderResolver(engine, box, settings).resolve_many([tenant])[tenant]
     if isinstance(provider, ProviderError):

@@ -30,12 +30,12 @@ from emulator.demo import (
 from emulator.testing import running_emulator
 from shared.activity import format_activity, recent_activity
 from shared.db import make_engine, migrate
-from shared.embedded import start_redis
 from shared.models import TERMINAL_STATES
 from shared.producer import Producer
 from shared.providers import save_graph_provider
 from shared.secretbox import SecretBox
 from shared.settings import Settings
+from tenantmail.embedded import start_redis
 
 SAMPLES: list[tuple[str, dict[str, Any]]] = [
     *[("contoso", {"to": [f"reviewer{i}@contoso.example"], "subject": f"Access review #{i} is due",
@@ -117,7 +117,7 @@ def _start_api(stack: ExitStack, engine: Any, settings: Settings, env: dict[str,
     from api.keys import create_key
 
     key = create_key(engine, "contoso", "admin", label="demo")
-    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "api"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "tenantmail.cli", "api"], env=env,
                             cwd=Path(__file__).resolve().parent.parent)
     stack.callback(_stop, proc)
     print(f"admin page http://{settings.api_host}:{settings.api_port}/ui/login  "
@@ -126,7 +126,7 @@ def _start_api(stack: ExitStack, engine: Any, settings: Settings, env: dict[str,
 
 @contextmanager
 def _worker(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "worker", "--concurrency=8"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "tenantmail.cli", "worker", "--concurrency=8"], env=env,
                             cwd=Path(__file__).resolve().parent.parent)
     try:
         yield proc

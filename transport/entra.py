@@ -1,4 +1,4 @@
-"""The MSAL boundary shared by the workers (worker.tokens) and the API's credential check
+"""The MSAL boundary shared by the workers (transport.tokens) and the API's credential check
 (api.credentials): the HTTP session MSAL is given, the credential it is handed (a client secret, or
 a certificate's private key and public certificate), and how MSAL's exceptions and error dicts
 become our errors.
@@ -11,7 +11,6 @@ from typing import Any
 import msal
 import requests
 
-from shared.certificates import split_credential
 from shared.clouds import Cloud
 from shared.errors import TokenError, TransientError
 
@@ -32,19 +31,6 @@ class TimeoutSession(requests.Session):
     def request(self, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", self._timeout_s)
         return super().request(*args, **kwargs)
-
-
-def client_credential(credential_type: str, credential: str) -> str | dict[str, str]:
-    """What MSAL's `client_credential` takes: the secret itself, or the certificate as a dict.
-
-    A certificate goes in as private key + public certificate: MSAL then signs the client
-    assertion with PS256 and names the key by its SHA-256 thumbprint (`x5t#S256`), which is what
-    Entra ID expects (MSAL calls the SHA-1 `thumbprint` form deprecated).
-    """
-    if credential_type == "certificate":
-        key_pem, cert_pem = split_credential(credential)
-        return {"private_key": key_pem, "public_certificate": cert_pem}
-    return credential
 
 
 def confidential_app(client_id: str, credential: str | dict[str, str], azure_tenant: str, cloud: Cloud,

@@ -8,7 +8,7 @@ Lookup order for a provider's token key (tenant, client id, config version):
 
 MSAL is blocking (requests), so it runs in an executor. Building the MSAL app and turning its
 error dicts and exceptions into TokenError (permanent, with the AADSTS code) or TransientError is
-shared.entra's job, the same for a client secret and a certificate.
+transport.entra's job, the same for a client secret and a certificate.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from typing import Any
 import msal
 import requests.adapters
 
-from shared.entra import TimeoutSession, acquire_for_client, confidential_app
 from shared.errors import TokenError, TransientError
+from shared.metrics import metrics
 from shared.providers import ResolvedProvider
 from shared.secretbox import SecretBox
 from shared.settings import Settings
-from worker.metrics import metrics
+from transport.entra import TimeoutSession, acquire_for_client, confidential_app
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
