@@ -12,10 +12,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 from shared.certificates import CertificateCredential, parse_certificate_pem
+from shared.clock import as_utc
 from shared.clouds import CLOUDS
 from shared.errors import ValidationFailed
 from shared.message import check_address, check_line
@@ -140,4 +141,4 @@ def _expiry(value: object) -> datetime | None:
             date.fromisoformat(value), datetime.min.time())
     except ValueError:
         raise ValidationFailed("secret_expires_at", "must be an ISO 8601 date (YYYY-MM-DD)") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return as_utc(parsed)

@@ -21,6 +21,7 @@ from api.errors import ApiError
 from api.keys import Principal
 from api.provider_input import ProviderInput, parse_provider
 from shared.certificates import CertificateCredential, parse_certificate_pem
+from shared.clock import as_utc
 from shared.clouds import resolve_cloud
 from shared.diagnosis import diagnose
 from shared.errors import DeliveryError
@@ -61,7 +62,7 @@ async def view(ctx: ApiContext, tenant_id: str) -> dict[str, Any]:
 
 
 def _status(ctx: ApiContext, row: ProviderConfig) -> str:
-    if row.secret_expires_at is not None and _aware(row.secret_expires_at) <= datetime.now(UTC):
+    if row.secret_expires_at is not None and as_utc(row.secret_expires_at) <= datetime.now(UTC):
         return "credentials_expired"
     query = select(exists().where(_N.c.tenant_id == row.tenant_id, _N.c.last_error_code == "AADSTS7000222",
                                   _N.c.updated_at >= row.created_at))
@@ -155,12 +156,10 @@ async def history(ctx: ApiContext, tenant_id: str) -> list[dict[str, Any]]:
 def _days_left(expires_at: datetime | None) -> int | None:
     if expires_at is None:
         return None
-    return (_aware(expires_at) - datetime.now(UTC)).days
+    return (as_utc(expires_at) - datetime.now(UTC)).days
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _iso(value: datetime | None) -> str | None:
-    return _aware(value).isoformat() if value else None
+    return as_utc(value).isoformat() if value else None

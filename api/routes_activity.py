@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 
 from aiohttp import web
 
-from api.activity_queries import ActivityFilter, list_activity, notification_detail, stats
 from api.context import context, principal
 from api.errors import not_found
+from shared.activity import ActivityFilter, list_activity, notification_detail, stats
+from shared.clock import as_utc
 from shared.errors import ValidationFailed
 from shared.events import recent_events
 from shared.message import check_line
@@ -101,4 +102,4 @@ def _time(raw: str | None, name: str) -> datetime | None:
         value = datetime.fromisoformat(raw)
     except ValueError:
         raise ValidationFailed(name, "must be an ISO 8601 time, e.g. 2026-01-31T12:00:00Z") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return as_utc(value)

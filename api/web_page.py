@@ -17,13 +17,13 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from api import provider_service
-from api.activity_queries import list_activity
 from api.context import context, principal
 from api.errors import ApiError
 from api.keys import authenticate
 from api.middleware import COOKIE
 from api.routes_activity import activity_filter
 from api.test_send import send_test
+from shared.activity import list_activity
 from shared.clouds import CLOUDS
 from shared.errors import ValidationFailed
 from shared.events import recent_events

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, select
 
+from shared.clock import as_utc
 from shared.models import ActivityEvent
 
 _E = ActivityEvent.__table__  # type: ignore[attr-defined]
@@ -40,4 +41,4 @@ def recent_events(engine: Engine, tenant_id: str, *, limit: int = 50) -> list[di
 
 
 def _iso(value: datetime) -> str:
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    return as_utc(value).isoformat()

@@ -19,6 +19,7 @@ from sqlalchemy import Engine, func, select
 from sqlmodel import Session
 
 from shared.certificates import CertificateCredential, client_credential
+from shared.clock import as_utc
 from shared.clouds import Cloud, resolve_cloud
 from shared.errors import ConfigurationError, NoProviderConfigured, ProviderError
 from shared.models import ProviderConfig, ProviderHistory
@@ -172,10 +173,7 @@ def _changed_fields(prev: ProviderConfig | None, row: ProviderConfig) -> list[st
 
 
 def _comparable(value: object) -> object:
-    # SQLite hands back naive UTC datetimes; compare them as aware ones.
-    if isinstance(value, datetime) and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
+    return as_utc(value) if isinstance(value, datetime) else value
 
 
 def _insert_version(

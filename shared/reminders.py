@@ -20,6 +20,7 @@ import structlog
 from sqlalchemy import Engine, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from shared.clock import as_utc
 from shared.events import insert_event
 from shared.models import ExpiryReminder, ProviderConfig
 from shared.producer import Producer
@@ -67,7 +68,7 @@ def expiring(engine: Engine, now: datetime) -> list[Expiring]:
     out = []
     with engine.connect() as conn:
         for r in conn.execute(query).mappings():
-            expires_at = _aware(r["secret_expires_at"])
+            expires_at = as_utc(r["secret_expires_at"])
             if now < expires_at <= horizon:
                 cert = r["credential_type"] == "certificate"
                 out.append(Expiring(r["tenant_id"], r["version"], expires_at, "certificate" if cert else "secret",
@@ -127,5 +128,4 @@ def _event_detail(item: Expiring, now: datetime, notification_id: str | None) ->
     return f"{head}; reminder emailed to {item.admin_contact_email} (notification {notification_id})"
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+

@@ -242,8 +242,8 @@ def _health(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _activity(settings: Settings, args: argparse.Namespace) -> int:
-    from shared.activity import print_activity
     from shared.db import make_engine
+    from tenantmail.activity_table import print_activity
 
     print_activity(make_engine(settings), tenant_id=args.tenant, limit=args.limit)
     return 0

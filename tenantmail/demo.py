@@ -28,13 +28,14 @@ from emulator.demo import (
     demo_directory,
 )
 from emulator.testing import running_emulator
-from shared.activity import format_activity, recent_activity
+from shared.activity import recent_activity
 from shared.db import make_engine, migrate
 from shared.models import TERMINAL_STATES
 from shared.producer import Producer
 from shared.providers import save_graph_provider
 from shared.secretbox import SecretBox
 from shared.settings import Settings
+from tenantmail.activity_table import format_activity
 from tenantmail.embedded import start_redis
 
 SAMPLES: list[tuple[str, dict[str, Any]]] = [

@@ -87,14 +87,29 @@ def _stored(producer: Producer, nid: str) -> dict[str, Any]:
 def _enqueue_or_reject(producer: Producer, tenant: object, message: object, key: object) -> str | None:
     """The id, or None after checking the refusal: a printable field and no row stored."""
     before = _rows(producer)
+    earlier = _keyed_id(producer, tenant, key)
     try:
         nid = producer.enqueue(tenant, message, key)  # type: ignore[arg-type]
     except ValidationFailed as exc:
         assert exc.field and exc.field.isprintable() and len(exc.field) < 200, exc.field
         assert _rows(producer) == before
         return None
-    assert _rows(producer) == before + 1 or key is not None  # a repeated key returns the stored row
+    if earlier is None:
+        assert _rows(producer) == before + 1
+        assert _keyed_id(producer, tenant, key) in (None, nid)  # stored under its key when it has one
+    else:  # a repeated key returns the stored row and stores nothing
+        assert (nid, _rows(producer)) == (earlier, before)
     return nid
+
+
+def _keyed_id(producer: Producer, tenant: object, key: object) -> str | None:
+    """The id already stored under (tenant, key), if that pair names one."""
+    if not (isinstance(tenant, str) and isinstance(key, str)):
+        return None
+    with producer._engine.connect() as conn:
+        found: str | None = conn.execute(select(_N.c.id).where(_N.c.tenant_id == tenant,
+                                                               _N.c.idempotency_key == key)).scalar()
+    return found
 
 
 def _run(test: Callable[..., None], strategy: Any) -> None:
