@@ -9,55 +9,15 @@ depth by state and the age of the oldest notification still waiting. The per-sen
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
 from api.context import context
 from api.middleware import Handler
-from shared.models import ACTIVE_STATES, Notification, State
-
-_N = Notification.__table__  # type: ignore[attr-defined]
-WAITING_STATES = (*ACTIVE_STATES, State.SENDING.value)
-
-
-class QueueCollector(Collector):
-    """Queue gauges from the database, refreshed by the scrape handler (never inside collect())."""
-
-    def __init__(self, engine: Engine, max_staleness_s: float = 2.0) -> None:
-        self._engine = engine
-        self._max_staleness_s = max_staleness_s
-        self._read_at = 0.0
-        self._depth: dict[str, int] = {}
-        self._oldest_age_s = 0.0
-
-    def refresh(self) -> None:
-        """Read the queue (blocking; run it in the executor). Scrapes closer than the staleness reuse it."""
-        now = time.time()
-        if now - self._read_at < self._max_staleness_s:
-            return
-        with self._engine.connect() as conn:
-            rows = conn.execute(select(_N.c.state, func.count()).where(_N.c.state.in_(WAITING_STATES))
-                                .group_by(_N.c.state)).all()
-            oldest = conn.execute(select(func.min(_N.c.created_at)).where(_N.c.state.in_(WAITING_STATES))).scalar()
-        depth = {str(state): int(count) for state, count in rows}
-        self._depth = {state: depth.get(state, 0) for state in WAITING_STATES}
-        self._oldest_age_s = max(0.0, now - oldest.timestamp()) if oldest is not None else 0.0
-        self._read_at = now
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        depth = GaugeMetricFamily("tenantmail_queue_depth", "Notifications not yet in a final state, by state",
-                                  labels=["state"])
-        for state, count in self._depth.items():
-            depth.add_metric([state], count)
-        yield depth
-        yield GaugeMetricFamily("tenantmail_oldest_queued_age_seconds",
-                                "Age of the oldest notification not yet in a final state", value=self._oldest_age_s)
+from shared.metrics import QueueCollector
 
 
 class ApiMetrics:

@@ -1,4 +1,5 @@
-"""Prometheus metrics of a worker process, served on `--metrics-port` (GET /metrics).
+"""Prometheus metrics of a process: a worker's registry, served on `--metrics-port` (GET /metrics), and the
+queue gauges that workers and the API both export.
 
 One registry per process; the collectors are plain objects (no connection, no server) until
 `serve()` is called at worker start.
@@ -6,7 +7,60 @@ One registry per process; the collectors are plain objects (no connection, no se
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine, func, select
+
+from shared.models import ACTIVE_STATES, Notification, State
+
+_N = Notification.__table__  # type: ignore[attr-defined]
+WAITING_STATES = (*ACTIVE_STATES, State.SENDING.value)
+
+
+class QueueCollector(Collector):
+    """The queue gauges, the one definition of them: read from the database, so every process that
+    exports them (the API, each worker) answers the same for the whole fleet.
+
+    The API refreshes them in its scrape handler, off the event loop; a worker's metrics server runs
+    collect() on a thread of its own, so there `refresh_on_collect` reads the database in collect().
+    """
+
+    def __init__(self, engine: Engine, max_staleness_s: float = 2.0, *, refresh_on_collect: bool = False) -> None:
+        self._engine = engine
+        self._max_staleness_s = max_staleness_s
+        self._refresh_on_collect = refresh_on_collect
+        self._read_at = 0.0
+        self._depth: dict[str, int] = {}
+        self._oldest_age_s = 0.0
+
+    def refresh(self) -> None:
+        """Read the queue (blocking; run it in the executor). Scrapes closer than the staleness reuse it."""
+        now = time.time()
+        if now - self._read_at < self._max_staleness_s:
+            return
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(_N.c.state, func.count()).where(_N.c.state.in_(WAITING_STATES))
+                                .group_by(_N.c.state)).all()
+            oldest = conn.execute(select(func.min(_N.c.created_at)).where(_N.c.state.in_(WAITING_STATES))).scalar()
+        depth = {str(state): int(count) for state, count in rows}
+        self._depth = {state: depth.get(state, 0) for state in WAITING_STATES}
+        self._oldest_age_s = max(0.0, now - oldest.timestamp()) if oldest is not None else 0.0
+        self._read_at = now
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        if self._refresh_on_collect:
+            self.refresh()
+        depth = GaugeMetricFamily("tenantmail_queue_depth", "Notifications not yet in a final state, by state",
+                                  labels=["state"])
+        for state, count in self._depth.items():
+            depth.add_metric([state], count)
+        yield depth
+        yield GaugeMetricFamily("tenantmail_oldest_queued_age_seconds",
+                                "Age of the oldest notification not yet in a final state", value=self._oldest_age_s)
 
 
 class Metrics:
@@ -30,13 +84,10 @@ class Metrics:
         self.ambiguous = Counter("tenantmail_ambiguous_outcomes", "Sends whose outcome cannot be known",
                                  registry=r)
         self.retries = Counter("tenantmail_retries", "Notifications rescheduled for another try", registry=r)
-        self.queue_depth = Gauge("tenantmail_queue_depth", "Notifications queued or waiting to retry",
-                                 registry=r)
-        self.oldest_queued_age = Gauge("tenantmail_oldest_queued_age_seconds",
-                                       "Age of the oldest notification not yet in a final state", registry=r)
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        """Serve /metrics on a daemon thread."""
+    def serve(self, port: int, engine: Engine, addr: str = "0.0.0.0") -> None:
+        """Serve /metrics on a daemon thread, the queue gauges read from `engine` at scrape time."""
+        self.registry.register(QueueCollector(engine, refresh_on_collect=True))
         start_http_server(port, addr=addr, registry=self.registry)
 
 

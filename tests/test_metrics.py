@@ -19,6 +19,13 @@ def _samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
+def _samples_when_up(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+    try:
+        return _samples(port)
+    except requests.ConnectionError:
+        return None
+
+
 def test_metrics_count_what_was_sent_and_refused(make_stack: Any, emulator: Any) -> None:
     # given one tenant that can send and one whose sender the Access Policy blocks
     stack = make_stack()
@@ -62,3 +69,20 @@ def test_metrics_count_platform_relay_sends_apart_from_graph(make_stack: Any, em
     assert samples[("tenantmail_smtp_sends_total", (("code", "SMTP550"), ("outcome", "failed")))] == 1
     assert not any(name == "tenantmail_graph_sends_total" for name, _ in samples)
     assert len(emulator.smtp_messages()) == 4
+
+
+def test_worker_exports_the_same_queue_gauges_as_the_api(make_stack: Any) -> None:
+    # given three notifications queued and no dispatcher to publish them
+    stack = make_stack()
+    for i in range(3):
+        stack.producer.enqueue("acme", {"to": [f"u{i}@example.org"], "subject": "hi"})
+    port = free_port()
+
+    # when a worker without a dispatcher serves its metrics
+    stack.start_workers(1, dispatcher=False, metrics_port=port)
+
+    # then its queue depth, read from the database at scrape time, is labelled by state like the API's
+    samples = wait_until(lambda: _samples_when_up(port), what="the metrics endpoint")
+    assert samples[("tenantmail_queue_depth", (("state", "queued"),))] == 3
+    assert samples[("tenantmail_queue_depth", (("state", "sending"),))] == 0
+    assert samples[("tenantmail_oldest_queued_age_seconds", ())] > 0

@@ -140,7 +140,7 @@ def run_worker(settings: Settings, *, concurrency: int, with_dispatcher: bool, h
     def _ready(**_: Any) -> None:
         runtime = get_runtime(settings, settings.redis_url or "")
         if metrics_port:
-            metrics.serve(metrics_port)
+            metrics.serve(metrics_port, runtime.engine)
         if with_dispatcher:
             holder["d"] = start_dispatcher(app, settings)
         heartbeat.beat()

@@ -31,7 +31,6 @@ from typing import Any
 import structlog
 from sqlalchemy import Engine, and_, func, insert, or_, select, update
 
-from shared.metrics import metrics
 from shared.models import ACTIVE_STATES, DeliveryAttempt, Notification, State
 from shared.settings import Settings
 from worker.batch import EPOCH_KEY
@@ -87,7 +86,6 @@ class Dispatcher:
         now_ms = int(time.time() * 1000)
         if time.monotonic() - self._last_sweep >= 1.0:
             self.sweep(now_ms)
-            self._measure_queue(now_ms)
             self._last_sweep = time.monotonic()
         chosen = self._choose(now_ms)
         if not chosen:
@@ -125,13 +123,6 @@ class Dispatcher:
                     batches.append([])
                 batches[-1].extend(ids[i:i + size])
         return [b for b in batches if b]
-
-    def _measure_queue(self, now_ms: int) -> None:
-        with self._engine.connect() as conn:
-            depth, oldest = conn.execute(
-                select(func.count(), func.min(_N.c.created_at)).where(_N.c.state.in_(ACTIVE_STATES))).one()
-        metrics.queue_depth.set(depth or 0)
-        metrics.oldest_queued_age.set(max(0.0, now_ms / 1000 - oldest.timestamp()) if oldest else 0.0)
 
     def _choose(self, now_ms: int) -> list[tuple[str, str]]:
         with self._engine.connect() as conn:
