@@ -6,64 +6,72 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import redis
 from cryptography.fernet import Fernet
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
 from emulator.demo import client_id_for, demo_directory, make_tenant, tenant_id_for
 from emulator.testing import EmulatorProcess
-from shared.db import make_engine, migrate
-from shared.models import TERMINAL_STATES, Notification
+from shared.db import migrate
 from shared.providers import save_graph_provider
 from shared.secretbox import SecretBox
 from shared.settings import Settings
 from tenantmail.embedded import start_redis
+from tenantmail.stack import ROOT, ProcessStack, stack_env, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("TENANTMAIL_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
-_N = Notification.__table__  # type: ignore[attr-defined]
 
 
 @dataclass
 class Bench:
-    """A running stack for one benchmark run."""
+    """A running stack for one benchmark run: the application's process stack plus the emulator."""
 
-    env: dict[str, str]
-    settings: Settings
-    engine: Engine
+    procs: ProcessStack
     emulator: Any
-    tmp: Path
     emulator_pid: int | None = None
-    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.procs.env
+
+    @property
+    def settings(self) -> Settings:
+        return self.procs.settings
+
+    @property
+    def engine(self) -> Engine:
+        return self.procs.engine
+
+    @property
+    def tmp(self) -> Path:
+        return self.procs.log_dir
+
+    @property
+    def workers(self) -> list[subprocess.Popen[bytes]]:
+        """The worker processes (the stack's own list: clearing it forgets them)."""
+        return self.procs.procs
 
     def start_workers(self, n: int, concurrency: int) -> None:
         """Start n worker processes and wait until one of them leads the dispatch."""
-        for i in range(len(self.workers), len(self.workers) + n):
-            log = open(self.tmp / f"worker{i}.log", "wb")
-            self.workers.append(subprocess.Popen(
-                [sys.executable, "-m", "tenantmail", "worker", f"--concurrency={concurrency}",
-                 f"--hostname=bench{i}@%h"], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
+        self.procs.start_workers(n, concurrency=concurrency, hostname="bench")
         r = redis.Redis.from_url(self.env["REDIS_URL"])
-        deadline = time.monotonic() + 60
-        while not r.exists("tm:dispatcher:leader"):
-            if time.monotonic() > deadline:
-                raise RuntimeError("workers did not start:\n" + self.logs())
-            time.sleep(0.1)
+        try:
+            wait_until(lambda: r.exists("tm:dispatcher:leader"), timeout_s=60, what="a dispatcher leader")
+        except AssertionError:
+            raise RuntimeError("workers did not start:\n" + self.logs()) from None
 
     def logs(self) -> str:
         """Worker output."""
-        return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(self.tmp.glob("worker*.log")))
+        return self.procs.logs(tail_chars=3000)
 
     def worker_cpu_s(self) -> float:
         """User+system CPU seconds used so far by the worker processes (from /proc)."""
@@ -94,16 +102,14 @@ class Bench:
 
     def wait_terminal(self, count: int, timeout_s: float) -> None:
         """Wait until `count` notifications are terminal."""
-        deadline = time.monotonic() + timeout_s
-        while self.terminal_count() < count:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"only {self.terminal_count()}/{count} finished\n" + self.logs())
-            time.sleep(0.25)
+        try:
+            wait_until(lambda: self.terminal_count() >= count, timeout_s=timeout_s, what=f"{count} to finish")
+        except AssertionError:
+            raise RuntimeError(f"only {self.terminal_count()}/{count} finished\n" + self.logs()) from None
 
     def terminal_count(self) -> int:
         """How many notifications are in a terminal state."""
-        with self.engine.connect() as conn:
-            return int(conn.scalar(select(func.count()).where(_N.c.state.in_(TERMINAL_STATES))) or 0)
+        return self.procs.terminal_count()
 
 
 def _cpu_s(pid: int | None) -> float:
@@ -134,36 +140,18 @@ def bench_stack(*, tenants: int, latency_ms: float, database: str = "postgres",
         extra = ["--token-lifetime-s", str(token_lifetime_s)] if token_lifetime_s else []
         emu_proc = EmulatorProcess(directory=directory, latency_ms=latency_ms, extra_args=extra, seed=seed)
         emu = stack.enter_context(emu_proc)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTMAIL_")}
-        env.update({
-            "DATABASE_URL": db_url, "REDIS_URL": redis_url, "PYTHONPATH": str(ROOT),
-            "TENANTMAIL_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
-            "TENANTMAIL_AUTHORITY_OVERRIDE": emu.base_url, "TENANTMAIL_GRAPH_BASE_OVERRIDE": emu.graph_base_url,
-            "TENANTMAIL_CA_BUNDLE": str(emu.ca_path), "TENANTMAIL_LOG_LEVEL": "WARNING",
-            "TENANTMAIL_STATE_DIR": str(tmp / "state"),
-        })
-        env.update(extra_env or {})
-        settings = Settings(database_url=db_url, redis_url=redis_url,
-                            encryption_keys=env["TENANTMAIL_ENCRYPTION_KEYS"])
-        engine = make_engine(settings)
-        box = SecretBox.from_settings(settings)
+        env = stack_env(database_url=db_url, redis_url=redis_url, state_dir=tmp / "state", emulator=emu, extra={
+            "PYTHONPATH": str(ROOT), "TENANTMAIL_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+            "TENANTMAIL_LOG_LEVEL": "WARNING", **(extra_env or {})})
+        procs = ProcessStack(env, tmp)
+        stack.callback(procs.stop)
+        box = SecretBox.from_settings(procs.settings)
         for i in range(tenants):
             spec = directory["tenants"][2 + i]
-            save_graph_provider(engine, box, f"t{i}", sender_address=spec["mailboxes"][0]["address"],
+            save_graph_provider(procs.engine, box, f"t{i}", sender_address=spec["mailboxes"][0]["address"],
                                 azure_tenant=tenant_id_for(i), client_id=client_id_for(i),
                                 client_secret=spec["apps"][0]["secrets"][0]["value"])
-        bench = Bench(env, settings, engine, emu, tmp, emu_proc.process.pid if emu_proc.process else None)
-        try:
-            yield bench
-        finally:
-            for p in bench.workers:
-                p.terminate()
-            for p in bench.workers:
-                try:
-                    p.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-            engine.dispose()
+        yield Bench(procs, emu, emu_proc.process.pid if emu_proc.process else None)
 
 
 @contextmanager
