@@ -10,12 +10,9 @@ is printed at the end.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from pathlib import Path
+from contextlib import ExitStack
 from typing import Any
 
 from emulator.demo import (
@@ -29,14 +26,14 @@ from emulator.demo import (
 )
 from emulator.testing import running_emulator
 from shared.activity import recent_activity
-from shared.db import make_engine, migrate
-from shared.models import TERMINAL_STATES
+from shared.db import migrate
 from shared.producer import Producer
 from shared.providers import save_graph_provider
 from shared.secretbox import SecretBox
 from shared.settings import Settings
 from tenantmail.activity_table import format_activity
 from tenantmail.embedded import start_redis
+from tenantmail.stack import ProcessStack, stack_env, stop_process
 
 SAMPLES: list[tuple[str, dict[str, Any]]] = [
     *[("contoso", {"to": [f"reviewer{i}@contoso.example"], "subject": f"Access review #{i} is due",
@@ -55,53 +52,34 @@ def run_demo(settings: Settings, *, keep_running: bool = False) -> int:
         redis_url = settings.redis_url
         if redis_url is None:
             redis_url, proc = start_redis(settings.state_dir / "redis")
-            stack.callback(_stop, proc)
+            stack.callback(stop_process, proc)
         emu = stack.enter_context(running_emulator(directory=demo_directory()))
-        env = _child_env(settings, redis_url, emu)
-        settings = Settings(**_settings_from_env(env))
+        env = stack_env(database_url=settings.database_url, redis_url=redis_url, state_dir=settings.state_dir,
+                        emulator=emu, smtp=emu.smtp_settings(), extra={
+                            "TENANTMAIL_PLATFORM_SENDER": PLATFORM_NO_REPLY,
+                            "TENANTMAIL_LOG_LEVEL": os.environ.get("TENANTMAIL_LOG_LEVEL", "WARNING")})
+        env = {**{k: v for k, v in os.environ.items() if k.startswith("TENANTMAIL_")}, **env}  # the demo's win
+        procs = ProcessStack(env, settings.state_dir / "logs")
+        stack.callback(procs.stop)
+        settings = procs.settings
         migrate(settings)
-        engine = make_engine(settings)
+        engine = procs.engine
         _configure_tenants(engine, SecretBox.from_settings(settings))
-        worker = stack.enter_context(_worker(env))
+        procs.start_workers(1, concurrency=8, inherit_output=True)
         print(f"emulator {emu.base_url}  redis {redis_url}  database {settings.database_url or 'sqlite'}")
         ids = Producer(engine, settings).enqueue_many(SAMPLES)
         print(f"enqueued {len(ids)} notifications; waiting for outcomes ...")
-        done = _wait(engine, ids, worker, timeout_s=90)
+        done = _wait(procs, ids, timeout_s=90)
         rows = [r for r in recent_activity(engine, limit=200) if r["id"] in set(ids)]
         print(format_activity(rows))
         print(f"emulator outbox: {len(emu.outbox())} message(s) accepted by Graph, "
               f"{len(emu.smtp_messages())} by the SMTP relay (platform default)")
         if keep_running:
-            _start_api(stack, engine, settings, env)
+            _start_api(procs)
             print("stack running; Ctrl-C to stop")
             _sleep_forever()
         return 0 if done else 1
     return 1
-
-
-def _child_env(settings: Settings, redis_url: str, emu: Any) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({
-        "REDIS_URL": redis_url,
-        "TENANTMAIL_STATE_DIR": str(settings.state_dir.resolve()),
-        "TENANTMAIL_AUTHORITY_OVERRIDE": emu.base_url,
-        "TENANTMAIL_GRAPH_BASE_OVERRIDE": emu.graph_base_url,
-        "TENANTMAIL_CA_BUNDLE": str(emu.ca_path),
-        **emu.smtp_settings(),
-        "TENANTMAIL_PLATFORM_SENDER": PLATFORM_NO_REPLY,
-        "TENANTMAIL_LOG_LEVEL": os.environ.get("TENANTMAIL_LOG_LEVEL", "WARNING"),
-    })
-    if settings.database_url:
-        env["DATABASE_URL"] = settings.database_url
-    return env
-
-
-def _settings_from_env(env: dict[str, str]) -> dict[str, Any]:
-    values: dict[str, Any] = {k.removeprefix("TENANTMAIL_").lower(): v for k, v in env.items()
-                              if k.startswith("TENANTMAIL_")}
-    values["redis_url"] = env["REDIS_URL"]
-    values["database_url"] = env.get("DATABASE_URL")
-    return values
 
 
 def _configure_tenants(engine: Any, box: SecretBox) -> None:
@@ -113,52 +91,24 @@ def _configure_tenants(engine: Any, box: SecretBox) -> None:
     # "fabrikam" has no configuration: it uses the platform default sender, through the SMTP relay.
 
 
-def _start_api(stack: ExitStack, engine: Any, settings: Settings, env: dict[str, str]) -> None:
+def _start_api(procs: ProcessStack) -> None:
     """The API and admin page as a child process, and an admin key for the demo tenant."""
     from api.keys import create_key
 
-    key = create_key(engine, "contoso", "admin", label="demo")
-    proc = subprocess.Popen([sys.executable, "-m", "tenantmail.cli", "api"], env=env,
-                            cwd=Path(__file__).resolve().parent.parent)
-    stack.callback(_stop, proc)
-    print(f"admin page http://{settings.api_host}:{settings.api_port}/ui/login  "
+    key = create_key(procs.engine, "contoso", "admin", label="demo")
+    procs.start("api", "api", inherit_output=True)
+    print(f"admin page http://{procs.settings.api_host}:{procs.settings.api_port}/ui/login  "
           f"API key (tenant contoso, admin; shown once): {key}")
 
 
-@contextmanager
-def _worker(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen([sys.executable, "-m", "tenantmail.cli", "worker", "--concurrency=8"], env=env,
-                            cwd=Path(__file__).resolve().parent.parent)
+def _wait(procs: ProcessStack, ids: list[str], *, timeout_s: float) -> bool:
     try:
-        yield proc
-    finally:
-        _stop(proc)
-
-
-def _wait(engine: Any, ids: list[str], worker: subprocess.Popen[bytes], *, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    wanted = set(ids)
-    while time.monotonic() < deadline:
-        rows = recent_activity(engine, limit=max(200, len(ids) * 2))
-        states = {r["id"]: r["state"] for r in rows if r["id"] in wanted}
-        if len(states) == len(ids) and all(s in TERMINAL_STATES for s in states.values()):
-            return True
-        if worker.poll() is not None:
-            print("the worker process exited early", file=sys.stderr)
-            return False
-        time.sleep(0.2)
-    print("timed out waiting for outcomes", file=sys.stderr)
-    return False
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        procs.wait_terminal(ids, timeout_s=timeout_s)
+    except AssertionError as exc:
+        reason = "the worker process exited early" if "every worker exited" in str(exc) else "timed out"
+        print(f"{reason} waiting for outcomes", file=sys.stderr)
+        return False
+    return True
 
 
 def _sleep_forever() -> None:

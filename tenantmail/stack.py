@@ -31,9 +31,14 @@ _N = Notification.__table__  # type: ignore[attr-defined]
 class EmulatorEndpoints(Protocol):
     """What a stack needs to know of a running emulator (in-thread or its own process)."""
 
-    base_url: str
-    graph_base_url: str
-    ca_path: Path
+    @property
+    def base_url(self) -> str: ...
+
+    @property
+    def graph_base_url(self) -> str: ...
+
+    @property
+    def ca_path(self) -> str | Path | None: ...
 
 
 def stack_env(*, database_url: str | None, redis_url: str, state_dir: Path, emulator: EmulatorEndpoints | None = None,
@@ -44,9 +49,9 @@ def stack_env(*, database_url: str | None, redis_url: str, state_dir: Path, emul
     if database_url:
         env["DATABASE_URL"] = database_url
     if emulator is not None:
+        env.update({"TENANTMAIL_CA_BUNDLE": str(emulator.ca_path)} if emulator.ca_path else {})
         env.update({"TENANTMAIL_AUTHORITY_OVERRIDE": emulator.base_url,
-                    "TENANTMAIL_GRAPH_BASE_OVERRIDE": emulator.graph_base_url,
-                    "TENANTMAIL_CA_BUNDLE": str(emulator.ca_path)})
+                    "TENANTMAIL_GRAPH_BASE_OVERRIDE": emulator.graph_base_url})
     env.update(smtp or {})
     env.update(extra or {})
     return env
