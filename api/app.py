@@ -13,7 +13,18 @@ import redis.asyncio as redis_async
 from aiohttp import web
 from sqlalchemy import Engine
 
-from api import metrics, middleware, openapi, routes_activity, routes_notifications, routes_provider, web_page
+from api import (
+    metrics,
+    middleware,
+    openapi,
+    routes_activity,
+    routes_keys,
+    routes_notifications,
+    routes_provider,
+    routes_webhooks,
+    web_page,
+    web_webhooks,
+)
 from api.context import CONTEXT, ApiContext
 from shared.db import migrations_current
 from shared.errors import ConfigurationError
@@ -39,6 +50,8 @@ def create_app(
     app[CONTEXT] = ctx
     app[metrics.METRICS] = metrics.ApiMetrics(engine)
     for table in (routes_provider.routes, routes_activity.routes, routes_notifications.routes, web_page.routes):
+        app.add_routes(table)
+    for table in (routes_webhooks.routes, routes_keys.routes, web_webhooks.routes):  # issue 16
         app.add_routes(table)
     app.router.add_get("/v1/openapi.json", openapi.handler)
     app.router.add_get("/healthz", _health)

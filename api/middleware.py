@@ -59,11 +59,13 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     key = _presented_key(request)
     who = await context(request).blocking(authenticate, context(request).engine, key) if key else None
+    if who is not None and who.role == "service" and request.path.startswith("/ui"):
+        who = None  # the page is for a tenant's own people; service keys work through /v1
     if who is None:
         if request.path.startswith("/ui"):
             raise web.HTTPSeeOther("/ui/login")
         raise ApiError(401, "unauthenticated", "a valid API key is required (Authorization: Bearer tm_…)")
-    request[PRINCIPAL_KEY] = who
+    request[PRINCIPAL_KEY] = who = who.acting_for(request.headers.get("X-Tenant-Id"))  # docs/api.md: service keys
     structlog.contextvars.bind_contextvars(tenant_id=who.tenant_id, key_id=who.key_id)
     try:
         return await handler(request)

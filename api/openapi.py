@@ -123,6 +123,8 @@ def _q(name: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 def document() -> dict[str, Any]:
     """The OpenAPI document."""
+    from api import openapi_webhooks  # issue 16's paths; imported here as it imports this module's helpers
+
     page = {"type": "object", "properties": {"items": {"type": "array", "items": _ref("Notification")},
                                              "next_cursor": {"type": ["string", "null"]}}}
     return {
@@ -166,12 +168,13 @@ def document() -> dict[str, Any]:
             "/v1/notifications/{id}": {"get": _op("One notification with its attempts", _ref("Notification"),
                                                   errors=("404",), params=[
                 {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}])},
+            **openapi_webhooks.paths(),
         },
         "components": {
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer", "description": "tm_<id>_<secret>"}},
             "schemas": {"Error": _ERROR, "Diagnosis": _DIAGNOSIS, "ProviderIn": {"anyOf": [_PLATFORM_IN, _PROVIDER_IN]},
                         "ProviderOut": _PROVIDER_OUT, "TestResult": _TEST_RESULT, "Notification": _NOTIFICATION,
-                        "Message": _MESSAGE},
+                        "Message": _MESSAGE, **openapi_webhooks.SCHEMAS},
         },
     }
 

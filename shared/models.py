@@ -154,17 +154,24 @@ class ProviderConfig(SQLModel, table=True):
 
 
 class ApiKey(SQLModel, table=True):
-    """An API key: its public prefix, the sha256 of the whole key, one tenant and one role."""
+    """An API key: its public prefix, the sha256 of the whole key, one tenant and one role.
+
+    A `service` key is not bound to one tenant: its `tenant_id` is "*" and `tenants` lists the tenants
+    it may act for (null: all of them); each request names one (X-Tenant-Id).
+    """
 
     __tablename__ = "api_key"
 
     id: str = Field(primary_key=True, max_length=16)  # the public prefix shown in `tm_<id>_…`
     tenant_id: str = Field(max_length=64, index=True)
-    role: str = Field(max_length=16)  # "admin" | "sender" | "viewer"
+    role: str = Field(max_length=16)  # "admin" | "sender" | "viewer" | "service"
     key_sha256: str = Field(max_length=64)
     label: str | None = Field(default=None, max_length=200)
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     revoked_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    expires_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    last_used_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    tenants: list[str] | None = Field(default=None, sa_column=Column(JSON))
 
 
 class ProviderHistory(SQLModel, table=True):
@@ -215,3 +222,83 @@ class ExpiryReminder(SQLModel, table=True):
     expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     notification_id: str | None = Field(default=None, max_length=32)  # the email, when one was sent
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class WebhookEndpoint(SQLModel, table=True):
+    """A tenant's webhook endpoint: where events go and the secret that signs them (encrypted).
+
+    A rotation keeps the previous secret (`previous_secret_enc`) signing beside the new one until
+    `previous_valid_until`, so receivers can switch over without losing a message.
+    """
+
+    __tablename__ = "webhook_endpoint"
+    __table_args__ = (Index("ix_webhook_endpoint_tenant", "tenant_id"),)
+
+    id: str = Field(primary_key=True, max_length=32)
+    tenant_id: str = Field(max_length=64)
+    url: str = Field(max_length=2048)
+    description: str | None = Field(default=None, max_length=200)
+    event_types: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    secret_enc: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    previous_secret_enc: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    previous_valid_until: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    enabled: bool = True
+    disabled_reason: str | None = Field(default=None, max_length=500)
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class WebhookEvent(SQLModel, table=True):
+    """One event (the webhook outbox): inserted in the transaction of what caused it; `id` is the
+    `webhook-id` every delivery of it carries, so receivers can drop duplicates."""
+
+    __tablename__ = "webhook_event"
+    __table_args__ = (Index("ix_webhook_event_tenant", "tenant_id", "created_at"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(max_length=64)
+    type: str = Field(max_length=64)
+    payload: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One event for one endpoint: pending → delivering (leased) → delivered, or failed after the retry window."""
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (
+        Index("ix_webhook_delivery_endpoint", "endpoint_id", "created_at"),
+        Index("ix_webhook_delivery_due", "next_attempt_ms",
+              postgresql_where=text("state = 'pending'"), sqlite_where=text("state = 'pending'")),
+    )
+
+    id: str = Field(primary_key=True, max_length=32)
+    event_id: str = Field(max_length=40)
+    endpoint_id: str = Field(max_length=32)
+    tenant_id: str = Field(max_length=64)
+    state: str = Field(default="pending", max_length=16)  # pending | delivered | failed
+    attempts: int = 0
+    next_attempt_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    lease_until_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
+    claimed_by: str | None = Field(default=None, max_length=100)
+    window_start_ms: int = Field(sa_column=Column(BigInteger, nullable=False))  # retries end webhook_retry_for_s after
+    last_status: int | None = None
+    last_error: str | None = Field(default=None, max_length=500)
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    delivered_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+
+
+class WebhookAttempt(SQLModel, table=True):
+    """One HTTP request of a delivery: the endpoint's status code (or why there was none), how long it took."""
+
+    __tablename__ = "webhook_attempt"
+    __table_args__ = (Index("ix_webhook_attempt_delivery", "delivery_id"),)
+
+    id: int | None = Field(default=None, sa_column=Column(_BIGID, primary_key=True, autoincrement=True))
+    delivery_id: str = Field(max_length=32)
+    tenant_id: str = Field(max_length=64)
+    started_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    status_code: int | None = None
+    error: str | None = Field(default=None, max_length=500)
+    latency_ms: float | None = None
+    worker: str | None = Field(default=None, max_length=100)

@@ -26,6 +26,7 @@ from shared.models import ProviderConfig, ProviderHistory
 from shared.producer import PLATFORM_TENANT_KEY
 from shared.secretbox import SecretBox
 from shared.settings import Settings
+from shared.webhooks import emit, provider_saved_event
 
 _P = ProviderConfig.__table__  # type: ignore[attr-defined]
 _H = ProviderHistory.__table__  # type: ignore[attr-defined]
@@ -189,6 +190,7 @@ def _insert_version(
         session.add(row)
         session.add(ProviderHistory(tenant_id=row.tenant_id, version=row.version, action=action,
                                     changed_fields=changed, actor=row.created_by, created_at=row.created_at))
+        emit(session.connection(), [provider_saved_event(row, action, changed)])  # webhooks, same transaction
         session.commit()
         return row.version
 

@@ -25,6 +25,7 @@ from shared.events import insert_event
 from shared.models import ExpiryReminder, ProviderConfig
 from shared.producer import Producer
 from shared.settings import Settings
+from shared.webhooks import credential_expiring_event, emit
 
 THRESHOLDS_DAYS = (30, 7)
 EVENT_KIND = "credential_expiry_reminder"
@@ -96,6 +97,8 @@ def _remind(engine: Engine, settings: Settings, item: Expiring, due: list[int], 
                 for t in due if t not in sent])
             insert_event(conn, item.tenant_id, EVENT_KIND, code=f"expires_in_{threshold}_days",
                          detail=_event_detail(item, now, notification_id), actor="beat")
+            emit(conn, [credential_expiring_event(item.tenant_id, item.version, item.credential_type,
+                                                  item.expires_at, threshold)])  # webhooks, same transaction
     except IntegrityError:  # another beat run or a retry recorded it first; this one added nothing
         return False
     log.info("expiry.reminder", tenant_id=item.tenant_id, version=item.version, threshold_days=threshold,

@@ -99,6 +99,22 @@ class Settings(BaseSettings):
     api_test_send_timeout_s: float = 20.0
     api_cookie_secure: bool = False
 
+    # Webhooks (shared.webhooks, worker.webhook_delivery): every worker runs the delivery loop; rows are
+    # claimed with conditional updates, so workers share it. A delivery is retried with backoff for
+    # `webhook_retry_for_s`, then its endpoint is disabled. Plain http and private, loopback and
+    # link-local addresses are refused unless allowed here (tests allow them for a loopback receiver).
+    webhook_retry_for_s: float = 24 * 3600.0
+    webhook_backoff_base_ms: int = 5_000
+    webhook_backoff_cap_ms: int = 3_600_000
+    webhook_poll_interval_ms: int = 500
+    webhook_lease_ms: int = 60_000
+    webhook_batch_size: int = 50
+    webhook_timeout_s: float = 10.0
+    webhook_response_max_bytes: int = 64 * 1024
+    webhook_rotation_grace_s: float = 24 * 3600.0
+    webhook_allow_http: bool = False
+    webhook_allow_private_addresses: bool = False
+
     log_level: str = "INFO"
     log_json: bool = True
 

@@ -87,7 +87,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     engine = make_engine(Settings(database_url=url))
     with engine.begin() as conn:
         conn.execute(text("TRUNCATE notification, delivery_attempt, provider_config, api_key, provider_history, "
-                          "activity_event, expiry_reminder"))
+                          "activity_event, expiry_reminder, webhook_endpoint, webhook_event, webhook_delivery, "
+                          "webhook_attempt"))
     engine.dispose()
     return url
 

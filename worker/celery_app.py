@@ -30,6 +30,7 @@ from worker.dispatcher import Dispatcher
 from worker.liveness import Heartbeat, watch_worker
 from worker.runtime import Runtime, close_runtime, get_runtime
 from worker.store import purge_finished
+from worker.webhook_delivery import attach_to_worker
 
 log = structlog.get_logger(__name__)
 QUEUE = "tenantmail"
@@ -135,6 +136,7 @@ def run_worker(settings: Settings, *, concurrency: int, with_dispatcher: bool, h
     holder: dict[str, Dispatcher] = {}
     heartbeat = Heartbeat(settings.state_dir, "worker")
     stop_watch = threading.Event()
+    attach_to_worker(settings)  # the webhook delivery loop (worker.webhook_delivery)
 
     @signals.worker_ready.connect(weak=False)  # type: ignore[untyped-decorator]
     def _ready(**_: Any) -> None:

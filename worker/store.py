@@ -22,6 +22,7 @@ from sqlalchemy.exc import OperationalError
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
 from shared.models import ACTIVE_STATES, TERMINAL_STATES, DeliveryAttempt, Notification, State
+from worker.webhook_events import emit_outcome_events
 
 log = structlog.get_logger(__name__)
 _N = Notification.__table__  # type: ignore[attr-defined]
@@ -159,6 +160,7 @@ def write_outcomes(engine: Engine, outcomes: Sequence[RowOutcome], claimed_by: s
             result = conn.execute(stmt, updates)
             if attempts:
                 conn.execute(insert(_A), attempts)
+        emit_outcome_events(conn, outcomes, now)  # webhooks: in this transaction (worker.webhook_events)
     matched = result.rowcount if result.rowcount is not None and result.rowcount >= 0 else len(updates)
     if matched < len(updates):
         log.warning("outcomes.lost_claims", expected=len(updates), matched=matched, worker=claimed_by)
