@@ -12,6 +12,7 @@ from api.context import context, principal
 from api.errors import not_found
 from api.keys import TENANT_ROLES, create_key, list_keys, revoke_key, set_key_expiry
 from api.routes_provider import read_object
+from api.routes_webhooks import path_id
 from shared.clock import as_utc
 from shared.errors import ValidationFailed
 from shared.message import check_line
@@ -47,10 +48,7 @@ def parse_new_key(body: dict[str, Any]) -> tuple[str, str | None, datetime | Non
 
 def key_id(request: web.Request) -> str:
     """The path's key id; 404 for anything that cannot be one."""
-    value = request.match_info["id"]
-    if not _KEY_ID.fullmatch(value):
-        raise not_found("key")
-    return value
+    return path_id(request, "id", _KEY_ID, "key")
 
 
 @routes.get("/v1/keys")

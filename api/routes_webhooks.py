@@ -25,20 +25,22 @@ def webhooks(ctx: ApiContext) -> Webhooks:
     return Webhooks(ctx.engine, ctx.box, ctx.settings)
 
 
-def endpoint_id(request: web.Request) -> str:
-    """The path's endpoint id; 404 for anything that cannot be one (before the database sees it)."""
-    value = request.match_info["id"]
-    if not _ENDPOINT_ID.fullmatch(value):
-        raise not_found("webhook endpoint")
+def path_id(request: web.Request, name: str, pattern: re.Pattern[str], what: str) -> str:
+    """A path parameter that must match `pattern`; 404 naming `what` otherwise (before the database sees it)."""
+    value = request.match_info[name]
+    if not pattern.fullmatch(value):
+        raise not_found(what)
     return value
+
+
+def endpoint_id(request: web.Request) -> str:
+    """The path's endpoint id."""
+    return path_id(request, "id", _ENDPOINT_ID, "webhook endpoint")
 
 
 def delivery_id(request: web.Request) -> str:
-    """The path's delivery id; 404 for anything that cannot be one."""
-    value = request.match_info["delivery_id"]
-    if not _DELIVERY_ID.fullmatch(value):
-        raise not_found("delivery")
-    return value
+    """The path's delivery id."""
+    return path_id(request, "delivery_id", _DELIVERY_ID, "delivery")
 
 
 @routes.get("/v1/webhooks")

@@ -234,7 +234,7 @@ class WebhookEndpoint(SQLModel, table=True):
     __tablename__ = "webhook_endpoint"
     __table_args__ = (Index("ix_webhook_endpoint_tenant", "tenant_id"),)
 
-    id: str = Field(primary_key=True, max_length=32)
+    id: str = Field(primary_key=True, max_length=40)
     tenant_id: str = Field(max_length=64)
     url: str = Field(max_length=2048)
     description: str | None = Field(default=None, max_length=200)
@@ -274,7 +274,7 @@ class WebhookDelivery(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=32)
     event_id: str = Field(max_length=40)
-    endpoint_id: str = Field(max_length=32)
+    endpoint_id: str = Field(max_length=40)
     tenant_id: str = Field(max_length=64)
     state: str = Field(default="pending", max_length=16)  # pending | delivered | failed
     attempts: int = 0

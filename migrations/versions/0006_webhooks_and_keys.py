@@ -29,7 +29,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('tenants', sa.JSON(), nullable=True))
 
     op.create_table('webhook_endpoint',
-    sa.Column('id', _S(length=32), nullable=False),
+    sa.Column('id', _S(length=40), nullable=False),
     sa.Column('tenant_id', _S(length=64), nullable=False),
     sa.Column('url', _S(length=2048), nullable=False),
     sa.Column('description', _S(length=200), nullable=True),
@@ -58,7 +58,7 @@ def upgrade() -> None:
     op.create_table('webhook_delivery',
     sa.Column('id', _S(length=32), nullable=False),
     sa.Column('event_id', _S(length=40), nullable=False),
-    sa.Column('endpoint_id', _S(length=32), nullable=False),
+    sa.Column('endpoint_id', _S(length=40), nullable=False),
     sa.Column('tenant_id', _S(length=64), nullable=False),
     sa.Column('state', _S(length=16), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
