@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from api.context import ApiContext, context, principal
-from api.errors import ApiError
+from api.errors import ApiError, not_found
 from api.keys import TENANT_ROLES, create_key, list_keys, revoke_key
 from api.routes_keys import key_id, parse_new_key
 from api.routes_webhooks import endpoint_id, webhooks
@@ -156,9 +156,9 @@ async def keys_revoke(request: web.Request) -> web.Response:
     """Revoke one of the tenant's keys."""
     who, ctx = principal(request, "admin"), context(request)
     kid = key_id(request)
-    done = await ctx.blocking(lambda: revoke_key(ctx.engine, kid, tenant_id=who.tenant_id))
-    note = "<p class='ok' id='revoked'>Revoked.</p>" if done else _error(ApiError(404, "not_found", "key not found"))
-    return await _keys_html(ctx, who.tenant_id, note)
+    if not await ctx.blocking(lambda: revoke_key(ctx.engine, kid, tenant_id=who.tenant_id)):
+        raise not_found("key")
+    return await _keys_html(ctx, who.tenant_id, "<p class='ok' id='revoked'>Revoked.</p>")
 
 
 async def _keys_html(ctx: ApiContext, tenant_id: str, note: str) -> web.Response:

@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from shared.errors import ConfigurationError
 from shared.logging import configure_logging
@@ -139,10 +140,14 @@ def _api_args(parser: argparse.ArgumentParser) -> None:
 
 def _keys_args(parser: argparse.ArgumentParser) -> None:
     keys = parser.add_subparsers(dest="keys_command", required=True)
-    create = keys.add_parser("create", help="create a key bound to one tenant and role; prints it once")
-    create.add_argument("--tenant", required=True)
-    create.add_argument("--role", required=True, choices=["admin", "sender", "viewer"])
+    create = keys.add_parser("create", help="create a key bound to one tenant and role (or a service key bound to "
+                                            "a list of tenants); prints it once")
+    create.add_argument("--tenant", default=None, help="the key's tenant (admin, sender, viewer)")
+    create.add_argument("--role", required=True, choices=["admin", "sender", "viewer", "service"])
+    create.add_argument("--tenants", default=None,
+                        help="service keys: the tenants it may act for, comma-separated, or '*' for all")
     create.add_argument("--label", default=None)
+    create.add_argument("--expires-at", default=None, help="ISO 8601 time after which the key is refused (UTC)")
     revoke = keys.add_parser("revoke", help="revoke a key by its id (the part after tm_)")
     revoke.add_argument("key_id")
 
@@ -206,16 +211,29 @@ def _api(settings: Settings, args: argparse.Namespace) -> int:
 
 def _keys(settings: Settings, args: argparse.Namespace) -> int:
     from api.keys import create_key, revoke_key
+    from shared.clock import as_utc
     from shared.db import make_engine
 
     engine = make_engine(settings)
     if args.keys_command == "create":
-        print(create_key(engine, args.tenant, args.role, label=args.label))
+        print(create_key(engine, args.tenant or "", args.role, label=args.label, tenants=_tenants(args),
+                         expires_at=as_utc(datetime.fromisoformat(args.expires_at)) if args.expires_at else None))
         return 0
     if revoke_key(engine, args.key_id):
         return 0
     print(f"no active key {args.key_id}", file=sys.stderr)
     return 1
+
+
+def _tenants(args: argparse.Namespace) -> list[str] | None:
+    """A service key's tenants (None: all); the other roles take --tenant instead."""
+    if args.role != "service":
+        if not args.tenant or args.tenants:
+            raise ConfigurationError("--tenant (and not --tenants) is required for the admin, sender and viewer roles")
+        return None
+    if args.tenant or not args.tenants:
+        raise ConfigurationError("a service key takes --tenants a,b (or '*' for all tenants), not --tenant")
+    return None if args.tenants.strip() == "*" else [t.strip() for t in args.tenants.split(",") if t.strip()]
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:

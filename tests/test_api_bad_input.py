@@ -32,6 +32,14 @@ WRITE_ENDPOINTS: dict[str, dict[str, Any] | None] = {
     "POST /v1/email-provider/test": {"to": "ana@example.org"},
     "POST /v1/notifications": MESSAGE,
     "POST /v1/notifications:batch": {"items": [MESSAGE]},
+    "POST /v1/webhooks": {"url": "https://hooks.acme.example/h"},
+    "PATCH /v1/webhooks/{id}": {"description": "d"},
+    "DELETE /v1/webhooks/{id}": None,
+    "POST /v1/webhooks/{id}/secret:rotate": None,
+    "POST /v1/webhooks/{id}/deliveries/{delivery_id}:replay": None,
+    "POST /v1/keys": {"role": "viewer"},
+    "PATCH /v1/keys/{id}": {"expires_at": "2099-01-01T00:00:00Z"},
+    "DELETE /v1/keys/{id}": None,
 }
 BODY_ENDPOINTS = [e for e, body in WRITE_ENDPOINTS.items() if body is not None]
 
@@ -55,6 +63,13 @@ WRONG_TYPES = [
     ("POST /v1/notifications:batch", "items", {}), ("POST /v1/notifications:batch", "items", []),
     ("POST /v1/notifications:batch", "items[0]", 5), ("POST /v1/notifications:batch", "items[0].subject", 5),
     ("POST /v1/notifications:batch", "items[0].idempotency_key", ["k"]),
+    ("POST /v1/webhooks", "url", 5), ("POST /v1/webhooks", "url", "https://hooks.acme.example/\r\nBcc: x"),
+    ("POST /v1/webhooks", "url", "https://127.0.0.1/h"), ("POST /v1/webhooks", "description", 5),
+    ("POST /v1/webhooks", "event_types", "provider.saved"), ("POST /v1/webhooks", "enabled", "yes"),
+    ("PATCH /v1/webhooks/{id}", "url", "http://hooks.acme.example/h"), ("PATCH /v1/webhooks/{id}", "event_types", []),
+    ("PATCH /v1/webhooks/{id}", "description", "a\nb"),
+    ("POST /v1/keys", "role", "service"), ("POST /v1/keys", "label", "a\r\nb"), ("POST /v1/keys", "expires_at", 5),
+    ("PATCH /v1/keys/{id}", "expires_at", "2001-01-01T00:00:00Z"),
 ]
 
 
@@ -78,8 +93,12 @@ def guarded(make_api: Callable[[Settings], ApiServer], api_settings: Settings, e
     a context manager asserting that the block changed no row of any table and sent nothing."""
     api = make_api(api_settings.model_copy(update={"api_max_body_bytes": MAX_BODY_BYTES}))
     admin = api.client("acme", "admin")
+    hook = admin.post("/v1/webhooks", json={"url": "https://hooks.acme.example/h"}).json()["id"]
     assert admin.put("/v1/email-provider", json=PROVIDER).status_code == 200
     assert admin.post("/v1/notifications", json=MESSAGE).status_code == 201
+    [delivery] = admin.get(f"/v1/webhooks/{hook}/deliveries").json()["items"]
+    spare_key = api.key("acme", "viewer")[3:15]
+    admin.ids = {"keys/{id}": f"keys/{spare_key}", "{id}": hook, "{delivery_id}": delivery["id"]}  # keys first
 
     @contextmanager
     def unchanged(case: str) -> Iterator[None]:
@@ -99,6 +118,8 @@ def _snapshot(api: ApiServer) -> dict[str, list[tuple[Any, ...]]]:
 
 def _send(client: ApiClient, endpoint: str, **kwargs: Any) -> Any:
     method, path = endpoint.split(" ", 1)
+    for placeholder, value in getattr(client, "ids", {}).items():  # the guarded tenant's webhook, delivery, key
+        path = path.replace(placeholder, value)
     return client.call(method, path, **kwargs)
 
 
