@@ -211,10 +211,10 @@ def test_retry_window_spent_disables_the_endpoint_emails_the_admin_and_replay_re
     assert admin.call("PATCH", f"/v1/webhooks/{created['id']}", json={"enabled": True}).json()["enabled"]
     receiver.up()
     assert admin.post(replay).status_code == 202
-    wait_until(lambda: receiver.raw, what="the replayed delivery")
-    assert receiver.raw == [delivery["event_id"]]
-    detail = admin.get(f"/v1/webhooks/{created['id']}/deliveries/{delivery['id']}").json()
-    assert detail["state"] == "delivered" and detail["attempt_log"][-1]["status_code"] == 204
+    detail_path = f"/v1/webhooks/{created['id']}/deliveries/{delivery['id']}"
+    detail = wait_until(lambda: (d := admin.get(detail_path).json())["state"] == "delivered" and d,
+                        what="the replayed delivery recorded")
+    assert receiver.raw == [delivery["event_id"]] and detail["attempt_log"][-1]["status_code"] == 204
     with api.engine.connect() as conn:
         kinds = conn.execute(select(ActivityEvent.__table__.c.kind)).scalars().all()  # type: ignore[attr-defined]
     assert kinds.count("webhook_endpoint_disabled") == 1
