@@ -21,6 +21,8 @@ EXPECTED = {
     "throttle": ["max_mailbox_concurrency", "throttled_429", "requests_inside_retry_after",
                  "requests_in_flight_at_429"],
     "enqueue": ["notifications_per_s"],
+    "latency": ["overhead_p50_ms", "overhead_p95_ms", "overhead_p99_ms", "sent"],
+    "http_enqueue": ["batch_notifications_per_s", "single_posts_per_s", "single_p50_ms", "single_p99_ms", "errors"],
 }
 
 
@@ -53,4 +55,4 @@ def test_bench_all_is_every_scenario():
     args = parser.parse_args(["all", "--small"])
 
     assert args.scenario == "all" and args.reps == 3 and args.small
-    assert cli.SCENARIOS == ("throughput", "fairness", "tokens", "throttle", "enqueue")
+    assert cli.SCENARIOS == ("throughput", "fairness", "tokens", "throttle", "enqueue", "latency", "http_enqueue")
