@@ -29,6 +29,8 @@ class ThroughputSize:
     per_mailbox: int = 4
     peer_messages: int = 2000
     peer_concurrency: tuple[int, ...] = (16, 64, 128)
+    strong_peer_messages: int = 6000  # the stronger peers are faster: more messages for a steady figure
+    strong_peer_concurrency: tuple[int, ...] = (32, 128)
 
     @property
     def messages(self) -> int:
@@ -37,7 +39,7 @@ class ThroughputSize:
 
 FULL = ThroughputSize()
 SMALL = ThroughputSize(tenants=4, messages_per_tenant=5, latency_ms=20, workers=1, concurrency=8,
-                       peer_messages=12, peer_concurrency=(4,))
+                       peer_messages=12, peer_concurrency=(4,), strong_peer_messages=12, strong_peer_concurrency=(4,))
 
 
 def items(size: ThroughputSize) -> list[tuple[int, dict[str, Any]]]:
@@ -62,9 +64,15 @@ def run(size: ThroughputSize, tick: Tick) -> dict[str, float]:
         tick("throughput: wire ceiling")
         figures.update(wire(bench, size))
         figures.update(peer(bench, size, tick))
+        for name, module in STRONG_PEERS.items():
+            figures.update(strong_peer(bench, size, tick, name, module))
     ours_rate = figures["msgs_per_s"]
     figures["ratio_to_wire"] = round(ours_rate / figures["wire_msgs_per_s"], 3)
     figures["ratio_to_peer"] = round(ours_rate / figures["peer_msgs_per_s"], 2)
+    for name in STRONG_PEERS:
+        figures[f"ratio_to_{name}"] = round(ours_rate / figures[f"{name}_msgs_per_s"], 2)
+    figures["ratio_to_best_peer"] = round(ours_rate / max(figures[f"{n}_msgs_per_s"] for n in (*STRONG_PEERS,
+                                                                                                 "peer")), 2)
     return figures
 
 
@@ -126,4 +134,27 @@ def peer(bench: Bench, size: ThroughputSize, tick: Tick) -> dict[str, float]:
     out.update({"peer_msgs_per_s": round(best.messages_per_s, 1), "peer_best_concurrency": best.concurrency,
                 "peer_messages": best.messages, "peer_accepted": best.accepted,
                 "peer_cpu_s_per_1000_msgs": round(best.cpu_s * 1000 / max(best.accepted, 1), 3)})
+    return out
+
+
+STRONG_PEERS = {"peer_cached": "benchmarks.peer_cached", "peer_card": "benchmarks.peer_card"}
+
+
+def strong_peer(bench: Bench, size: ThroughputSize, tick: Tick, name: str, module: str) -> dict[str, float]:
+    """A stronger peer (`benchmarks/peer_cached.py`, `benchmarks/peer_card.py`) at each concurrency; the best
+    one is reported as `<name>_msgs_per_s`."""
+    jobs = []
+    for i, (t, m) in enumerate(items(size)[: size.strong_peer_messages]):
+        jobs.append((tenant_credentials(t), {"to": m["to"], "subject": m["subject"], "body": m["body"],
+                                              "id": f"{name}-{i}"}))
+    runs = []
+    for c in size.strong_peer_concurrency:
+        tick(f"throughput: {name} -c{c}")
+        runs.append(run_peer(bench, jobs, processes=size.workers, concurrency=c, timeout_s=900,
+                             app_module=module, task=f"{name}.send_mail"))
+    best = max(runs, key=lambda r: r.messages_per_s)
+    out: dict[str, float] = {f"{name}_c{r.concurrency}_msgs_per_s": round(r.messages_per_s, 1) for r in runs}
+    out.update({f"{name}_msgs_per_s": round(best.messages_per_s, 1), f"{name}_best_concurrency": best.concurrency,
+                f"{name}_accepted": best.accepted,
+                f"{name}_cpu_s_per_1000_msgs": round(best.cpu_s * 1000 / max(best.accepted, 1), 3)})
     return out

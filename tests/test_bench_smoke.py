@@ -14,7 +14,9 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 EXPECTED = {
     "throughput": ["msgs_per_s", "p50_s", "p95_s", "p99_s", "worker_cpu_s_per_1000_msgs", "worker_peak_rss_mb_max",
-                   "wire_msgs_per_s", "peer_msgs_per_s", "peer_best_concurrency", "ratio_to_wire", "ratio_to_peer"],
+                   "wire_msgs_per_s", "peer_msgs_per_s", "peer_best_concurrency", "ratio_to_wire", "ratio_to_peer",
+                   "peer_cached_msgs_per_s", "peer_card_msgs_per_s", "ratio_to_peer_cached", "ratio_to_peer_card",
+                   "ratio_to_best_peer"],
     "fairness": ["small_p95_s", "small_p50_s", "big_sent_meanwhile"],
     "tokens": ["token_requests", "ideal_tenants_x_lifetimes", "ideal_with_refresh_margin",
                "token_requests_over_ideal"],
