@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +13,7 @@ from benchmarks.measure import MachineLoad, own_cpu_s, pct, rows_since, tenant_c
 from benchmarks.peer import run_peer
 from benchmarks.wire import render, run_wire
 from shared.producer import Producer
+from tenantmail.stack import stop_process
 
 Tick = Callable[[str], None]
 
@@ -48,19 +49,19 @@ def items(size: ThroughputSize) -> list[tuple[int, dict[str, Any]]]:
 
 
 def run(size: ThroughputSize, tick: Tick) -> dict[str, float]:
-    """One repetition: ours, then the wire ceiling, then the peer; figures with ratios."""
+    """One repetition: ours (Redis broker, then RabbitMQ when it runs here), the wire ceiling, the peers."""
     with bench_stack(tenants=size.tenants, latency_ms=size.latency_ms) as bench:
         tick("throughput: tenantmail")
         figures = ours(bench, size)
-        for p in bench.workers:  # idle workers would only add noise to the other two measurements
-            p.terminate()
-        for p in bench.workers:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        bench.workers.clear()
+        _stop_workers(bench)  # idle workers would only add noise to the other measurements
+        if rabbitmq_reachable():
+            tick("throughput: tenantmail on RabbitMQ")
+            bench.env["BROKER_URL"] = RABBIT_URL
+            on_rabbit = ours(bench, size)
+            del bench.env["BROKER_URL"]
+            _stop_workers(bench)
+            figures.update({f"rabbitmq_{k}": on_rabbit[k] for k in ("msgs_per_s", "worker_cpu_s_per_1000_msgs",
+                                                                     "p95_s")})
         tick("throughput: wire ceiling")
         figures.update(wire(bench, size))
         figures.update(peer(bench, size, tick))
@@ -76,12 +77,31 @@ def run(size: ThroughputSize, tick: Tick) -> dict[str, float]:
     return figures
 
 
+RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def rabbitmq_reachable() -> bool:
+    """RabbitMQ answers on 127.0.0.1:5672 (the machine's; the run's quorum queue is named by the broker URL)."""
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def _stop_workers(bench: Bench) -> None:
+    for p in bench.workers:
+        stop_process(p, grace_s=30)
+    bench.workers.clear()
+
+
 def ours(bench: Bench, size: ThroughputSize) -> dict[str, float]:
     """tenantmail: warm up one message per tenant, then first enqueue -> last outcome recorded."""
     producer = Producer(bench.engine, bench.settings)
+    done_before = bench.terminal_count()
     bench.start_workers(size.workers, size.concurrency)
     producer.enqueue_many([(f"t{i}", message(i)) for i in range(size.tenants)])
-    bench.wait_terminal(size.tenants, timeout_s=180)
+    bench.wait_terminal(done_before + size.tenants, timeout_s=180)
     bench.emulator.control.reset()
     cpu0 = bench.worker_cpu_s()
     load = MachineLoad(own_cpu_s(bench))
@@ -89,7 +109,7 @@ def ours(bench: Bench, size: ThroughputSize) -> dict[str, float]:
     t0 = time.time()
     for start in range(0, len(todo), 1000):
         producer.enqueue_many([(f"t{t}", m) for t, m in todo[start:start + 1000]])
-    bench.wait_terminal(size.tenants + size.messages, timeout_s=900)
+    bench.wait_terminal(done_before + size.tenants + size.messages, timeout_s=900)
     rows = rows_since(bench.engine, t0)
     elapsed = max(r.updated_at.timestamp() for r in rows) - t0
     waits = waits_s(rows)

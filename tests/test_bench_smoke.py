@@ -24,6 +24,7 @@ EXPECTED = {
                  "requests_in_flight_at_429"],
     "enqueue": ["notifications_per_s"],
     "latency": ["overhead_p50_ms", "overhead_p95_ms", "overhead_p99_ms", "sent"],
+    "control_plane": ["msgs_per_s", "pg_cpu_ms_per_msg", "pg_wal_bytes_per_msg", "worker_cpu_ms_per_msg"],
     "http_enqueue": ["batch_notifications_per_s", "single_posts_per_s", "single_p50_ms", "single_p99_ms", "errors"],
 }
 
@@ -57,4 +58,5 @@ def test_bench_all_is_every_scenario():
     args = parser.parse_args(["all", "--small"])
 
     assert args.scenario == "all" and args.reps == 3 and args.small
-    assert cli.SCENARIOS == ("throughput", "fairness", "tokens", "throttle", "enqueue", "latency", "http_enqueue")
+    assert cli.SCENARIOS == ("throughput", "fairness", "tokens", "throttle", "enqueue", "latency", "http_enqueue",
+                              "control_plane")
