@@ -175,6 +175,15 @@ _BY_CODE.update({
         "RBAC scope restricts nothing and the app can send as any mailbox.",
         "Remove the Microsoft Graph Mail.Send application permission (and its consent) and rely on the RBAC role "
         "assignment, or scope with an Application Access Policy (checked with Test-ApplicationAccessPolicy)."),
+    # Answers of Graph's directory routes (GET /applications(appId=…), read for a secret's expiry).
+    "Authorization_RequestDenied": Diagnosis(
+        "The app may not read its own registration (no Application.Read.All), so the secret's expiry could not "
+        "be read from Microsoft Graph.",
+        "Enter the secret's expiry date in the settings, or add Microsoft Graph > Application permissions > "
+        "Application.Read.All with admin consent and save again."),
+    "Request_ResourceNotFound": Diagnosis(
+        "Microsoft Graph does not know this application (client) ID in the tenant.",
+        "Check the Application (client) ID on the app's Overview page."),
 })
 
 _POLICY = Diagnosis(
