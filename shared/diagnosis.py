@@ -149,6 +149,43 @@ _BY_CODE: dict[str, Diagnosis] = {
         "Lower the sending rate for this mailbox (TENANTMAIL_MAILBOX_PACING_MS) or raise the maximum age."),
 }
 
+# Exchange RBAC for Applications (chosen by shared.access_diagnosis from the token's roles and the
+# configuration's age, since Graph answers these with the same generic ErrorAccessDenied).
+_BY_CODE.update({
+    "RbacScopeDenied": Diagnosis(
+        "The app has no Mail.Send in Entra ID, so only an Exchange RBAC for Applications role assignment can let "
+        "it send, and the sender mailbox is outside that assignment's scope (or there is no assignment).",
+        "Run Test-ServicePrincipalAuthorization -Identity <client id> -Resource <sender>: no row means no "
+        "assignment (New-ManagementRoleAssignment -App <client id> -Role \"Application Mail.Send\" "
+        "-CustomResourceScope <scope>); InScope False means widen the scope's recipient filter or use a sender "
+        "inside it; InScope True means the change is still propagating (up to 2 hours)."),
+    "RbacPropagating": Diagnosis(
+        "The app's Exchange RBAC for Applications grant was changed recently and Exchange still caches the old "
+        "one (30 minutes for an idle app, up to 2 hours for an active one).",
+        "Check with Test-ServicePrincipalAuthorization -Identity <client id> -Resource <sender> (it bypasses the "
+        "cache): InScope True means wait and Send test again; InScope False means fix the scope."),
+    "NoPermissionsInAccessToken": Diagnosis(
+        "The app has no application permission at all: no Mail.Send consented in Entra ID and no Exchange RBAC "
+        "for Applications role assignment.",
+        "Assign it with RBAC for Applications (recommended): New-ServicePrincipal, New-ManagementScope, "
+        "New-ManagementRoleAssignment -Role \"Application Mail.Send\"; check with "
+        "Test-ServicePrincipalAuthorization -Identity <client id> -Resource <sender>."),
+    "MailSendTenantWide": Diagnosis(
+        "Mail.Send is consented tenant-wide in Entra ID: Exchange RBAC for Applications grants add to it, so an "
+        "RBAC scope restricts nothing and the app can send as any mailbox.",
+        "Remove the Microsoft Graph Mail.Send application permission (and its consent) and rely on the RBAC role "
+        "assignment, or scope with an Application Access Policy (checked with Test-ApplicationAccessPolicy)."),
+    # Answers of Graph's directory routes (GET /applications(appId=…), read for a secret's expiry).
+    "Authorization_RequestDenied": Diagnosis(
+        "The app may not read its own registration (no Application.Read.All), so the secret's expiry could not "
+        "be read from Microsoft Graph.",
+        "Enter the secret's expiry date in the settings, or add Microsoft Graph > Application permissions > "
+        "Application.Read.All with admin consent and save again."),
+    "Request_ResourceNotFound": Diagnosis(
+        "Microsoft Graph does not know this application (client) ID in the tenant.",
+        "Check the Application (client) ID on the app's Overview page."),
+})
+
 _POLICY = Diagnosis(
     "The sender mailbox is outside the app's Application Access Policy.",
     "Add the sender to the policy's mail-enabled security group (or use a sender inside it), then check with "

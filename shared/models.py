@@ -145,6 +145,9 @@ class ProviderConfig(SQLModel, table=True):
     secret_enc: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
     secret_last4: str | None = Field(default=None, max_length=4)
     secret_expires_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    # Where that expiry came from: "entered" by the admin, read from "graph", the "certificate"'s notAfter,
+    # "kept" from the version before (same stored secret); None: unknown, so no reminders.
+    expiry_source: str | None = Field(default=None, max_length=16)
     credential_type: str | None = Field(default=None, max_length=16)  # "secret" | "certificate"
     cert_thumbprint: str | None = Field(default=None, max_length=40)  # SHA-1 hex, as Entra shows it
     admin_contact_email: str | None = Field(default=None, max_length=320)
@@ -176,8 +179,9 @@ class ProviderHistory(SQLModel, table=True):
     id: int | None = Field(default=None, sa_column=Column(_BIGID, primary_key=True, autoincrement=True))
     tenant_id: str = Field(max_length=64)
     version: int
-    action: str = Field(max_length=16)  # "saved" | "reverted"
+    action: str = Field(max_length=16)  # "saved" | "reverted" | "restored"
     changed_fields: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    restored_from: int | None = None  # the version a restore copied
     actor: str | None = Field(default=None, max_length=200)
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 

@@ -42,6 +42,7 @@ MATRIX: dict[str, tuple[tuple[int, int, int], tuple[int, int, int], int, int, in
     "PUT /v1/email-provider":         (ADMIN_ONLY, Q422,        401,  401,     401),
     "DELETE /v1/email-provider":      (ADMIN_ONLY, Q422,        401,  401,     401),
     "GET /v1/email-provider/history": (ALL_200,    Q422,        401,  401,     401),
+    "POST /v1/email-provider/history/{version}:restore": (ADMIN_ONLY, Q422, 401, 401, 401),
     "POST /v1/email-provider/test":   (ADMIN_ONLY, Q422,        401,  401,     401),
     "GET /v1/activity":               (ALL_200,    Q422,        401,  401,     401),
     "GET /v1/events":                 (ALL_200,    Q422,        401,  401,     401),
@@ -59,6 +60,7 @@ MATRIX: dict[str, tuple[tuple[int, int, int], tuple[int, int, int], int, int, in
     "GET /ui/email-provider":         (ALL_200,    ALL_200,     303,  303,     303),
     "POST /ui/email-provider":        (ADMIN_ONLY, ADMIN_ONLY,  303,  303,     303),
     "POST /ui/email-provider/test":   (ADMIN_ONLY, ADMIN_ONLY,  303,  303,     303),
+    "POST /ui/email-provider/restore": (ADMIN_ONLY, ADMIN_ONLY, 303,  303,     303),
     "GET /ui/activity":               (ALL_200,    ALL_200,     303,  303,     303),
 }
 PROVIDER = {"provider": "customer", "service": "microsoft_graph", "sender_address": DEMO_SENDER,
@@ -72,6 +74,7 @@ BODIES: dict[str, dict[str, Any]] = {  # what each endpoint is sent: JSON for /v
     "POST /v1/notifications:batch": {"json": {"items": [MESSAGE]}},
     "POST /ui/email-provider": {"data": PROVIDER},
     "POST /ui/email-provider/test": {"data": {"to": "ana@example.org"}},
+    "POST /ui/email-provider/restore": {"data": {"version": "1"}},
 }
 
 
@@ -115,7 +118,7 @@ def _b_rows(api: ApiServer) -> dict[str, list[tuple[Any, ...]]]:
 
 def _call(api: ApiServer, endpoint: str, context: str, key: str | None, ids: dict[str, str]) -> requests.Response:
     method, path = endpoint.split(" ", 1)
-    path = path.replace("{id}", ids[OTHER] if context == "other" else ids[OWN])
+    path = path.replace("{id}", ids[OTHER] if context == "other" else ids[OWN]).replace("{version}", "1")
     params = {"tenant_id": OTHER} if context == "other" and "{id}" not in endpoint else None
     kwargs: dict[str, Any] = dict(BODIES.get(endpoint, {}))
     session = requests.Session()
