@@ -17,15 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import redis
 from cryptography.fernet import Fernet
 from sqlalchemy import Engine, func, select
 
+from benchmarks.redis_sentinel import RedisSentinelGroup, sentinel_group
 from emulator.demo import client_id_for, demo_directory, make_tenant, tenant_id_for
 from emulator.testing import EmulatorProcess
 from shared.db import make_engine, migrate
 from shared.models import TERMINAL_STATES, Notification
 from shared.providers import save_graph_provider
+from shared.redis_client import sync_client
 from shared.secretbox import SecretBox
 from shared.settings import Settings
 from tenantmail.embedded import start_redis
@@ -46,6 +47,7 @@ class Bench:
     tmp: Path
     emulator_pid: int | None = None
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    sentinel: RedisSentinelGroup | None = None  # when Redis is a Sentinel group rather than one server
 
     def start_workers(self, n: int, concurrency: int) -> None:
         """Start n worker processes and wait until one of them leads the dispatch."""
@@ -54,7 +56,7 @@ class Bench:
             self.workers.append(subprocess.Popen(
                 [sys.executable, "-m", "tenantmail", "worker", f"--concurrency={concurrency}",
                  f"--hostname=bench{i}@%h"], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
-        r = redis.Redis.from_url(self.env["REDIS_URL"])
+        r = sync_client(self.env["REDIS_URL"])
         deadline = time.monotonic() + 60
         while not r.exists("tm:dispatcher:leader"):
             if time.monotonic() > deadline:
@@ -119,15 +121,17 @@ def _cpu_s(pid: int | None) -> float:
 @contextmanager
 def bench_stack(*, tenants: int, latency_ms: float, database: str = "postgres",
                 extra_env: dict[str, str] | None = None, token_lifetime_s: int | None = None,
-                pg_admin_url: str = PG_ADMIN_URL, seed: int | None = None) -> Iterator[Bench]:
+                pg_admin_url: str = PG_ADMIN_URL, seed: int | None = None,
+                sentinel: bool = False) -> Iterator[Bench]:
     """Start Redis, a fresh database, the emulator with `tenants` tenants, and configure them.
 
     `pg_admin_url` is the PostgreSQL server that gets the fresh database; `seed` makes the
-    emulator's ids and fault rolls repeat."""
+    emulator's ids and fault rolls repeat; `sentinel` runs Redis as a Sentinel group (a master, a
+    replica, three sentinels) instead of one server."""
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tm-bench-")))
-        redis_url, redis_proc = start_redis(tmp / "redis")
-        stack.callback(lambda: (redis_proc.terminate(), redis_proc.wait()))
+        group = stack.enter_context(sentinel_group(tmp / "redis")) if sentinel else None
+        redis_url = group.url if group else _private_redis(stack, tmp / "redis")
         db_url = stack.enter_context(_database(database, tmp, pg_admin_url))
         directory = demo_directory()
         directory["tenants"] += [make_tenant(i) for i in range(tenants)]
@@ -152,7 +156,8 @@ def bench_stack(*, tenants: int, latency_ms: float, database: str = "postgres",
             save_graph_provider(engine, box, f"t{i}", sender_address=spec["mailboxes"][0]["address"],
                                 azure_tenant=tenant_id_for(i), client_id=client_id_for(i),
                                 client_secret=spec["apps"][0]["secrets"][0]["value"])
-        bench = Bench(env, settings, engine, emu, tmp, emu_proc.process.pid if emu_proc.process else None)
+        bench = Bench(env, settings, engine, emu, tmp, emu_proc.process.pid if emu_proc.process else None,
+                      sentinel=group)
         try:
             yield bench
         finally:
@@ -164,6 +169,13 @@ def bench_stack(*, tenants: int, latency_ms: float, database: str = "postgres",
                 except subprocess.TimeoutExpired:
                     p.kill()
             engine.dispose()
+
+
+def _private_redis(stack: ExitStack, state_dir: Path) -> str:
+    url, proc = start_redis(state_dir)
+    stack.callback(proc.wait)  # callbacks run last in, first out: terminate, then wait
+    stack.callback(proc.terminate)
+    return url
 
 
 @contextmanager
