@@ -30,6 +30,9 @@ class ApiMetrics:
         self.latency = Histogram("tenantmail_api_request_seconds", "API request latency by route", ["route"],
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
                                  registry=self.registry)
+        self.ratelimit_fail_open = Counter(
+            "tenantmail_ratelimit_fail_open", "Uses admitted without a rate limit check because Redis did not "
+            "answer, by limit", ["limit"], registry=self.registry)
         self.queue = QueueCollector(engine)
         self.registry.register(self.queue)
 

@@ -1,5 +1,5 @@
 """`tenantmail` command line: demo (the main command), worker, dispatcher, beat, api, keys, migrate, doctor,
-health, activity; emulator, bench and chaos for development.
+health, activity; emulator, bench, chaos and soak for development.
 
 Subcommands are registered lazily: only the chosen command's module is imported, so a production
 `tenantmail worker` never loads the emulator or the benchmarks (nor their dependencies, which live in
@@ -57,6 +57,9 @@ COMMANDS: dict[str, Command] = {
     "chaos": Command("deliver while workers die, Redis is flushed and PostgreSQL restarts; check nothing is lost "
                      "or duplicated (development)", "benchmarks.chaos:add_arguments", "benchmarks.chaos:main",
                      needs_settings=False),
+    "soak": Command("steady load with sparse faults for N minutes; check worker memory and file descriptors, "
+                    "database connections and Redis do not grow (development)", "benchmarks.soak:add_arguments",
+                    "benchmarks.soak:main", needs_settings=False),
 }
 
 

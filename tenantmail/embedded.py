@@ -34,10 +34,12 @@ def redis_server_binary() -> str:
     return str(redis_server.REDIS_SERVER_PATH)
 
 
-def start_redis(state_dir: Path, *, timeout_s: float = 10.0) -> tuple[str, subprocess.Popen[bytes]]:
-    """Start a private redis-server on a free loopback port; returns its URL and process."""
+def start_redis(state_dir: Path, *, timeout_s: float = 10.0, port: int | None = None
+                ) -> tuple[str, subprocess.Popen[bytes]]:
+    """Start a private redis-server on a loopback port (a free one unless given: tests restart one
+    where it was); returns its URL and process."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen(
         [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--dir", str(state_dir.resolve()), "--maxmemory-policy", "noeviction"],

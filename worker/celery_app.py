@@ -3,8 +3,8 @@
 Tasks carry batches of notification ids, never payloads or secrets. Messages are acknowledged
 when a task starts: the database, not the broker, is what guarantees delivery (see
 worker.dispatcher), so broker redeliveries are neither needed nor wanted. The broker is Redis by
-default; a BROKER_URL of amqp:// selects RabbitMQ with a quorum queue (Redis stays the token cache
-and throttle store).
+default (a single server or a Sentinel group: shared.redis_client); a BROKER_URL of amqp:// selects
+RabbitMQ with a quorum queue (Redis stays the token cache and throttle store).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import threading
 import time
 from typing import Any
 
-import redis as redis_sync
 import structlog
 from celery import Celery, signals
 from celery.beat import PersistentScheduler
@@ -23,6 +22,7 @@ from kombu.entity import Queue
 from shared.db import make_engine
 from shared.errors import ConfigurationError
 from shared.metrics import metrics
+from shared.redis_client import celery_broker, sync_client
 from shared.reminders import send_due_reminders
 from shared.settings import Settings
 from worker.batch import deliver_batch
@@ -43,6 +43,7 @@ def create_celery(settings: Settings) -> Celery:
     broker = settings.effective_broker_url
     if not broker or not settings.redis_url:
         raise ConfigurationError("REDIS_URL (and optionally BROKER_URL) must be set for workers")
+    broker, sentinel_options = celery_broker(broker)  # a Sentinel group: kombu wants its name apart
     app = Celery("tenantmail", broker=broker, set_as_current=False)
     if broker.startswith(("amqp://", "amqps://", "pyamqp://")):
         # RabbitMQ: a durable quorum queue (replicated, no visibility timeout), publisher confirms.
@@ -56,7 +57,7 @@ def create_celery(settings: Settings) -> Celery:
         task_send_sent_event=False, broker_pool_limit=16,
     )
     if not broker.startswith(("amqp://", "amqps://", "pyamqp://")):
-        app.conf.broker_transport_options = {"visibility_timeout": 600}
+        app.conf.broker_transport_options = {"visibility_timeout": 600, **sentinel_options}
     redis_url = settings.redis_url
 
     @app.task(name=TASK, ignore_result=True)  # type: ignore[untyped-decorator]
@@ -96,7 +97,7 @@ def start_dispatcher(app: Celery, settings: Settings) -> Dispatcher:
     """Start a (standby) dispatcher on a daemon thread of this process."""
     assert settings.redis_url
     dispatcher = Dispatcher(
-        make_engine(settings, pool_size=2), redis_sync.Redis.from_url(settings.redis_url, socket_timeout=10),
+        make_engine(settings, pool_size=2), sync_client(settings.redis_url),
         publisher(app), settings,
     )
     threading.Thread(target=dispatcher.run, name="tm-dispatcher", daemon=True).start()
