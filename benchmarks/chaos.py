@@ -38,7 +38,7 @@ from benchmarks.private_pg import PrivatePostgres, private_postgres
 from shared.models import DeliveryAttempt, Notification
 from shared.producer import EnqueueItem, Producer
 from shared.redis_client import sync_client
-from worker.throttle import sendmark_key
+from worker.sendmarks import mark_key
 
 _N = Notification.__table__  # type: ignore[attr-defined]
 _A = DeliveryAttempt.__table__  # type: ignore[attr-defined]
@@ -224,7 +224,7 @@ class ChaosRun:
                         _N.c.state == "sending", _N.c.claimed_by.like(f"%:{pid}/%"))))
             except OperationalError:
                 ids = []
-            started = sum(v is not None for v in self.redis.mget([sendmark_key(i) for i in ids])) if ids else 0
+            started = sum(v is not None for v in self.redis.mget([mark_key(i) for i in ids])) if ids else 0
             found = {"sending_rows": len(ids), "sends_started": started}
             if started:
                 break
@@ -294,7 +294,7 @@ class ChaosRun:
         total = {"requeued": 0, "ambiguous": 0, "sent": 0}
         for log in self.bench.tmp.glob("worker*.log"):
             for line in log.read_text(errors="replace").splitlines():
-                if "dispatcher.recovered" in line:
+                if "sweeper.recovered" in line:
                     try:
                         entry = json.loads(line)
                     except ValueError:

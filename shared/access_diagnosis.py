@@ -10,6 +10,7 @@ propagating.
 
 from __future__ import annotations
 
+from shared.codes import Code
 from shared.diagnosis import Diagnosis, diagnose
 
 PROPAGATION_S = 2 * 3600  # Exchange caches RBAC for Applications grants up to 2 hours for an active app
@@ -23,10 +24,10 @@ def access_diagnosis(code: str | None, message: str | None, *, token_roles: list
         if message and ("RAOP" in message or "AccessPolicy" in message):
             return diagnose(code, message)
         recent = config_age_s is not None and config_age_s < PROPAGATION_S
-        return diagnose("RbacPropagating" if recent else "RbacScopeDenied")
+        return diagnose(Code.RBAC_PROPAGATING if recent else Code.RBAC_SCOPE_DENIED)
     return diagnose(code, message)
 
 
 def consent_notice(token_roles: list[str]) -> Diagnosis | None:
     """A warning when Mail.Send is consented tenant-wide (an RBAC scope then restricts nothing)."""
-    return diagnose("MailSendTenantWide") if "Mail.Send" in token_roles else None
+    return diagnose(Code.MAIL_SEND_TENANT_WIDE) if "Mail.Send" in token_roles else None

@@ -57,10 +57,16 @@ class Notification(SQLModel, table=True):
             sqlite_where=text("state IN ('queued', 'retry_wait')"),
         ),
         Index(
-            "ix_notification_lease",
-            "lease_until_ms",
-            postgresql_where=text("state IN ('queued', 'retry_wait', 'sending')"),
-            sqlite_where=text("state IN ('queued', 'retry_wait', 'sending')"),
+            "ix_notification_dispatch_lease",
+            "dispatch_lease_until_ms",
+            postgresql_where=text("state IN ('queued', 'retry_wait')"),
+            sqlite_where=text("state IN ('queued', 'retry_wait')"),
+        ),
+        Index(
+            "ix_notification_send_lease",
+            "send_lease_until_ms",
+            postgresql_where=text("state = 'sending'"),
+            sqlite_where=text("state = 'sending'"),
         ),
     )
 
@@ -74,7 +80,10 @@ class Notification(SQLModel, table=True):
     sent_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
     fair_rank: int = Field(sa_column=Column(BigInteger, nullable=False))
     next_attempt_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
-    lease_until_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
+    # Published and not yet claimed: the broker may have lost it once this passes (queued, retry_wait).
+    dispatch_lease_until_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
+    # Claimed: the worker renews this while it sends; once it passes the sweeper takes over (sending).
+    send_lease_until_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
     claimed_by: str | None = Field(default=None, max_length=100)
     attempts: int = 0
     ambiguous_count: int = 0

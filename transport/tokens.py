@@ -24,12 +24,14 @@ from typing import Any
 import msal
 import requests.adapters
 
+from shared.codes import Code
 from shared.errors import TokenError, TransientError
 from shared.metrics import metrics
 from shared.providers import ResolvedProvider
 from shared.secretbox import SecretBox
 from shared.settings import Settings
 from transport.entra import TimeoutSession, acquire_for_client, confidential_app
+from transport.redis_errors import redis_boundary
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -86,7 +88,8 @@ class TokenProvider:
             if failure and failure[0] > time.time():
                 raise failure[1]
             try:
-                token = await self._from_redis_or_entra(provider)
+                with redis_boundary("token cache"):
+                    token = await self._from_redis_or_entra(provider)
             except TokenError as exc:
                 self._failures[key] = (time.time() + _FAILURE_TTL_S, exc)
                 raise
@@ -102,9 +105,10 @@ class TokenProvider:
         key = provider.token_key
         if (hit := self._local.get(key)) and hit.access_token == access_token:
             del self._local[key]
-        cached = await self._read_redis(key)
-        if cached and cached.access_token == access_token:
-            await self._redis.delete(f"tm:tok:{key}")
+        with redis_boundary("token cache"):
+            cached = await self._read_redis(key)
+            if cached and cached.access_token == access_token:
+                await self._redis.delete(f"tm:tok:{key}")
         app = self._apps.get(key)
         if app is not None:
             for at in list(app.token_cache.search(msal.TokenCache.CredentialType.ACCESS_TOKEN)):
@@ -126,7 +130,7 @@ class TokenProvider:
                 if token is not None:
                     return token
             if time.monotonic() > deadline:
-                raise TransientError("another worker holds the token lock too long", code="TokenLockTimeout")
+                raise TransientError("another worker holds the token lock too long", code=Code.TOKEN_LOCK_TIMEOUT)
             await asyncio.sleep(0.05)
 
     def _acquire_locked(self, provider: ResolvedProvider) -> CachedToken | None:

@@ -27,6 +27,7 @@ from shared.settings import Settings
 from transport.graph import GraphClient
 from transport.smtp import SmtpRelayClient
 from transport.tokens import TokenProvider
+from worker.sendmarks import SendMarks
 from worker.throttle import MailboxThrottle
 
 T = TypeVar("T")
@@ -64,6 +65,7 @@ class Runtime:
             self.redis, limit=s.mailbox_concurrency, lease_ms=int(s.http_timeout_s * 1000) + 5_000,
             pacing_ms=s.mailbox_pacing_ms,
         )
+        self.marks = SendMarks(self.redis)
         self.tokens = TokenProvider(self.redis, self.redis_sync, self.box, s, self._executor)
         # The platform default's relay; connections open on first use and are reused after.
         self.smtp = SmtpRelayClient(s) if s.smtp_host else None
