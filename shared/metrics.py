@@ -30,6 +30,16 @@ class Metrics:
         self.ambiguous = Counter("tenantmail_ambiguous_outcomes", "Sends whose outcome cannot be known",
                                  registry=r)
         self.retries = Counter("tenantmail_retries", "Notifications rescheduled for another try", registry=r)
+        self.notification_latency = Histogram(
+            "tenantmail_notification_latency_seconds", "From enqueue to a final outcome written (sent, failed, "
+            "ambiguous)", buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 1800, 3600, 4 * 3600, 24 * 3600),
+            registry=r)
+        self.token_errors = Counter("tenantmail_token_errors", "Token requests Entra ID refused or that failed, by "
+                                    "code (AADSTS<n>, or the transient error's code)", ["code"], registry=r)
+        self.dispatcher_leader = Gauge("tenantmail_dispatcher_leader", "1 while this process's dispatcher holds "
+                                       "the fleet-wide leader lease", registry=r)
+        self.worker_live = Gauge("tenantmail_worker_live", "1 while this worker is live (its event loop answers "
+                                 "and its batches make progress), as `tenantmail health worker` judges", registry=r)
         self.queue_depth = Gauge("tenantmail_queue_depth", "Notifications queued or waiting to retry",
                                  registry=r)
         self.oldest_queued_age = Gauge("tenantmail_oldest_queued_age_seconds",

@@ -1,5 +1,5 @@
-"""`tenantmail` command line: demo (the main command), worker, dispatcher, beat, api, keys, migrate, doctor,
-health, activity; emulator, bench and chaos for development.
+"""`tenantmail` command line: demo (the main command), worker, dispatcher, beat, api, keys, secrets, migrate,
+doctor, health, activity; emulator, bench and chaos for development.
 
 Subcommands are registered lazily: only the chosen command's module is imported, so a production
 `tenantmail worker` never loads the emulator or the benchmarks (nor their dependencies, which live in
@@ -43,6 +43,8 @@ COMMANDS: dict[str, Command] = {
                     "tenantmail.cli:_no_args", "tenantmail.cli:_beat"),
     "api": Command("serve the HTTP API and the admin web page", "tenantmail.cli:_api_args", "tenantmail.cli:_api"),
     "keys": Command("manage API keys", "tenantmail.cli:_keys_args", "tenantmail.cli:_keys"),
+    "secrets": Command("re-encrypt stored credentials and cached tokens under the newest encryption key",
+                       "tenantmail.cli:_secrets_args", "tenantmail.cli:_secrets"),
     "migrate": Command("upgrade the database schema", "tenantmail.cli:_no_args", "tenantmail.cli:_migrate"),
     "doctor": Command("check configuration, database, Redis and a tenant's provider", "tenantmail.cli:_doctor_args",
                       "tenantmail.cli:_doctor"),
@@ -147,6 +149,12 @@ def _keys_args(parser: argparse.ArgumentParser) -> None:
     revoke.add_argument("key_id")
 
 
+def _secrets_args(parser: argparse.ArgumentParser) -> None:
+    secrets = parser.add_subparsers(dest="secrets_command", required=True)
+    secrets.add_parser("rotate", help="re-encrypt every credential version and cached token under the first key of "
+                                      "TENANTMAIL_ENCRYPTION_KEYS (checks all first; idempotent)")
+
+
 def _doctor_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tenant", default=None, help="also check that this tenant's provider gets a token")
 
@@ -216,6 +224,24 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     print(f"no active key {args.key_id}", file=sys.stderr)
     return 1
+
+
+def _secrets(settings: Settings, args: argparse.Namespace) -> int:
+    import redis
+
+    from shared.db import make_engine
+    from shared.errors import SecretsUndecryptable
+    from shared.secretbox import SecretBox
+    from tenantmail.rotation import rotate_all
+
+    client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
+    try:
+        report = rotate_all(make_engine(settings), SecretBox.from_settings(settings), client)
+    except SecretsUndecryptable as exc:
+        print(f"tenantmail secrets rotate: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(report.lines()))
+    return 0
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
