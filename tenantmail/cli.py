@@ -38,7 +38,8 @@ COMMANDS: dict[str, Command] = {
                     "tenantmail.cli:_demo_args", "tenantmail.cli:_demo"),
     "worker": Command("run a Celery delivery worker (threads pool)", "tenantmail.cli:_worker_args",
                       "tenantmail.cli:_worker"),
-    "dispatcher": Command("run only the dispatcher loop", "tenantmail.cli:_no_args", "tenantmail.cli:_dispatcher"),
+    "dispatcher": Command("run only the dispatcher loop", "tenantmail.cli:_dispatcher_args",
+                          "tenantmail.cli:_dispatcher"),
     "beat": Command("run the scheduler (exactly one): retention purge, credential expiry reminders",
                     "tenantmail.cli:_no_args", "tenantmail.cli:_beat"),
     "api": Command("serve the HTTP API and the admin web page", "tenantmail.cli:_api_args", "tenantmail.cli:_api"),
@@ -134,6 +135,11 @@ def _worker_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
 
 
+def _dispatcher_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus /metrics (tenantmail_dispatcher_leader, queue gauges) on this port")
+
+
 def _api_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=None)
     parser.add_argument("--port", type=int, default=None)
@@ -186,8 +192,11 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _dispatcher(settings: Settings, args: argparse.Namespace) -> int:
+    from shared.metrics import metrics
     from worker.celery_app import create_celery, start_dispatcher
 
+    if port := args.metrics_port or settings.metrics_port:
+        metrics.serve(port)
     dispatcher = start_dispatcher(create_celery(settings), settings)
     signal.signal(signal.SIGTERM, lambda *_: dispatcher.stop_event.set())
     try:

@@ -8,10 +8,12 @@ import socket
 import time
 import uuid
 from collections.abc import Sequence
+from datetime import UTC
 
 import structlog
 
-from shared.models import State
+from shared.metrics import metrics
+from shared.models import TERMINAL_STATES, State
 from worker.delivery import Sender
 from worker.liveness import progress
 from worker.runtime import Runtime
@@ -62,12 +64,22 @@ def _deliver(runtime: Runtime, ids: Sequence[str]) -> dict[str, int]:
             # Still sending: keep the claim alive so the sweeper never mistakes us for dead.
             renew_leases(runtime.engine, [r.id for r in rows], claimed_by, s.send_lease_ms)
     write_outcomes(runtime.engine, outcomes, claimed_by)
+    _observe_latency(outcomes, time.time())
     runtime.submit(_clear_marks(runtime, outcomes))
     counts: dict[str, int] = {}
     for o in outcomes:
         counts[o.state.value] = counts.get(o.state.value, 0) + 1
     log.debug("batch.done", claimed=len(rows), asked=len(ids), **counts)
     return counts
+
+
+def _observe_latency(outcomes: Sequence[RowOutcome], now: float) -> None:
+    """Enqueue → final outcome, for rows that just reached one (SQLite returns naive UTC datetimes)."""
+    for o in outcomes:
+        if o.state.value in TERMINAL_STATES:
+            created = o.row.created_at
+            created = created if created.tzinfo is not None else created.replace(tzinfo=UTC)
+            metrics.notification_latency.observe(max(0.0, now - created.timestamp()))
 
 
 async def _clear_marks(runtime: Runtime, outcomes: Sequence[RowOutcome]) -> None:
