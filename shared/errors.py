@@ -3,6 +3,7 @@
     TenantmailError
     ├── ValidationFailed            bad input from a producer or an admin; names the field
     ├── ConfigurationError          our own settings are wrong or missing
+    │   └── SecretsUndecryptable    stored credentials no configured encryption key opens
     ├── ProviderError               a tenant's provider cannot be used
     │   └── NoProviderConfigured
     └── DeliveryError               something went wrong on the way to a message being accepted
@@ -46,6 +47,17 @@ class ValidationFailed(TenantmailError, ValueError):
 
 class ConfigurationError(TenantmailError):
     """A setting of tenantmail itself is missing or inconsistent."""
+
+
+class SecretsUndecryptable(ConfigurationError):
+    """Stored credentials that no key in TENANTMAIL_ENCRYPTION_KEYS opens; `versions` lists (tenant, version)."""
+
+    def __init__(self, versions: list[tuple[str, int]]) -> None:
+        named = ", ".join(f"tenant {tenant} version {version}" for tenant, version in versions)
+        super().__init__(f"no configured encryption key opens the stored credential of {named}; nothing was "
+                         "re-encrypted. Put the key that encrypted it back in TENANTMAIL_ENCRYPTION_KEYS, or save "
+                         "that configuration again")
+        self.versions = versions
 
 
 class ProviderError(TenantmailError):

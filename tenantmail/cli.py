@@ -1,5 +1,5 @@
-"""`tenantmail` command line: demo (the main command), worker, dispatcher, beat, api, keys, migrate, doctor,
-health, activity; emulator, bench, chaos and soak for development.
+"""`tenantmail` command line: demo (the main command), worker, dispatcher, beat, api, keys, secrets, migrate,
+doctor, health, activity; emulator, bench, chaos and soak for development.
 
 Subcommands are registered lazily: only the chosen command's module is imported, so a production
 `tenantmail worker` never loads the emulator or the benchmarks (nor their dependencies, which live in
@@ -38,11 +38,14 @@ COMMANDS: dict[str, Command] = {
                     "tenantmail.cli:_demo_args", "tenantmail.cli:_demo"),
     "worker": Command("run a Celery delivery worker (threads pool)", "tenantmail.cli:_worker_args",
                       "tenantmail.cli:_worker"),
-    "dispatcher": Command("run only the dispatcher loop", "tenantmail.cli:_no_args", "tenantmail.cli:_dispatcher"),
+    "dispatcher": Command("run only the dispatcher loop", "tenantmail.cli:_dispatcher_args",
+                          "tenantmail.cli:_dispatcher"),
     "beat": Command("run the scheduler (exactly one): retention purge, credential expiry reminders",
                     "tenantmail.cli:_no_args", "tenantmail.cli:_beat"),
     "api": Command("serve the HTTP API and the admin web page", "tenantmail.cli:_api_args", "tenantmail.cli:_api"),
     "keys": Command("manage API keys", "tenantmail.cli:_keys_args", "tenantmail.cli:_keys"),
+    "secrets": Command("re-encrypt stored credentials and cached tokens under the newest encryption key",
+                       "tenantmail.cli:_secrets_args", "tenantmail.cli:_secrets"),
     "migrate": Command("upgrade the database schema", "tenantmail.cli:_no_args", "tenantmail.cli:_migrate"),
     "doctor": Command("check configuration, database, Redis and a tenant's provider", "tenantmail.cli:_doctor_args",
                       "tenantmail.cli:_doctor"),
@@ -135,6 +138,11 @@ def _worker_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
 
 
+def _dispatcher_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus /metrics (tenantmail_dispatcher_leader, queue gauges) on this port")
+
+
 def _api_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=None)
     parser.add_argument("--port", type=int, default=None)
@@ -148,6 +156,12 @@ def _keys_args(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--label", default=None)
     revoke = keys.add_parser("revoke", help="revoke a key by its id (the part after tm_)")
     revoke.add_argument("key_id")
+
+
+def _secrets_args(parser: argparse.ArgumentParser) -> None:
+    secrets = parser.add_subparsers(dest="secrets_command", required=True)
+    secrets.add_parser("rotate", help="re-encrypt every credential version and cached token under the first key of "
+                                      "TENANTMAIL_ENCRYPTION_KEYS (checks all first; idempotent)")
 
 
 def _doctor_args(parser: argparse.ArgumentParser) -> None:
@@ -181,8 +195,12 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _dispatcher(settings: Settings, args: argparse.Namespace) -> int:
+    from shared.db import make_engine
+    from shared.metrics import metrics
     from worker.celery_app import create_celery, start_dispatcher
 
+    if port := args.metrics_port or settings.metrics_port:
+        metrics.serve(port, make_engine(settings, pool_size=1))
     dispatcher = start_dispatcher(create_celery(settings), settings)
     signal.signal(signal.SIGTERM, lambda *_: dispatcher.stop_event.set())
     try:
@@ -219,6 +237,24 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     print(f"no active key {args.key_id}", file=sys.stderr)
     return 1
+
+
+def _secrets(settings: Settings, args: argparse.Namespace) -> int:
+    import redis
+
+    from shared.db import make_engine
+    from shared.errors import SecretsUndecryptable
+    from shared.secretbox import SecretBox
+    from tenantmail.rotation import rotate_all
+
+    client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
+    try:
+        report = rotate_all(make_engine(settings), SecretBox.from_settings(settings), client)
+    except SecretsUndecryptable as exc:
+        print(f"tenantmail secrets rotate: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(report.lines()))
+    return 0
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:

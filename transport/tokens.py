@@ -38,6 +38,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 _FAILURE_TTL_S = 30.0
+TOKEN_KEY_PATTERN = "tm:tok:*"  # every cached token (`tm:tok:<token key>`), for key rotation
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +92,11 @@ class TokenProvider:
                 with redis_boundary("token cache"):
                     token = await self._from_redis_or_entra(provider)
             except TokenError as exc:
+                metrics.token_errors.labels(exc.code or "").inc()
                 self._failures[key] = (time.time() + _FAILURE_TTL_S, exc)
                 raise
-            except TransientError:
+            except TransientError as exc:
+                metrics.token_errors.labels(exc.code or "").inc()
                 if hit and time.time() < hit.expires_at - 30:
                     return hit.access_token  # a refresh failed; the current token is still good
                 raise

@@ -10,12 +10,14 @@ from collections.abc import Sequence
 
 import structlog
 
-from shared.models import State
+from shared.clock import as_utc
+from shared.metrics import metrics
+from shared.models import TERMINAL_STATES, State
 from worker.delivery import Sender
 from worker.liveness import progress
 from worker.runtime import Runtime
 from worker.sendmarks import current_epoch
-from worker.store import claim, renew_leases, write_outcomes
+from worker.store import RowOutcome, claim, renew_leases, write_outcomes
 
 log = structlog.get_logger(__name__)
 
@@ -55,8 +57,16 @@ def _deliver(runtime: Runtime, ids: Sequence[str]) -> dict[str, int]:
     write_outcomes(runtime.engine, outcomes, claimed_by)
     # Once an outcome is recorded the row's fate is in the database; its send mark is no longer needed.
     runtime.submit(runtime.marks.clear([o.row.id for o in outcomes if o.state is not State.SENDING]))
+    _observe_latency(outcomes, time.time())
     counts: dict[str, int] = {}
     for o in outcomes:
         counts[o.state.value] = counts.get(o.state.value, 0) + 1
     log.debug("batch.done", claimed=len(rows), asked=len(ids), **counts)
     return counts
+
+
+def _observe_latency(outcomes: Sequence[RowOutcome], now: float) -> None:
+    """Enqueue → final outcome, for rows that just reached one."""
+    for o in outcomes:
+        if o.state.value in TERMINAL_STATES:
+            metrics.notification_latency.observe(max(0.0, now - as_utc(o.row.created_at).timestamp()))

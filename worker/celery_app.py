@@ -145,6 +145,7 @@ def run_worker(settings: Settings, *, concurrency: int, with_dispatcher: bool, h
         if with_dispatcher:
             holder["d"] = start_dispatcher(app, settings)
         heartbeat.beat()
+        metrics.worker_live.set(1)
         threading.Thread(target=watch_worker, name="tm-liveness", daemon=True, args=(
             heartbeat, lambda: _loop_answers(runtime), settings.liveness_stall_s, settings.liveness_interval_s,
             stop_watch)).start()

@@ -29,6 +29,7 @@ from typing import Any
 import structlog
 from sqlalchemy import Engine, and_, func, or_, select, update
 
+from shared.metrics import metrics
 from shared.models import ACTIVE_STATES, Notification, State
 from shared.settings import Settings
 from worker.liveness import Heartbeat
@@ -69,13 +70,16 @@ class Dispatcher:
             heartbeat.beat()
             busy = False
             try:
-                if self._renew(keys=[LEADER_KEY], args=[self._id, lease_ms]):
+                leading = bool(self._renew(keys=[LEADER_KEY], args=[self._id, lease_ms]))
+                metrics.dispatcher_leader.set(int(leading))
+                if leading:
                     busy = self.tick() >= self._s.batch_size
             except Exception:  # the loop must survive a database or Redis outage
                 log.warning("dispatcher.tick_failed", exc_info=True)
                 self.stop_event.wait(1.0)
             if not busy:
                 self.stop_event.wait(self._s.dispatch_interval_ms / 1000)
+        metrics.dispatcher_leader.set(0)
         heartbeat.remove()
 
     def tick(self) -> int:
