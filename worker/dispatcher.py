@@ -65,19 +65,16 @@ class Dispatcher:
         self.stop_event = threading.Event()
 
     def run(self) -> None:
-        """Loop until `stop_event` is set; only the leader dispatches."""
+        """Loop until `stop_event` is set; only the leader dispatches. A failing tick (a database or Redis
+        outage) raises: its supervisor (worker.supervision) logs it, reports it and restarts the loop."""
         lease_ms = max(3_000, self._s.dispatch_interval_ms * 20)
         heartbeat = Heartbeat(self._s.state_dir, "dispatcher")
         while not self.stop_event.is_set():
-            # Going round is this loop's progress; a tick hung on the database or Redis stops it.
-            heartbeat.beat()
             busy = False
-            try:
-                if self._renew(keys=[LEADER_KEY], args=[self._id, lease_ms]):
-                    busy = self.tick() >= self._s.batch_size
-            except Exception:  # the loop must survive a database or Redis outage
-                log.warning("dispatcher.tick_failed", exc_info=True)
-                self.stop_event.wait(1.0)
+            if self._renew(keys=[LEADER_KEY], args=[self._id, lease_ms]):
+                busy = self.tick() >= self._s.batch_size
+            # Going round is this loop's progress; a tick that hangs or fails stops it.
+            heartbeat.beat()
             if not busy:
                 self.stop_event.wait(self._s.dispatch_interval_ms / 1000)
         heartbeat.remove()
