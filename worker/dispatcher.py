@@ -36,6 +36,7 @@ from shared.models import ACTIVE_STATES, DeliveryAttempt, Notification, State
 from shared.settings import Settings
 from worker.batch import EPOCH_KEY
 from worker.liveness import Heartbeat
+from worker.supervision import report_failure
 from worker.throttle import SENT_MARK, sendmark_key
 
 log = structlog.get_logger(__name__)
@@ -65,14 +66,22 @@ class Dispatcher:
         self.stop_event = threading.Event()
 
     def run(self) -> None:
-        """Loop until `stop_event` is set; only the leader dispatches. A failing tick (a database or Redis
-        outage) raises: its supervisor (worker.supervision) logs it, reports it and restarts the loop."""
+        """Loop until `stop_event` is set; only the leader dispatches. A failing tick is logged, reported in
+        the heartbeat and retried; anything else that escapes is its supervisor's (worker.supervision)."""
         lease_ms = max(3_000, self._s.dispatch_interval_ms * 20)
         heartbeat = Heartbeat(self._s.state_dir, "dispatcher")
+        failures = 0
         while not self.stop_event.is_set():
             busy = False
-            if self._renew(keys=[LEADER_KEY], args=[self._id, lease_ms]):
-                busy = self.tick() >= self._s.batch_size
+            try:
+                if self._renew(keys=[LEADER_KEY], args=[self._id, lease_ms]):
+                    busy = self.tick() >= self._s.batch_size
+            except Exception as exc:  # the loop must survive a database or Redis outage
+                failures += 1
+                report_failure(heartbeat, "dispatcher", exc, failures)
+                self.stop_event.wait(1.0)
+                continue
+            failures = 0
             # Going round is this loop's progress; a tick that hangs or fails stops it.
             heartbeat.beat()
             if not busy:

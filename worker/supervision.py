@@ -4,7 +4,9 @@ The dispatcher (with its sweeper), the worker's liveness watchdog and beat's sch
 that a process keeps alive for its whole life. An exception out of such a loop used to end its thread while
 the process went on, alive and idle. Here it is logged, the loop is started again after a backoff (the same
 full-jitter curve as delivery retries), and the role's heartbeat says it is failing and why, so
-`tenantmail health ROLE` reports it once it has lasted longer than the check's `--max-age`.
+`tenantmail health ROLE` reports it once it has lasted longer than the check's `--max-age`. The dispatcher
+retries a failed tick itself at its usual pace (1 s) and reports it with `report_failure`; its supervisor catches
+what escapes the loop (its heartbeat file, for one).
 """
 
 from __future__ import annotations
