@@ -70,6 +70,9 @@ class EmulatorConfig:
     advertised_base_url: str | None = None
     state_dir: str | None = None
     ca_path: str | None = None
+    # Extra names the server certificate covers beside 127.0.0.1 and localhost, e.g. the service name
+    # "emulator" that other containers of a compose stack reach it by.
+    tls_hostnames: tuple[str, ...] = ()
     # The local SMTP relay (emulator.smtp) for the platform default provider: on by default, on
     # `smtp_port` (0 = a free one). "starttls" offers STARTTLS when `tls` is on; "tls" is implicit
     # TLS; "none" plain text. `smtp_credentials` ({user: password}) makes AUTH mandatory.

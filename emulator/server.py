@@ -35,7 +35,7 @@ class Emulator:
         self.limits = Limits(lambda: self.config, self.clock.now)
         self.faults = Faults(self.ids.random)
         self.inspection = Inspection(config.request_log_size)
-        self.tls = TlsMaterial(config.state_dir, config.ca_path) if config.tls else None
+        self.tls = TlsMaterial(config.state_dir, config.ca_path, config.tls_hostnames) if config.tls else None
         self.smtp = smtp.SmtpRelay(self) if config.smtp else None
         self.port: int | None = None
         self._runner: web.AppRunner | None = None

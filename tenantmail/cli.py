@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from shared.errors import ConfigurationError
 from shared.logging import configure_logging
 from shared.settings import Settings
+from tenantmail.preflight import check_state_dir
 
 AddArguments = Callable[[argparse.ArgumentParser], None]
 
@@ -31,6 +32,7 @@ class Command:
     arguments: str
     runner: str
     needs_settings: bool = True
+    writes_state: bool = True  # checks at start that TENANTMAIL_STATE_DIR is writable
 
 
 COMMANDS: dict[str, Command] = {
@@ -50,7 +52,7 @@ COMMANDS: dict[str, Command] = {
     "doctor": Command("check configuration, database, Redis and a tenant's provider", "tenantmail.cli:_doctor_args",
                       "tenantmail.cli:_doctor"),
     "health": Command("exit 0 when this host's processes of a role are live (health checks)",
-                      "tenantmail.cli:_health_args", "tenantmail.cli:_health"),
+                      "tenantmail.cli:_health_args", "tenantmail.cli:_health", writes_state=False),
     "activity": Command("print the delivery activity table", "tenantmail.cli:_activity_args",
                         "tenantmail.cli:_activity"),
     "emulator": Command("run the Entra ID + Graph emulator and its SMTP relay (development)",
@@ -115,6 +117,8 @@ def _run(argv: list[str]) -> int:
         return _status(runner(args))
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_json)
+    if command.writes_state:
+        check_state_dir(settings.state_dir)
     return _status(runner(settings, args))
 
 

@@ -33,6 +33,7 @@ from shared.metrics import metrics
 from shared.models import ACTIVE_STATES, Notification, State
 from shared.settings import Settings
 from worker.liveness import Heartbeat
+from worker.supervision import report_failure
 from worker.sweeper import Sweeper
 
 log = structlog.get_logger(__name__)
@@ -62,21 +63,26 @@ class Dispatcher:
         self.stop_event = threading.Event()
 
     def run(self) -> None:
-        """Loop until `stop_event` is set; only the leader dispatches."""
+        """Loop until `stop_event` is set; only the leader dispatches. A failing tick is logged, reported in
+        the heartbeat and retried; anything else that escapes is its supervisor's (worker.supervision)."""
         lease_ms = max(3_000, self._s.dispatch_interval_ms * 20)
         heartbeat = Heartbeat(self._s.state_dir, "dispatcher")
+        failures = 0
         while not self.stop_event.is_set():
-            # Going round is this loop's progress; a tick hung on the database or Redis stops it.
-            heartbeat.beat()
             busy = False
             try:
                 leading = bool(self._renew(keys=[LEADER_KEY], args=[self._id, lease_ms]))
                 metrics.dispatcher_leader.set(int(leading))
                 if leading:
                     busy = self.tick() >= self._s.batch_size
-            except Exception:  # the loop must survive a database or Redis outage
-                log.warning("dispatcher.tick_failed", exc_info=True)
+            except Exception as exc:  # the loop must survive a database or Redis outage
+                failures += 1
+                report_failure(heartbeat, "dispatcher", exc, failures)
                 self.stop_event.wait(1.0)
+                continue
+            failures = 0
+            # Going round is this loop's progress; a tick that hangs or fails stops it.
+            heartbeat.beat()
             if not busy:
                 self.stop_event.wait(self._s.dispatch_interval_ms / 1000)
         metrics.dispatcher_leader.set(0)
