@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
-import redis.asyncio as redis_async
 from aiohttp import web
 from sqlalchemy import Engine
 
@@ -29,6 +28,7 @@ from api.context import CONTEXT, ApiContext
 from shared.db import migrations_current
 from shared.errors import ConfigurationError
 from shared.producer import Producer
+from shared.redis_client import async_client
 from shared.secretbox import SecretBox
 from shared.settings import Settings
 
@@ -40,15 +40,17 @@ def create_app(
     if redis is None:
         if not settings.redis_url:
             raise ConfigurationError("REDIS_URL is required by the API (rate limits)")
-        redis = redis_async.Redis.from_url(settings.redis_url)
+        # Short timeouts and one retry: a producer's request waits little for a Redis that is gone.
+        redis = async_client(settings.redis_url, timeout_s=2.0, retries=1)
+    api_metrics = metrics.ApiMetrics(engine)
     ctx = ApiContext(settings=settings, engine=engine, box=box or SecretBox.from_settings(settings), redis=redis,
                      executor=ThreadPoolExecutor(max_workers=16, thread_name_prefix="tm-api"),
-                     producer=Producer(engine, settings))
+                     producer=Producer(engine, settings), ratelimit_fail_open=api_metrics.ratelimit_fail_open)
     app = web.Application(middlewares=[metrics.measure, middleware.errors, middleware.auth,
                                        middleware.known_query],
                           client_max_size=settings.api_max_body_bytes)
     app[CONTEXT] = ctx
-    app[metrics.METRICS] = metrics.ApiMetrics(engine)
+    app[metrics.METRICS] = api_metrics
     for table in (routes_provider.routes, routes_activity.routes, routes_notifications.routes, web_page.routes):
         app.add_routes(table)
     for table in (routes_webhooks.routes, routes_keys.routes, web_webhooks.routes):  # issue 16

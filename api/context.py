@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import Counter
 from sqlalchemy import Engine
 
 from api.errors import ApiError
@@ -31,6 +32,7 @@ class ApiContext:
     redis: Any
     executor: ThreadPoolExecutor
     producer: Producer
+    ratelimit_fail_open: Counter | None = None  # the API registry's counter (api.metrics)
     http: aiohttp.ClientSession | None = None
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:

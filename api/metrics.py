@@ -2,7 +2,8 @@
 
 Two kinds: what this process saw (requests by route and status, their latency) and what the
 whole fleet's database says, read at scrape time so that any API replica answers the same: queue
-depth by state and the age of the oldest notification still waiting. The per-send counters
+depth by state and the age of the oldest notification still waiting, and when each tenant's
+credential in force expires (api/credential_metrics.py). The per-send counters
 (outcomes, error codes, Graph latency, tokens, throttling) come from each worker's own /metrics.
 """
 
@@ -16,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from sqlalchemy import Engine
 
 from api.context import context
+from api.credential_metrics import CredentialExpiryCollector
 from api.middleware import Handler
 from shared.metrics import QueueCollector
 
@@ -30,8 +32,13 @@ class ApiMetrics:
         self.latency = Histogram("tenantmail_api_request_seconds", "API request latency by route", ["route"],
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
                                  registry=self.registry)
+        self.ratelimit_fail_open = Counter(
+            "tenantmail_ratelimit_fail_open", "Uses admitted without a rate limit check because Redis did not "
+            "answer, by limit", ["limit"], registry=self.registry)
         self.queue = QueueCollector(engine)
         self.registry.register(self.queue)
+        self.credentials = CredentialExpiryCollector(engine)
+        self.registry.register(self.credentials)
 
 
 METRICS: web.AppKey[ApiMetrics] = web.AppKey("tenantmail_metrics", ApiMetrics)
@@ -66,4 +73,5 @@ async def handler(request: web.Request) -> web.Response:
     """GET /metrics in Prometheus text format."""
     m = request.app[METRICS]
     await context(request).blocking(m.queue.refresh)
+    await context(request).blocking(m.credentials.refresh)
     return web.Response(body=generate_latest(m.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -48,8 +48,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def _json_error(exc: ApiError) -> web.Response:
-    headers = {"Retry-After": str(exc.extra["retry_after_s"])} if "retry_after_s" in exc.extra else None
-    return web.json_response(exc.body(), status=exc.status, headers=headers)
+    headers = {"Retry-After": str(exc.extra["retry_after_s"])} if "retry_after_s" in exc.extra else {}
+    if "current_version" in exc.extra:  # 412: the version in force, as the ETag to retry with
+        headers["ETag"] = f'"v{exc.extra["current_version"]}"'
+    return web.json_response(exc.body(), status=exc.status, headers=headers or None)
 
 
 @web.middleware

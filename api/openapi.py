@@ -35,7 +35,12 @@ _PROVIDER_IN = {"type": "object", "additionalProperties": False, "properties": {
     "cloud": {"enum": sorted(CLOUDS)}}}
 # {"provider": "platform"} reverts to the platform default; its other (known) fields are then not used.
 _PLATFORM_IN = {"type": "object", "required": ["provider"], "properties": {"provider": {"const": "platform"}}}
-_EXPIRY = {"expires_at": {"type": ["string", "null"]}, "expires_in_days": {"type": ["integer", "null"]}}
+_EXPIRY = {"expires_at": {"type": ["string", "null"], "description": "null: unknown, so no reminders"},
+           "expires_in_days": {"type": ["integer", "null"]},
+           "expiry_source": {"enum": ["entered", "graph", "certificate", "kept", None],
+                             "description": "entered by the admin, read from Graph (the app holds "
+                                            "Application.Read.All), the certificate's notAfter, or kept from the "
+                                            "version before"}}
 _PROVIDER_OUT = {"type": "object", "properties": {
     "provider": {"enum": list(PROVIDERS)}, "service": {"enum": [*SERVICES, "smtp"]}, "version": {"type": "integer"},
     "sender_name": {"type": ["string", "null"]}, "sender_address": {"type": "string"},
@@ -50,7 +55,8 @@ _TEST_RESULT = {"type": "object", "required": ["result"], "properties": {
     "result": {"enum": ["sent", "failed"]}, "request_id": {"type": ["string", "null"]},
     "code": {"type": "string"}, "message": {"type": "string"}, "http_status": {"type": ["integer", "null"]},
     "smtp_status": {"type": "integer"}, "message_id": {"type": "string"},
-    "diagnosis": {"$ref": "#/components/schemas/Diagnosis"}, "sender": {"type": "string"}}}
+    "diagnosis": {"$ref": "#/components/schemas/Diagnosis"}, "sender": {"type": "string"},
+    "notice": {"$ref": "#/components/schemas/Diagnosis"}}}
 _NOTIFICATION = {"type": "object", "properties": {
     "id": {"type": "string"}, "state": {"enum": [s.value for s in State]}, "attempts": {},
     "to": {"type": "array", "items": {"type": "string"}}, "subject": {"type": "string"},
@@ -113,12 +119,30 @@ def _op(summary: str, ok: dict[str, Any], *, status: str = "200", body: dict[str
 
 _ERROR_MEANING = {"400": "the body is not JSON", "401": "no valid API key", "403": "the key's role may not do this",
                   "404": "not found for the key's tenant", "413": "the body is over the size limit",
+                  "412": "If-Match names a version that is no longer in force (`error.current_version`, ETag)",
                   "422": "a field or query parameter is invalid or unknown (`error.field` names it)",
                   "429": "rate-limited per tenant; see Retry-After"}
 
 
 def _q(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+_IF_MATCH = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 40},
+             "description": "the ETag of the version edited (`\"v3\"`); 412 when another version is in force"}
+_HISTORY = {"type": "object", "properties": {"items": {"type": "array", "items": {
+    "type": "object", "properties": {
+        "version": {"type": "integer"}, "action": {"enum": ["saved", "reverted", "restored"]},
+        "changed_fields": {"type": "array", "items": {"type": "string"}}, "actor": {"type": ["string", "null"]},
+        "at": {"type": ["string", "null"]}, "restored_from": {"type": ["integer", "null"]}}}}}}
+
+
+def _versioned(op: dict[str, Any], *, if_match: bool = True) -> dict[str, Any]:
+    """An operation answering the provider document with its ETag, taking If-Match."""
+    if if_match:
+        op["parameters"] = [*op.get("parameters", []), _IF_MATCH]
+    op["responses"]["200"]["headers"] = {"ETag": {"schema": {"type": "string"}, "description": "the version"}}
+    return op
 
 
 def document() -> dict[str, Any]:
@@ -136,11 +160,17 @@ def document() -> dict[str, Any]:
         "security": [{"apiKey": []}],
         "paths": {
             "/v1/email-provider": {
-                "get": _op("The provider configuration in force", _ref("ProviderOut")),
-                "put": _op("Validate and save (admin)", _ref("ProviderOut"), body=_ref("ProviderIn"), errors=("403",)),
-                "delete": _op("Revert to the platform default (admin)", _ref("ProviderOut"), errors=("403",)),
+                "get": _versioned(_op("The provider configuration in force", _ref("ProviderOut")), if_match=False),
+                "put": _versioned(_op("Validate and save (admin)", _ref("ProviderOut"), body=_ref("ProviderIn"),
+                                      errors=("403", "412"))),
+                "delete": _versioned(_op("Revert to the platform default (admin)", _ref("ProviderOut"),
+                                         errors=("403", "412"))),
             },
-            "/v1/email-provider/history": {"get": _op("Configuration changes", {"type": "object"})},
+            "/v1/email-provider/history": {"get": _op("Configuration changes", _HISTORY)},
+            "/v1/email-provider/history/{version}:restore": {"post": _versioned(_op(
+                "Restore an older version, revalidated like a save (admin)", _ref("ProviderOut"),
+                errors=("403", "404", "412"), params=[{"name": "version", "in": "path", "required": True,
+                                                       "schema": {"type": "integer", "minimum": 1}}]))},
             "/v1/email-provider/test": {"post": _op(
                 "Send a test message (admin, rate-limited)", _ref("TestResult"),
                 body={"type": "object", "required": ["to"], "additionalProperties": False,

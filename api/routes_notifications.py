@@ -34,7 +34,9 @@ async def _enqueue(ctx: ApiContext, tenant_id: str, items: list[EnqueueItem]) ->
     """Count the notifications against the tenant's limit (429 over it), then validate and store them all;
     invalid ones give their count back."""
     limit = ctx.settings.api_notifications_per_minute
-    await ratelimit.hit(ctx.redis, "notification", tenant_id, limit=limit, cost=len(items))
+    # Fails open: a producer's notification must reach the outbox whatever happens to Redis.
+    await ratelimit.hit(ctx.redis, "notification", tenant_id, limit=limit, cost=len(items),
+                        fail_open=ctx.ratelimit_fail_open)
     try:
         return await ctx.blocking(ctx.producer.enqueue_many, items)
     except ValidationFailed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from aiohttp import web
@@ -15,6 +16,7 @@ from shared.errors import ValidationFailed
 
 routes = web.RouteTableDef()
 _TEST_FIELDS = frozenset({"to"})
+_ETAG = re.compile(r'(?:W/)?"?v?([0-9]{1,9})"?')
 
 
 async def read_json(request: web.Request) -> Any:
@@ -39,26 +41,62 @@ async def read_object(request: web.Request, fields: frozenset[str]) -> dict[str,
     return body
 
 
+def etag(version: int) -> str:
+    """The ETag of a provider document: its version."""
+    return f'"v{version}"'
+
+
+def if_match(request: web.Request) -> int | None:
+    """The version an If-Match header names (`"v3"`, `W/"v3"` or `3`), None without one or with `*`;
+    422 naming If-Match when it names no version."""
+    raw = request.headers.get("If-Match")
+    if raw is None or raw.strip() == "*":
+        return None
+    match = _ETAG.fullmatch(raw.strip())
+    if match is None:
+        raise ValidationFailed("If-Match", 'must be the ETag of GET /v1/email-provider, like "v3"')
+    return int(match.group(1))
+
+
+def _document(body: dict[str, Any]) -> web.Response:
+    return web.json_response(body, headers={"ETag": etag(int(body["version"]))})
+
+
 @routes.get("/v1/email-provider")
 async def get_provider(request: web.Request) -> web.Response:
-    """The configuration in force; the secret appears only as its last 4 characters and expiry."""
+    """The configuration in force, with its version as ETag; the secret appears only as its last 4
+    characters and expiry."""
     who = principal(request)
-    return web.json_response(await provider_service.view(context(request), who.tenant_id))
+    return _document(await provider_service.view(context(request), who.tenant_id))
 
 
 @routes.put("/v1/email-provider")
 async def put_provider(request: web.Request) -> web.Response:
-    """Validate the fields and the credentials, then store a new version (admin)."""
+    """Validate the fields and the credentials, then store a new version (admin); If-Match: 412 when
+    another version is in force."""
     who = principal(request, "admin")
-    return web.json_response(await provider_service.save(context(request), who, await read_json(request)))
+    expected = if_match(request)
+    return _document(await provider_service.save(context(request), who, await read_json(request),
+                                                 expected_version=expected))
 
 
 @routes.delete("/v1/email-provider")
 async def delete_provider(request: web.Request) -> web.Response:
     """Revert to the platform default provider (admin)."""
     who = principal(request, "admin")
-    await provider_service.revert(context(request), who)
-    return web.json_response(await provider_service.view(context(request), who.tenant_id))
+    await provider_service.revert(context(request), who, expected_version=if_match(request))
+    return _document(await provider_service.view(context(request), who.tenant_id))
+
+
+@routes.post("/v1/email-provider/history/{version}:restore")
+async def restore_version(request: web.Request) -> web.Response:
+    """Make an older version the one in force again, revalidated like a save (admin)."""
+    who = principal(request, "admin")
+    text = request.match_info["version"]
+    if not (text.isascii() and text.isdigit()) or len(text) > 9 or int(text) < 1:
+        raise ValidationFailed("version", "must be a version number from the history (1, 2, ...)")
+    return _document(await provider_service.restore(context(request), who, int(text),
+                                                    expected_version=if_match(request)))
 
 
 @routes.get("/v1/email-provider/history")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -18,14 +19,16 @@ from api import ratelimit
 from api.context import ApiContext
 from api.credentials import Credentials, acquire_token
 from api.keys import Principal
-from shared.diagnosis import diagnose
+from shared.access_diagnosis import access_diagnosis, consent_notice
+from shared.diagnosis import Diagnosis, diagnose
 from shared.errors import DeliveryError, ProviderError, ValidationFailed
 from shared.events import record_event
 from shared.ids import new_id
 from shared.message import Message, check_address, graph_request_body, parse_message
 from shared.mime import smtp_envelope
-from shared.providers import PlatformProvider, ProviderResolver, ResolvedProvider
+from shared.providers import PlatformProvider, ProviderResolver, ResolvedProvider, current_config
 from transport.graph import GraphClient
+from transport.graph_apps import token_roles
 from transport.smtp import SmtpRelayClient
 
 _log = structlog.get_logger("tenantmail.api")
@@ -92,16 +95,25 @@ async def _send(ctx: ApiContext, provider: ResolvedProvider, to: str) -> dict[st
     assert ctx.http is not None
     response = await GraphClient(ctx.http).send_mail(provider.cloud.graph_base, token, provider.sender_address,
                                                      body, str(uuid.uuid4()))
+    roles = token_roles(token)
+    notice = consent_notice(roles)
+    extra = {"notice": {"cause": notice.cause, "fix": notice.fix}} if notice else {}
     if response.status == 202:
         return {"result": "sent", "request_id": response.request_id,
-                "client_request_id": response.client_request_id}
-    return _failed(response.code or f"HTTP{response.status}", response.message or "", status=response.status,
-                   request_id=response.request_id)
+                "client_request_id": response.client_request_id, **extra}
+    code = response.code or f"HTTP{response.status}"
+    row = await ctx.blocking(current_config, ctx.engine, provider.tenant_id)
+    saved_at = row.created_at if row is not None else None
+    age_s = (datetime.now(UTC) - (saved_at if saved_at.tzinfo else saved_at.replace(tzinfo=UTC))).total_seconds() \
+        if saved_at else None
+    diagnosis = access_diagnosis(code, response.message, token_roles=roles, config_age_s=age_s)
+    return {**_failed(code, response.message or "", status=response.status, request_id=response.request_id,
+                      diagnosis=diagnosis), **extra}
 
 
 def _failed(code: str, message: str, *, status: int | None = None, request_id: str | None = None,
-            smtp_status: int | None = None) -> dict[str, Any]:
-    diagnosis = diagnose(code, message)
+            smtp_status: int | None = None, diagnosis: Diagnosis | None = None) -> dict[str, Any]:
+    diagnosis = diagnosis or diagnose(code, message)
     out = {"result": "failed", "code": code, "message": message, "http_status": status, "request_id": request_id,
            "diagnosis": {"cause": diagnosis.cause, "fix": diagnosis.fix} if diagnosis else None}
     if smtp_status is not None:

@@ -97,7 +97,57 @@ async def provider_page(request: web.Request) -> web.Response:
         body += "<p><a id='edit' href='/ui/email-provider?edit=1'>Edit</a></p>" + _test_form()
     else:
         body += _ACTIVITY_LINK
-    return _page("Email provider", body)
+    return _page("Email provider", body + await _history_section(request, current))
+
+
+@routes.post("/ui/email-provider/restore")
+async def provider_restore(request: web.Request) -> web.Response:
+    """Restore an older version (revalidated like a save); the outcome, then the page."""
+    who = principal(request, "admin")
+    form = await request.post()
+    ctx = context(request)
+    try:
+        version, expected = _int_field(form.get("version"), "version"), _int_field(form.get("expected"), "expected")
+        current = await provider_service.restore(ctx, who, version, expected_version=expected)
+        outcome = (f"<p class='ok' id='restored'>Restored version {version} as version {current['version']}; "
+                   "its credentials were accepted by Entra ID.</p>")
+    except (ApiError, ValidationFailed) as exc:
+        current = await provider_service.view(ctx, who.tenant_id)
+        text = exc.message if isinstance(exc, ApiError) else str(exc)
+        fix = _fix(exc) if isinstance(exc, ApiError) else ""
+        outcome = (f"<div class='error' id='restore-error' role='alert'>Not restored: {escape(text)}{fix}<br>The "
+                   "configuration in force is unchanged.</div>")
+    return _page("Email provider", outcome + _current_html(current) + _test_form()
+                 + await _history_section(request, current))
+
+
+def _int_field(value: object, name: str) -> int:
+    if not isinstance(value, str) or not value.isascii() or not value.isdigit() or len(value) > 9:
+        raise ValidationFailed(name, "must be a version number")
+    return int(value)
+
+
+async def _history_section(request: web.Request, current: dict[str, Any]) -> str:
+    who = principal(request)
+    items = await provider_service.history(context(request), who.tenant_id)
+    rows = "".join(
+        f"<tr><td>{i['version']}</td><td>{escape(i['action'])}"
+        f"{' of version ' + str(i['restored_from']) if i.get('restored_from') else ''}</td>"
+        f"<td>{escape(', '.join(i['changed_fields']))}</td><td>{escape(i['actor'] or '')}</td>"
+        f"<td>{_when(i['at'] or '')}</td><td>{_restore_button(i['version'], current['version'], who.may('admin'))}"
+        "</td></tr>" for i in items)
+    return ("<h2>History</h2><table id='history'><tr><th>Version</th><th>Change</th><th>Fields changed</th>"
+            f"<th>By</th><th>When</th><th></th></tr>{rows}</table>")
+
+
+def _restore_button(version: int, in_force: int, admin: bool) -> str:
+    if version == in_force:
+        return "in force"
+    if not admin:
+        return ""
+    return (f"<form method='post' action='/ui/email-provider/restore' class='restore'><input type='hidden' "
+            f"name='version' value='{version}'><input type='hidden' name='expected' value='{in_force}'>"
+            f"<button id='restore-{version}'>Restore version {version}</button></form>")
 
 
 @routes.post("/ui/email-provider")
@@ -107,14 +157,19 @@ async def provider_save(request: web.Request) -> web.Response:
     form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
     # The certificate is the alternative to the secret: sent only when filled in.
     form = {k: v for k, v in form.items() if k != "certificate_pem" or v.strip()}
+    edited = form.pop("version", "")  # the version the form was opened on: a second admin's save is refused
     ctx = context(request)
     try:
-        current = await provider_service.save(ctx, who, form)
+        expected = _int_field(edited, "version") if edited else None
+        current = await provider_service.save(ctx, who, form, expected_version=expected)
     except (ApiError, ValidationFailed) as exc:
         error = exc if isinstance(exc, ApiError) else ApiError(422, "validation_failed", str(exc), field=exc.field)
         current = await provider_service.view(ctx, who.tenant_id)
         kept = {k: v for k, v in form.items() if k not in _NOT_ECHOED}
-        return _page("Email provider", _current_html(current) + _form_html(kept, error))
+        # After a conflict the form carries the version now in force: saving again overwrites knowingly.
+        kept["version"] = str(current["version"]) if error.status == 412 else edited
+        return _page("Email provider", _current_html(current) + _form_html(kept, error)
+                     + await _history_section(request, current))
     return _page("Email provider", "<p class='ok' id='saved'>Saved; the credentials were accepted by Entra ID.</p>"
                  + _current_html(current) + _test_form())
 
@@ -198,6 +253,7 @@ def _values_of(current: dict[str, Any]) -> dict[str, str]:
     values["secret_expires_at"] = str(credential.get("expires_at") or "")[:10]
     values["cloud"] = str(current.get("cloud") or "global")
     values["provider"] = str(current.get("provider") or "platform")
+    values["version"] = str(current.get("version", ""))
     return values
 
 
@@ -211,6 +267,11 @@ def _current_html(c: dict[str, Any]) -> str:
     expired = ("<p class='error' id='credentials-expired'>Credentials expired: save a new client secret or "
                "certificate.</p>" if c["status"] != "active" else "")
     days = credential.get("expires_in_days")
+    if not expired and secret and not secret.get("expires_at"):
+        expired = ("<p class='error' id='expiry-unknown'>Expiry unknown: no reminders. Enter the secret's expiry "
+                   "date (Entra ID &gt; App registrations &gt; your app &gt; Certificates &amp; secrets, column "
+                   "Expires) under Edit, leaving the secret blank; or grant the app Application.Read.All so it is "
+                   "read from Microsoft Graph on save.</p>")
     if not expired and days is not None and days <= 30:
         what = "client secret" if secret else "certificate"
         expired = (f"<p class='error' id='expiry-warning'>The {what} expires in {days} day(s): create a new "
@@ -244,7 +305,8 @@ def _form_html(values: dict[str, str], error: ApiError | None) -> str:
     certificate = ("<label>Certificate with private key (PEM, the alternative to a secret) <textarea "
                    "name='certificate_pem' autocomplete='off'></textarea></label>"
                    + _field_error(error, "certificate_pem"))
-    return (f"<form method='post' action='/ui/email-provider' id='provider-form'>{summary}"
+    version = f"<input type='hidden' name='version' value='{escape(values.get('version', ''))}'>"
+    return (f"<form method='post' action='/ui/email-provider' id='provider-form'>{summary}{version}"
             f"<fieldset><legend>Provider</legend>{radios}</fieldset><fieldset id='customer-fields'>"
             "<label>Email service <select name='service'><option value='microsoft_graph'>Microsoft Graph</option>"
             "</select></label>" + "".join(field(n, label) for n, label in _FIELDS) + certificate

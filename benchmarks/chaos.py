@@ -5,7 +5,9 @@ and worker processes (benchmarks.harness). A producer thread enqueues the notifi
 rate over `duration_s` (with idempotency keys, retrying while the database is down), while the
 emulator injects 5% 503, 3% 429 (Retry-After 1-3 s), 1% 504 after committing the message and 1%
 connection resets. Spread over the same time: three SIGKILLs of a worker that has sends in flight
-(each replaced by a new worker), one Redis FLUSHALL and one PostgreSQL restart. When every
+(each replaced by a new worker), one Redis FLUSHALL and one PostgreSQL restart; with `--sentinel`, Redis
+is a Sentinel group (benchmarks.redis_sentinel) and its master is SIGKILLed halfway, the replica
+promoted, and delivery must resume on the same workers. When every
 notification has settled (or `settle_timeout_s` passed) the checks of benchmarks.chaos_checks run
 on the database and the emulator's outbox; the exit status is 1 when any invariant fails.
 """
@@ -27,8 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import redis
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from benchmarks import chaos_checks
@@ -36,7 +37,8 @@ from benchmarks.harness import Bench, bench_stack, message
 from benchmarks.private_pg import PrivatePostgres, private_postgres
 from shared.models import DeliveryAttempt, Notification
 from shared.producer import EnqueueItem, Producer
-from worker.throttle import sendmark_key
+from shared.redis_client import sync_client
+from worker.sendmarks import mark_key
 
 _N = Notification.__table__  # type: ignore[attr-defined]
 _A = DeliveryAttempt.__table__  # type: ignore[attr-defined]
@@ -68,9 +70,14 @@ class ChaosSize:
     seed: int | None = None
     settle_timeout_s: float = 900.0
     settings: dict[str, str] = field(default_factory=dict)
+    sentinel: bool = False  # Redis as a Sentinel group whose master is killed halfway
 
 
 SMALL = ChaosSize(notifications=1_500, tenants=30, duration_s=30.0, settle_timeout_s=150.0)
+# The failover at test size: one kill besides it, so the run stays short.
+SENTINEL_SMALL = ChaosSize(notifications=800, tenants=20, duration_s=20.0, kills=1, settle_timeout_s=150.0,
+                           sentinel=True)
+RESUME_TIMEOUT_S = 60.0
 
 
 def fault_specs(mix: tuple[tuple[str, float], ...] = FAULT_MIX) -> list[dict[str, Any]]:
@@ -91,9 +98,11 @@ def fault_specs(mix: tuple[tuple[str, float], ...] = FAULT_MIX) -> list[dict[str
 
 def schedule(size: ChaosSize) -> list[tuple[float, str]]:
     """(seconds after the start, event): kills spread from 15% to 75% of the enqueue time, the
-    FLUSHALL at 30% and the PostgreSQL restart at 60%."""
+    FLUSHALL at 30%, the Redis failover (with `sentinel`) at 50% and the PostgreSQL restart at 60%."""
     kills = [0.15 + 0.6 * i / max(1, size.kills - 1) for i in range(size.kills)]
     events = [(f, "kill") for f in kills] + [(0.30, "flushall"), (0.60, "restart_postgres")]
+    if size.sentinel:
+        events.append((0.50, "fail_over_redis"))
     return sorted((round(f * size.duration_s, 3), name) for f, name in events)
 
 
@@ -138,7 +147,7 @@ class ChaosRun:
 
     def __init__(self, bench: Bench, pg: PrivatePostgres, size: ChaosSize, note: Callable[[str], None]) -> None:
         self.bench, self.pg, self.size, self.note = bench, pg, size, note
-        self.redis = redis.Redis.from_url(bench.env["REDIS_URL"])
+        self.redis = sync_client(bench.env["REDIS_URL"])
         self.events: list[dict[str, Any]] = []
         self.t0 = 0.0
 
@@ -215,7 +224,7 @@ class ChaosRun:
                         _N.c.state == "sending", _N.c.claimed_by.like(f"%:{pid}/%"))))
             except OperationalError:
                 ids = []
-            started = sum(v is not None for v in self.redis.mget([sendmark_key(i) for i in ids])) if ids else 0
+            started = sum(v is not None for v in self.redis.mget([mark_key(i) for i in ids])) if ids else 0
             found = {"sending_rows": len(ids), "sends_started": started}
             if started:
                 break
@@ -227,6 +236,34 @@ class ChaosRun:
         keys = int(self.redis.dbsize())
         self.redis.flushall()
         self.events.append({"event": "flushall", "at_s": self._elapsed(), "keys_lost": keys})
+
+    def fail_over_redis(self) -> None:
+        """SIGKILL the Redis master, wait for the sentinels to promote the replica, then for the first
+        notification enqueued after that to be sent (so dispatcher, broker and worker all went on)
+        by the same worker processes (none restarted)."""
+        assert self.bench.sentinel is not None
+        at, workers = self._elapsed(), self._live_workers()
+        failover = self.bench.sentinel.fail_over()
+        promoted_at, promoted_wall = time.monotonic(), datetime.now(UTC)
+        resumed_after_s = None
+        while time.monotonic() < promoted_at + RESUME_TIMEOUT_S:
+            if self._sent_count(created_since=promoted_wall):
+                resumed_after_s = round(time.monotonic() - promoted_at, 2)
+                break
+            time.sleep(0.05)
+        self.events.append({"event": "redis_failover", "at_s": at, **failover, "resumed_after_s": resumed_after_s,
+                            "workers": len(workers), "same_workers": workers == self._live_workers()})
+
+    def _live_workers(self) -> list[int]:
+        return [p.pid for p in self.bench.workers if p.poll() is None]
+
+    def _sent_count(self, created_since: datetime) -> int:
+        try:
+            with self.bench.engine.connect() as conn:
+                return int(conn.scalar(select(func.count()).where(
+                    _N.c.state == "sent", _N.c.created_at >= created_since)) or 0)
+        except OperationalError:
+            return 0
 
     def restart_postgres(self) -> None:
         """Stop PostgreSQL (fast: every connection is cut), keep it down, start it again."""
@@ -257,7 +294,7 @@ class ChaosRun:
         total = {"requeued": 0, "ambiguous": 0, "sent": 0}
         for log in self.bench.tmp.glob("worker*.log"):
             for line in log.read_text(errors="replace").splitlines():
-                if "dispatcher.recovered" in line:
+                if "sweeper.recovered" in line:
                     try:
                         entry = json.loads(line)
                     except ValueError:
@@ -278,7 +315,8 @@ def run(size: ChaosSize, note: Callable[[str], None] = lambda _: None,
     logs are copied to `logs_to` when given."""
     env = {**CHAOS_ENV, **size.settings}
     with private_postgres() as pg, bench_stack(tenants=size.tenants, latency_ms=size.latency_ms,
-                                               pg_admin_url=pg.admin_url, extra_env=env, seed=size.seed) as bench:
+                                               pg_admin_url=pg.admin_url, extra_env=env, seed=size.seed,
+                                               sentinel=size.sentinel) as bench:
         note(f"stack up: PostgreSQL on port {pg.port}, emulator at {bench.emulator.base_url}")
         result = ChaosRun(bench, pg, size, note).run()
         if logs_to is not None:
@@ -318,6 +356,8 @@ def text_report(result: dict[str, Any]) -> str:
             lines.append(f"flushes: 1 Redis FLUSHALL at {e['at_s']} s ({e['keys_lost']} keys lost)")
         elif e["event"] == "restart_postgres":
             lines.append(f"restarts: 1 PostgreSQL restart at {e['at_s']} s ({e['down_s']} s without a database)")
+        elif e["event"] == "redis_failover":
+            lines.append(_failover_line(e))
     kinds = ", ".join(f"{k} {n}" for k, n in result["faults_by_kind"].items())
     lines += [
         f"faults injected: {result['faults_injected']} of {result['send_requests']} sendMail requests ({kinds}); "
@@ -341,6 +381,15 @@ def text_report(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _failover_line(e: dict[str, Any]) -> str:
+    resumed = (f"the first notification enqueued after that was sent {e['resumed_after_s']} s later"
+               if e["resumed_after_s"] is not None
+               else f"NO DELIVERY within {RESUME_TIMEOUT_S:.0f} s")
+    same = "the same" if e["same_workers"] else "NOT the same"
+    return (f"failover: Redis master SIGKILLed at {e['at_s']} s, replica promoted after {e['promoted_after_s']} s; "
+            f"{resumed} on {same} {e['workers']} worker processes")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `tenantmail chaos`."""
     d = ChaosSize()
@@ -355,6 +404,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="emulator seed: fault rolls repeat")
     parser.add_argument("--settle-timeout-s", type=float, default=d.settle_timeout_s)
     parser.add_argument("--small", action="store_true", help="the CI size: 1,500 notifications, 30 tenants, 30 s")
+    parser.add_argument("--sentinel", action="store_true",
+                        help="Redis as a Sentinel group (master, replica, 3 sentinels); its master is killed halfway")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a TENANTMAIL_ setting for the workers, e.g. --set SEND_LEASE_MS=20000")
     parser.add_argument("--json", action="store_true", help="print the JSON report instead of the text")
@@ -365,9 +416,10 @@ def size_from_args(args: argparse.Namespace) -> ChaosSize:
     """The run's size: --small's, else the options'."""
     settings = {f"TENANTMAIL_{k.upper()}": v for k, v in (item.split("=", 1) for item in args.set)}
     if args.small:
-        return ChaosSize(**{**asdict(SMALL), "seed": args.seed, "settings": settings})
+        return ChaosSize(**{**asdict(SMALL), "seed": args.seed, "settings": settings, "sentinel": args.sentinel})
     return ChaosSize(args.notifications, args.tenants, args.duration_s, args.workers, args.concurrency,
-                     args.latency_ms, args.kills, args.pg_down_s, args.seed, args.settle_timeout_s, settings)
+                     args.latency_ms, args.kills, args.pg_down_s, args.seed, args.settle_timeout_s, settings,
+                     sentinel=args.sentinel)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -1,7 +1,9 @@
 """`tenantmail bench SCENARIO`: run benchmark scenarios, show progress, write JSON and a markdown table.
 
 Scenarios: throughput (with the wire ceiling and the SDK peer), fairness, tokens, throttle, enqueue,
-or all. Each repetition starts its own Redis, PostgreSQL database, emulator and workers.
+latency (one notification at a time), http_enqueue (the API under 32 concurrent clients), control_plane
+(dispatch, claims and outcome writes with free Graph), or all.
+Each repetition starts its own Redis, PostgreSQL database, emulator and workers.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from benchmarks import report, scenarios, throughput
+from benchmarks import control_plane, report, scenarios, throughput, user_facing
 
-SCENARIOS = ("throughput", "fairness", "tokens", "throttle", "enqueue")
+SCENARIOS = ("throughput", "fairness", "tokens", "throttle", "enqueue", "latency", "http_enqueue", "control_plane")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
@@ -39,6 +41,18 @@ def _runner(name: str, small: bool, big: int | None) -> Callable[[Callable[[str]
         thr = scenarios.ThrottleSize(tenants=2, messages_per_tenant=15, fault_probability=0.3, latency_ms=20,
                                      workers=1, concurrency=8) if small else scenarios.ThrottleSize()
         return lambda tick: scenarios.run_throttle(thr, tick)
+    if name == "latency":
+        lat = user_facing.LatencySize(interval_ms=100, duration_s=3, latency_ms=20) if small else \
+            user_facing.LatencySize()
+        return lambda tick: user_facing.run_latency(lat, tick)
+    if name == "http_enqueue":
+        http = user_facing.HttpEnqueueSize(tenants=2, clients=4, batch=50, batch_notifications=200,
+                                           single_posts=40) if small else user_facing.HttpEnqueueSize()
+        return lambda tick: user_facing.run_http_enqueue(http, tick)
+    if name == "control_plane":
+        cp = control_plane.ControlPlaneSize(tenants=20, messages_per_tenant=5, workers=1, concurrency=8) if small \
+            else control_plane.ControlPlaneSize()
+        return lambda tick: control_plane.run_control_plane(cp, tick)
     enq = scenarios.EnqueueSize(notifications=500, batch=100) if small else scenarios.EnqueueSize()
     return lambda tick: scenarios.run_enqueue(enq, tick)
 

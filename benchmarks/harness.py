@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import redis
 from cryptography.fernet import Fernet
 from sqlalchemy import Engine
 
+from benchmarks.redis_sentinel import RedisSentinelGroup, sentinel_group
 from emulator.demo import client_id_for, demo_directory, make_tenant, tenant_id_for
 from emulator.testing import EmulatorProcess
 from shared.db import migrate
 from shared.providers import save_graph_provider
+from shared.redis_client import sync_client
 from shared.secretbox import SecretBox
 from shared.settings import Settings
 from tenantmail.embedded import start_redis
@@ -38,6 +39,7 @@ class Bench:
     procs: ProcessStack
     emulator: Any
     emulator_pid: int | None = None
+    sentinel: RedisSentinelGroup | None = None  # when Redis is a Sentinel group rather than one server
 
     @property
     def env(self) -> dict[str, str]:
@@ -63,7 +65,7 @@ class Bench:
     def start_workers(self, n: int, concurrency: int) -> None:
         """Start n worker processes and wait until one of them leads the dispatch."""
         self.procs.start_workers(n, concurrency=concurrency, hostname="bench")
-        r = redis.Redis.from_url(self.env["REDIS_URL"])
+        r = sync_client(self.env["REDIS_URL"])
         try:
             wait_until(lambda: r.exists("tm:dispatcher:leader"), timeout_s=60, what="a dispatcher leader")
         except AssertionError:
@@ -125,15 +127,17 @@ def _cpu_s(pid: int | None) -> float:
 @contextmanager
 def bench_stack(*, tenants: int, latency_ms: float, database: str = "postgres",
                 extra_env: dict[str, str] | None = None, token_lifetime_s: int | None = None,
-                pg_admin_url: str = PG_ADMIN_URL, seed: int | None = None) -> Iterator[Bench]:
+                pg_admin_url: str = PG_ADMIN_URL, seed: int | None = None,
+                sentinel: bool = False) -> Iterator[Bench]:
     """Start Redis, a fresh database, the emulator with `tenants` tenants, and configure them.
 
     `pg_admin_url` is the PostgreSQL server that gets the fresh database; `seed` makes the
-    emulator's ids and fault rolls repeat."""
+    emulator's ids and fault rolls repeat; `sentinel` runs Redis as a Sentinel group (a master, a
+    replica, three sentinels) instead of one server."""
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tm-bench-")))
-        redis_url, redis_proc = start_redis(tmp / "redis")
-        stack.callback(lambda: (redis_proc.terminate(), redis_proc.wait()))
+        group = stack.enter_context(sentinel_group(tmp / "redis")) if sentinel else None
+        redis_url = group.url if group else _private_redis(stack, tmp / "redis")
         db_url = stack.enter_context(_database(database, tmp, pg_admin_url))
         directory = demo_directory()
         directory["tenants"] += [make_tenant(i) for i in range(tenants)]
@@ -151,7 +155,14 @@ def bench_stack(*, tenants: int, latency_ms: float, database: str = "postgres",
             save_graph_provider(procs.engine, box, f"t{i}", sender_address=spec["mailboxes"][0]["address"],
                                 azure_tenant=tenant_id_for(i), client_id=client_id_for(i),
                                 client_secret=spec["apps"][0]["secrets"][0]["value"])
-        yield Bench(procs, emu, emu_proc.process.pid if emu_proc.process else None)
+        yield Bench(procs, emu, emu_proc.process.pid if emu_proc.process else None, sentinel=group)
+
+
+def _private_redis(stack: ExitStack, state_dir: Path) -> str:
+    url, proc = start_redis(state_dir)
+    stack.callback(proc.wait)  # callbacks run last in, first out: terminate, then wait
+    stack.callback(proc.terminate)
+    return url
 
 
 @contextmanager

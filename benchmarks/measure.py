@@ -10,12 +10,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import redis
 from sqlalchemy import Engine, select
 
 from benchmarks.harness import _cpu_s
 from emulator.demo import client_id_for, make_tenant, tenant_id_for
 from shared.models import Notification
+from shared.redis_client import sync_client
 
 _N = Notification.__table__  # type: ignore[attr-defined]
 
@@ -80,7 +80,7 @@ class MachineLoad:
 
 def own_cpu_s(bench: Any) -> Callable[[], float]:
     """CPU seconds of this process, the bench's workers, its emulator and its private redis-server."""
-    redis_pid = int(redis.Redis.from_url(bench.env["REDIS_URL"]).info("server")["process_id"])
+    redis_pid = int(sync_client(bench.env["REDIS_URL"]).info("server")["process_id"])
     return lambda: sum(_cpu_s(pid) for pid in (os.getpid(), bench.emulator_pid, redis_pid)) + bench.worker_cpu_s()
 
 

@@ -99,26 +99,27 @@ class PeerRun:
 
 
 def run_peer(bench: Any, jobs: list[tuple[dict[str, str], dict[str, Any]]], *, processes: int,
-             concurrency: int, timeout_s: float) -> PeerRun:
-    """Start `processes` peer workers, send `jobs` through them, stop them; emulator counters are reset."""
+             concurrency: int, timeout_s: float, app_module: str = "benchmarks.peer", task: str = TASK) -> PeerRun:
+    """Start `processes` peer workers of `app_module`, send `jobs` through them as `task`, stop them;
+    emulator counters are reset."""
     emu = bench.emulator
     host = emu.base_url.split("://", 1)[1]
     endpoint = {"authority": host, "host": host.split(":")[0], "ca_path": emu.ca_path,
                 "graph_base": emu.graph_base_url}
     broker = bench.env["REDIS_URL"]
     producer = Celery("tenantmail-peer-producer", broker=broker)
-    procs = [_start_worker(bench, broker, concurrency, i) for i in range(processes)]
+    procs = [_start_worker(bench, broker, concurrency, i, app_module) for i in range(processes)]
     try:
         warm = jobs[: processes * 2]
         emu.control.reset()
         for tenant, message in warm:  # imports and first connections happen before the clock starts
-            producer.send_task(TASK, args=(endpoint, tenant, message), queue=QUEUE)
+            producer.send_task(task, args=(endpoint, tenant, message), queue=QUEUE)
         _wait_accepted(emu, len(warm), timeout_s=120, what="peer warm-up")
         emu.control.reset()
         cpu0 = sum(_cpu_s(p.pid) for p in procs)
         t0 = time.time()
         for tenant, message in jobs:
-            producer.send_task(TASK, args=(endpoint, tenant, message), queue=QUEUE)
+            producer.send_task(task, args=(endpoint, tenant, message), queue=QUEUE)
         accepted, t_last = _wait_accepted(emu, len(jobs), timeout_s=timeout_s, what="peer run")
         cpu = sum(_cpu_s(p.pid) for p in procs) - cpu0
         return PeerRun(concurrency, len(jobs), accepted, t_last - t0, cpu)
@@ -134,10 +135,10 @@ def run_peer(bench: Any, jobs: list[tuple[dict[str, str], dict[str, Any]]], *, p
                 p.wait()
 
 
-def _start_worker(bench: Any, broker: str, concurrency: int, index: int) -> subprocess.Popen[bytes]:
-    log = open(bench.tmp / f"peer{index}-c{concurrency}.log", "wb")
+def _start_worker(bench: Any, broker: str, concurrency: int, index: int, app_module: str) -> subprocess.Popen[bytes]:
+    log = open(bench.tmp / f"{app_module.rsplit('.', 1)[-1]}{index}-c{concurrency}.log", "wb")
     return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "benchmarks.peer", "-b", broker, "worker", "-P", "threads",
+        [sys.executable, "-m", "celery", "-A", app_module, "-b", broker, "worker", "-P", "threads",
          "-c", str(concurrency), "-Q", QUEUE, "-n", f"peer{index}@%h", "--without-gossip", "--without-mingle",
          "--without-heartbeat", "--loglevel", "WARNING"],
         env=bench.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)

@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="seed for deterministic ids and fault rolls")
     parser.add_argument("--token-lifetime-s", type=int, default=3599)
     parser.add_argument("--ca-out", default=None, help="where to write the CA PEM (default: in --state-dir)")
+    parser.add_argument("--tls-hostname", action="append", default=[],
+                        help="another name the certificate covers (repeatable), e.g. a compose service name")
     parser.add_argument("--state-dir", default=None, help="directory for the CA PEM (default: a temp dir)")
     parser.add_argument("--smtp-port", type=int, default=0, help="port of the local SMTP relay; 0 picks a free one")
     parser.add_argument("--smtp-security", choices=["starttls", "tls", "none"], default="starttls",
@@ -56,6 +58,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         seed=args.seed,
         token_lifetime_s=args.token_lifetime_s,
         ca_path=args.ca_out,
+        tls_hostnames=tuple(args.tls_hostname),
         state_dir=args.state_dir,
         advertised_base_url=args.advertised_base_url,
         smtp=args.smtp,

@@ -10,6 +10,11 @@ from typing import Any
 MUTABLE_FIELDS = frozenset(
     {
         "latency_ms",
+        "rbac_propagation_s",
+        "rbac_denied_status",
+        "rbac_denied_code",
+        "rbac_denied_message",
+        "no_permissions_in_token",
         "token_lifetime_s",
         "refresh_in_s",
         "mailbox_concurrency",
@@ -65,6 +70,9 @@ class EmulatorConfig:
     advertised_base_url: str | None = None
     state_dir: str | None = None
     ca_path: str | None = None
+    # Extra names the server certificate covers beside 127.0.0.1 and localhost, e.g. the service name
+    # "emulator" that other containers of a compose stack reach it by.
+    tls_hostnames: tuple[str, ...] = ()
     # The local SMTP relay (emulator.smtp) for the platform default provider: on by default, on
     # `smtp_port` (0 = a free one). "starttls" offers STARTTLS when `tls` is on; "tls" is implicit
     # TLS; "none" plain text. `smtp_credentials` ({user: password}) makes AUTH mandatory.
@@ -72,6 +80,16 @@ class EmulatorConfig:
     smtp_port: int = 0
     smtp_security: str = "starttls"
     smtp_credentials: dict[str, str] | None = None
+    # RBAC for Applications (emulator.exchange): a new role assignment takes effect after this much
+    # emulator time (Microsoft documents 30 min to 2 h of caching). The answer a mailbox outside the
+    # scope gets is UNVERIFIED (field reports show the generic ErrorAccessDenied): configurable here.
+    rbac_propagation_s: float = 0.0
+    rbac_denied_status: int = 403
+    rbac_denied_code: str = "ErrorAccessDenied"
+    rbac_denied_message: str = "Access is denied. Check credentials and try again."
+    # A token with no application permission at all and no RBAC grant: 403 ErrorAccessDenied (False) or
+    # 401 NoPermissionsInAccessToken (True; listed in error-code lists, UNVERIFIED for sendMail).
+    no_permissions_in_token: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def updated(self, changes: dict[str, Any]) -> EmulatorConfig:

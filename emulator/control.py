@@ -8,6 +8,7 @@ import orjson
 from aiohttp import web
 
 from emulator.directory import Directory
+from emulator.exchange_cmdlets import run_cmdlet
 from emulator.faults import build_fault
 from emulator.state import matches
 from emulator.tokens import TokenService
@@ -80,6 +81,24 @@ async def add_certificate(request: web.Request) -> web.Response:
     except (ValueError, TypeError) as exc:
         raise _bad(exc) from None
     return _json({"registered": True}, status=201)
+
+
+async def exchange_cmdlet(request: web.Request) -> web.Response:
+    """POST /_emulator/exchange/{tenant}/cmdlet {"cmdlet", "params"}: run an Exchange Online PowerShell
+    cmdlet of RBAC for Applications or Access Policies against the directory (emulator.exchange_cmdlets)."""
+    emu = _emu(request)
+    body = await _body(request)
+    if not isinstance(body, dict) or not isinstance(body.get("cmdlet"), str):
+        raise _bad(ValueError("cmdlet: a cmdlet name is required"))
+    try:
+        result = run_cmdlet(emu.directory, request.match_info["tenant"], body["cmdlet"],
+                            dict(body.get("params") or {}), emu.clock.now())
+    except KeyError as exc:
+        raise web.HTTPNotFound(text=orjson.dumps({"error": str(exc)}).decode(),
+                               content_type="application/json") from None
+    except (ValueError, TypeError) as exc:  # CmdletError is a ValueError
+        raise _bad(exc) from None
+    return _json({"output": result})
 
 
 async def get_outbox(request: web.Request) -> web.Response:
@@ -206,6 +225,7 @@ def add_routes(app: web.Application) -> None:
     r.add_put("/_emulator/directory", put_directory)
     r.add_post("/_emulator/directory/tenants", put_tenant)
     r.add_post("/_emulator/directory/tenants/{tenant}/apps/{client_id}/certificates", add_certificate)
+    r.add_post("/_emulator/exchange/{tenant}/cmdlet", exchange_cmdlet)
     r.add_get("/_emulator/outbox", get_outbox)
     r.add_get("/_emulator/requests", get_requests)
     r.add_get("/_emulator/counters", get_counters)

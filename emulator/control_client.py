@@ -98,6 +98,12 @@ class ControlClient:
         """Register a certificate's public part on an app (as an admin uploads it in Certificates & secrets)."""
         self._call("POST", f"directory/tenants/{tenant}/apps/{client_id}/certificates", json={"pem": cert_pem})
 
+    def exchange(self, tenant: str, cmdlet: str, **params: Any) -> Any:
+        """Run an Exchange Online cmdlet (New-ServicePrincipal, New-ManagementScope,
+        New-ManagementRoleAssignment, New-ApplicationAccessPolicy, Test-ServicePrincipalAuthorization,
+        Test-ApplicationAccessPolicy) against the directory; returns its output."""
+        return self._call("POST", f"exchange/{tenant}/cmdlet", json={"cmdlet": cmdlet, "params": params})["output"]
+
     def smtp_messages(self, **filters: Any) -> list[dict[str, Any]]:
         """Messages the SMTP relay received, filtered like `outbox` (e.g. notification_id=...)."""
         return self._call("GET", "smtp/messages", params=filters)

@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import re
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from emulator.demo import (  # noqa: F401  (re-exported: the contract names them
 )
 
 GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_OBJECT_IDS = uuid.UUID("7d3f7a52-1c1b-4d55-8f0e-6a3b2c1d0e9f")
 DNS_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$")
 
 
@@ -86,6 +88,8 @@ class App:
     certificates: list[Certificate]
     roles: list[str]
     admin_consent: bool
+    object_id: str = ""  # of the app registration
+    service_principal_id: str = ""  # object id of its enterprise application (service principal)
 
     @property
     def granted_roles(self) -> list[str]:
@@ -104,6 +108,7 @@ class Mailbox:
     on_premises: bool
     exists: bool
     max_send_size_bytes: int
+    attributes: dict[str, str] = field(default_factory=dict)  # CustomAttribute1..15, Department: for filters
 
 
 @dataclass
@@ -118,6 +123,8 @@ class Tenant:
     groups: dict[str, set[str]] = field(default_factory=dict)
     policies: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # app -> [(scope, right)]
     send_as: dict[str, set[str]] = field(default_factory=dict)
+    exchange: dict[str, Any] = field(default_factory=dict)  # RBAC for Applications (emulator.exchange)
+    admin_units: list[dict[str, Any]] = field(default_factory=list)
 
     def mailbox(self, ident: str) -> Mailbox | None:
         """Look a mailbox up by id or address, case-insensitively; None if absent or not existing."""
@@ -172,7 +179,15 @@ def _app(spec: dict[str, Any]) -> App:
         certificates=[_certificate(c) for c in spec.get("certificates", [])],
         roles=list(spec.get("roles", [])),
         admin_consent=bool(spec.get("admin_consent", True)),
+        object_id=str(spec.get("object_id") or derived_id("app-registration", spec["client_id"])),
+        service_principal_id=str(spec.get("service_principal_id")
+                                 or derived_id("enterprise-application", spec["client_id"])),
     )
+
+
+def derived_id(kind: str, client_id: str) -> str:
+    """A stable object id for an app's registration or enterprise application when the spec gives none."""
+    return str(uuid.uuid5(_OBJECT_IDS, f"{kind}/{str(client_id).lower()}"))
 
 
 def _mailbox(spec: dict[str, Any]) -> Mailbox:
@@ -184,6 +199,7 @@ def _mailbox(spec: dict[str, Any]) -> Mailbox:
         on_premises=bool(spec.get("on_premises", False)),
         exists=bool(spec.get("exists", True)),
         max_send_size_bytes=int(spec.get("max_send_size_kb", 35 * 1024)) * 1024,
+        attributes={str(k): str(v) for k, v in (spec.get("attributes") or {}).items()},
     )
 
 
@@ -208,6 +224,10 @@ def build_tenant(spec: dict[str, Any]) -> Tenant:
             raise ValueError(f"access_right must be RestrictAccess or DenyAccess: {right!r}")
         rules = tenant.policies.setdefault(str(policy["app_id"]).lower(), [])
         rules.append((str(policy["scope"]).lower(), right))
+    tenant.exchange = dict(spec.get("exchange") or {})
+    tenant.admin_units = [{"id": str(u.get("id", u["name"])), "name": str(u["name"]),
+                           "members": [str(m).lower() for m in u.get("members", [])]}
+                          for u in spec.get("admin_units", [])]
     for grant in spec.get("send_as", []):
         allowed = tenant.send_as.setdefault(str(grant["mailbox"]).lower(), set())
         allowed.update(str(a).lower() for a in grant.get("can_send_as", []))
@@ -252,6 +272,10 @@ class Directory:
                 app["certificates"] = [*app.get("certificates", []), {"pem": pem}]
                 return self.put_tenant(spec)
         raise KeyError(f"no app {client_id!r} in tenant {tenant.id}")
+
+    def raw_tenant(self, tenant_id: str) -> dict[str, Any]:
+        """The spec a tenant was built from (change it, then `put_tenant` it)."""
+        return self._raw[tenant_id]
 
     def to_dict(self) -> dict[str, Any]:
         """The directory as it was given (JSON-able)."""

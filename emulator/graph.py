@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from emulator import exchange
 from emulator.directory import Mailbox, Tenant
 from emulator.graph_errors import base_headers, graph_error
 from emulator.message_checks import MessageProblem, check_message
@@ -82,13 +83,12 @@ async def _send_mail(
     app_id = str(claims.get("appid") or claims.get("azp") or "").lower()
     note = request[NOTE_KEY]
     note.update(tenant=claims.get("tid"), app_id=app_id)
-    if "Mail.Send" not in (claims.get("roles") or ()):
-        raise GraphReply("access_denied")
     tenant = emu.directory.tenant(str(claims.get("tid", "")))
     user = request.match_info["user"]
     box = tenant.mailbox(user) if tenant is not None else None
     address = box.address if box is not None else user.lower()
     note["mailbox"] = address
+    _authorize(emu, list(claims.get("roles") or ()), tenant, app_id, box)
     if tenant is not None and not tenant.policy_allows(app_id, address):
         raise GraphReply("access_policy")
     if tenant is None or box is None:
@@ -97,6 +97,24 @@ async def _send_mail(
         raise GraphReply("mailbox_not_enabled")
     record = await _validated_record(emu, request, tenant, box)
     return await _admit_and_commit(emu, request, tenant, box, app_id, record, request_id, client_request_id)
+
+
+def _authorize(emu: Emulator, roles: list[str], tenant: Tenant | None, app_id: str, box: Mailbox | None) -> None:
+    # Entra's Mail.Send (tenant-wide) or an Exchange RBAC for Applications grant over this mailbox: a union.
+    if "Mail.Send" in roles:
+        return
+    decision = "none"
+    if tenant is not None and box is not None:
+        decision = exchange.decide(tenant, tenant.apps.get(app_id), box, emu.clock.now(), emu.config.rbac_propagation_s)
+    if decision == "granted":
+        return
+    c = emu.config
+    if decision == "none" and not roles and c.no_permissions_in_token:
+        raise GraphReply("no_permissions")
+    if decision == "none":
+        raise GraphReply("access_denied")
+    raise GraphReply("access_denied", status=c.rbac_denied_status, code=c.rbac_denied_code,
+                     message=c.rbac_denied_message)
 
 
 async def _validated_record(

@@ -36,6 +36,12 @@ CATALOGUE: dict[str, tuple[int, str, str]] = {
         "Access token validation failure. Invalid audience.",
     ),
     "access_denied": (403, "ErrorAccessDenied", "Access is denied. Check credentials and try again."),
+    # UNVERIFIED status (reference §7 item 10); used when EmulatorConfig.no_permissions_in_token is on.
+    "no_permissions": (
+        401,
+        "NoPermissionsInAccessToken",
+        "The token contains no permissions, or permissions can not be understood.",
+    ),
     "access_policy": (
         403,
         "ErrorAccessDenied",
@@ -98,6 +104,13 @@ CATALOGUE: dict[str, tuple[int, str, str]] = {
         "Target resource '{user}' hosted on database 'DB01' is currently on backend 'Unknown'",
     ),
     "gateway_timeout": (504, "UnknownError", ""),
+    # Directory (applications, servicePrincipals) answers, not Outlook's.
+    "directory_denied": (403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation."),
+    "directory_not_found": (
+        404,
+        "Request_ResourceNotFound",
+        "Resource '{ident}' does not exist or one of its queried reference-property objects are not present.",
+    ),
     "internal_error": (500, "InternalServerError", "An internal server error occurred."),
 }
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from emulator import control, entra, graph, smtp
+from emulator import applications, control, entra, graph, smtp
 from emulator.clock import Clock, Ids
 from emulator.config import EmulatorConfig
 from emulator.directory import Directory
@@ -35,7 +35,7 @@ class Emulator:
         self.limits = Limits(lambda: self.config, self.clock.now)
         self.faults = Faults(self.ids.random)
         self.inspection = Inspection(config.request_log_size)
-        self.tls = TlsMaterial(config.state_dir, config.ca_path) if config.tls else None
+        self.tls = TlsMaterial(config.state_dir, config.ca_path, config.tls_hostnames) if config.tls else None
         self.smtp = smtp.SmtpRelay(self) if config.smtp else None
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
@@ -102,6 +102,7 @@ class Emulator:
         r.add_get("/{tenant}/discovery/keys", entra.jwks)
         r.add_post("/{tenant}/oauth2/v2.0/token", entra.token)
         r.add_post(r"/v1.0/users/{user}/{action:(microsoft\.graph\.)?[sS]end[mM]ail}", graph.send_mail)
+        r.add_get("/v1.0/applications(appId='{app_id}')", applications.get_application)
         return app
 
     async def start(self) -> None:
@@ -168,6 +169,8 @@ def _route_name(path: str) -> str:
         return "token"
     if "/users/" in path:
         return "sendMail"
+    if "/applications(" in path:
+        return "applications"
     if "discovery" in path or "well-known" in path:
         return "discovery"
     return "other"

@@ -11,11 +11,12 @@ import trustme
 
 
 class TlsMaterial:
-    """The CA and a server certificate for 127.0.0.1 and localhost."""
+    """The CA and a server certificate for 127.0.0.1, localhost and any `hostnames` given."""
 
-    def __init__(self, state_dir: str | None = None, ca_path: str | None = None) -> None:
+    def __init__(self, state_dir: str | None = None, ca_path: str | None = None,
+                 hostnames: tuple[str, ...] = ()) -> None:
         self._ca = trustme.CA(organization_name="tenantmail emulator")
-        self._cert = self._ca.issue_cert("127.0.0.1", "localhost", "::1")
+        self._cert = self._ca.issue_cert("127.0.0.1", "localhost", "::1", *hostnames)
         if ca_path is None:
             directory = state_dir or tempfile.mkdtemp(prefix="tenantmail-emulator-")
             os.makedirs(directory, exist_ok=True)

@@ -1,13 +1,16 @@
 """What a delivery error means and how to fix it, for admins and operators.
 
-Keyed on the service's code (never on its message text), except where Microsoft uses one code for
-two causes: ErrorAccessDenied is an Application Access Policy refusal when the message carries the
+Keyed on the recorded code (never on its message text): our own (`shared.codes.Code`) or the
+service's, passed through (Graph, Entra ID, the SMTP relay's reply class); except where Microsoft
+uses one code for two causes: ErrorAccessDenied is an Application Access Policy refusal when the message carries the
 policy marker "[RAOP]" / "AccessPolicy", and a missing Mail.Send permission otherwise.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from shared.codes import Code
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +27,7 @@ class Diagnosis:
 _BUG = Diagnosis("Microsoft refused the shape of tenantmail's own request.",
                  "This is a tenantmail bug (or a proxy altering requests); report it with the request id.")
 
-_BY_CODE: dict[str, Diagnosis] = {
+_BY_SERVICE_CODE: dict[str, Diagnosis] = {
     "ErrorAccessDenied": Diagnosis(
         "The app lacks the Mail.Send application permission, or admin consent was not granted.",
         "In Entra ID > App registrations > API permissions, add Microsoft Graph > Application "
@@ -114,10 +117,6 @@ _BY_CODE: dict[str, Diagnosis] = {
     "TooManyRequests": Diagnosis(
         "Graph is throttling this tenant or app.", "Nothing to do: the Retry-After is obeyed and it is retried."),
     "InternalServerError": Diagnosis("Graph had an internal error.", "Nothing to do: it is retried with backoff."),
-    "NoProviderConfigured": Diagnosis(
-        "The tenant has no email provider and the platform default (an SMTP relay) is not configured.",
-        "Configure the tenant's provider, or set TENANTMAIL_SMTP_HOST (and _SMTP_PORT, _SMTP_SECURITY, "
-        "_SMTP_USERNAME, _SMTP_PASSWORD) for the platform's no-reply sender."),
     "SMTP535": Diagnosis(
         "The SMTP relay refused the platform's username or password.",
         "Fix TENANTMAIL_SMTP_USERNAME / TENANTMAIL_SMTP_PASSWORD and restart the workers."),
@@ -125,29 +124,100 @@ _BY_CODE: dict[str, Diagnosis] = {
         "The SMTP relay requires authentication.", "Set TENANTMAIL_SMTP_USERNAME and TENANTMAIL_SMTP_PASSWORD."),
     "SMTP552": Diagnosis(
         "The message is larger than the SMTP relay accepts.", "Send smaller attachments or raise the relay's limit."),
-    "SMTPNotSupported": Diagnosis(
+}
+
+# Ours: every member of Code has one (tests/test_diagnosis.py walks the enum).
+_BY_CODE: dict[Code, Diagnosis] = {
+    Code.NO_PROVIDER_CONFIGURED: Diagnosis(
+        "The tenant has no email provider and the platform default (an SMTP relay) is not configured.",
+        "Configure the tenant's provider, or set TENANTMAIL_SMTP_HOST (and _SMTP_PORT, _SMTP_SECURITY, "
+        "_SMTP_USERNAME, _SMTP_PASSWORD) for the platform's no-reply sender."),
+    Code.SMTP_NOT_SUPPORTED: Diagnosis(
         "The SMTP relay does not offer what the settings ask for (STARTTLS or AUTH).",
         "Check TENANTMAIL_SMTP_SECURITY (starttls on 587, tls on 465) against the relay."),
-    "TLSError": Diagnosis(
+    Code.TLS_ERROR: Diagnosis(
         "TLS with the SMTP relay failed (certificate not trusted or wrong name).",
         "Trust the relay's CA (TENANTMAIL_CA_BUNDLE) or fix TENANTMAIL_SMTP_HOST; it is retried."),
-    "AuthorityUnreachable": Diagnosis(
+    Code.AUTHORITY_UNREACHABLE: Diagnosis(
         "Entra ID could not be reached.", "Check outbound HTTPS to the cloud's login host; it is retried."),
-    "WorkerLost": Diagnosis(
+    Code.WORKER_LOST: Diagnosis(
         "The worker sending this died mid-send; it may or may not have been delivered.",
         "Nothing to do: it is flagged possible_duplicate; check message trace if a copy matters."),
-    "Timeout": Diagnosis(
+    Code.TIMEOUT: Diagnosis(
         "Graph did not answer in time; the message may have been accepted.",
         "Nothing to do: it is retried once and flagged possible_duplicate."),
-    "ConnectionReset": Diagnosis(
+    Code.CONNECTION_RESET: Diagnosis(
         "The connection to Graph (or the SMTP relay) broke after sending; the message may have been accepted.",
         "Nothing to do: it is retried once and flagged possible_duplicate."),
-    "ConnectionRefused": Diagnosis("Graph (or the SMTP relay) could not be reached.",
+    Code.CONNECTION_REFUSED: Diagnosis("Graph (or the SMTP relay) could not be reached.",
                                    "Check outbound HTTPS (or SMTP to the relay); it is retried."),
-    "MaxAgeExceeded": Diagnosis(
+    Code.MAX_AGE_EXCEEDED: Diagnosis(
         "The mailbox stayed throttled until the notification's maximum age.",
         "Lower the sending rate for this mailbox (TENANTMAIL_MAILBOX_PACING_MS) or raise the maximum age."),
+    Code.CONNECT_TIMEOUT: Diagnosis(
+        "Connecting to Graph timed out before anything was sent.",
+        "Check outbound HTTPS to the cloud's Graph host; it is retried."),
+    Code.TOKEN_LOCK_TIMEOUT: Diagnosis(
+        "Another worker held this tenant's token lock too long (Entra ID slow to answer it).",
+        "Nothing to do: it is retried; if it lasts, check the workers can reach the cloud's login host."),
+    Code.TOKEN_SERVICE_ERROR: Diagnosis(
+        "Entra ID's token endpoint failed or answered with something other than JSON.",
+        "Nothing to do: it is retried; if it lasts, check a proxy is not rewriting the login host's answers."),
+    Code.PROVIDER_ERROR: Diagnosis(
+        "The tenant's saved provider settings cannot be used (they no longer decrypt or parse).",
+        "Save the tenant's provider settings again; check TENANTMAIL_ENCRYPTION_KEYS still holds the key "
+        "they were saved with."),
+    Code.INTERNAL_ERROR: Diagnosis(
+        "tenantmail hit an unexpected error while sending (its log has the traceback).",
+        "It is retried (once, flagged possible_duplicate, if the request may have left); report the log entry "
+        "as a tenantmail bug."),
+    Code.REDIS_UNAVAILABLE: Diagnosis(
+        "Redis (tokens, mailbox slots, send marks) could not be reached; nothing was sent.",
+        "Nothing to do for the message: it waits and is retried; check Redis is up and reachable."),
+    Code.DATABASE_UNAVAILABLE: Diagnosis(
+        "The database could not be reached or dropped the connection.",
+        "Nothing to do for the message: it is retried; check the database is up and reachable."),
 }
+
+# Exchange RBAC for Applications (chosen by shared.access_diagnosis from the token's roles and the
+# configuration's age, since Graph answers these with the same generic ErrorAccessDenied).
+_BY_CODE.update({
+    Code.RBAC_SCOPE_DENIED: Diagnosis(
+        "The app has no Mail.Send in Entra ID, so only an Exchange RBAC for Applications role assignment can let "
+        "it send, and the sender mailbox is outside that assignment's scope (or there is no assignment).",
+        "Run Test-ServicePrincipalAuthorization -Identity <client id> -Resource <sender>: no row means no "
+        "assignment (New-ManagementRoleAssignment -App <client id> -Role \"Application Mail.Send\" "
+        "-CustomResourceScope <scope>); InScope False means widen the scope's recipient filter or use a sender "
+        "inside it; InScope True means the change is still propagating (up to 2 hours)."),
+    Code.RBAC_PROPAGATING: Diagnosis(
+        "The app's Exchange RBAC for Applications grant was changed recently and Exchange still caches the old "
+        "one (30 minutes for an idle app, up to 2 hours for an active one).",
+        "Check with Test-ServicePrincipalAuthorization -Identity <client id> -Resource <sender> (it bypasses the "
+        "cache): InScope True means wait and Send test again; InScope False means fix the scope."),
+    Code.MAIL_SEND_TENANT_WIDE: Diagnosis(
+        "Mail.Send is consented tenant-wide in Entra ID: Exchange RBAC for Applications grants add to it, so an "
+        "RBAC scope restricts nothing and the app can send as any mailbox.",
+        "Remove the Microsoft Graph Mail.Send application permission (and its consent) and rely on the RBAC role "
+        "assignment, or scope with an Application Access Policy (checked with Test-ApplicationAccessPolicy)."),
+})
+
+_BY_SERVICE_CODE.update({
+    "NoPermissionsInAccessToken": Diagnosis(
+        "The app has no application permission at all: no Mail.Send consented in Entra ID and no Exchange RBAC "
+        "for Applications role assignment.",
+        "Assign it with RBAC for Applications (recommended): New-ServicePrincipal, New-ManagementScope, "
+        "New-ManagementRoleAssignment -Role \"Application Mail.Send\"; check with "
+        "Test-ServicePrincipalAuthorization -Identity <client id> -Resource <sender>."),
+    # Answers of Graph's directory routes (GET /applications(appId=…), read for a secret's expiry).
+    "Authorization_RequestDenied": Diagnosis(
+        "The app may not read its own registration (no Application.Read.All), so the secret's expiry could not "
+        "be read from Microsoft Graph.",
+        "Enter the secret's expiry date in the settings, or add Microsoft Graph > Application permissions > "
+        "Application.Read.All with admin consent and save again."),
+    "Request_ResourceNotFound": Diagnosis(
+        "Microsoft Graph does not know this application (client) ID in the tenant.",
+        "Check the Application (client) ID on the app's Overview page."),
+})
 
 _POLICY = Diagnosis(
     "The sender mailbox is outside the app's Application Access Policy.",
@@ -162,10 +232,17 @@ def diagnose(code: str | None, message: str | None = None) -> Diagnosis | None:
     if code == "ErrorAccessDenied" and message and ("RAOP" in message or "AccessPolicy" in message):
         return _POLICY
     if code == "BadRequest" and message and "request length" in message.lower():
-        return _BY_CODE["RequestEntityTooLarge"]  # how Graph said "over 4 MB" before it answered 413
+        return _BY_SERVICE_CODE["RequestEntityTooLarge"]  # how Graph said "over 4 MB" before it answered 413
     if code.startswith("HTTP5") or code in ("ServiceUnavailable", "MailboxInfoStale", "UnknownError"):
         return Diagnosis("Graph had a transient failure.", "Nothing to do: it is retried with backoff.")
-    return _BY_CODE.get(code) or _smtp(code)
+    return _ours(code) or _BY_SERVICE_CODE.get(code) or _smtp(code)
+
+
+def _ours(code: str) -> Diagnosis | None:
+    try:
+        return _BY_CODE.get(Code(code))
+    except ValueError:  # not one of ours: a service's code
+        return None
 
 
 def _smtp(code: str) -> Diagnosis | None:

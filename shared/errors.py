@@ -3,21 +3,30 @@
     TenantmailError
     ├── ValidationFailed            bad input from a producer or an admin; names the field
     ├── ConfigurationError          our own settings are wrong or missing
+    │   └── SecretsUndecryptable    stored credentials no configured encryption key opens
     ├── ProviderError               a tenant's provider cannot be used
     │   └── NoProviderConfigured
-    └── DeliveryError               something went wrong talking to Entra ID or Graph
+    └── DeliveryError               something went wrong on the way to a message being accepted
         ├── TransientError          retry later (429, 503, connection refused, token endpoint 5xx)
-        │   └── Throttled           429 or a mailbox blocked by an earlier Retry-After
+        │   ├── Throttled           429 or a mailbox blocked by an earlier Retry-After
+        │   ├── RedisUnavailable    Redis (tokens, throttle, send marks) unreachable or timed out
+        │   └── DatabaseUnavailable the database unreachable, or the connection dropped
         ├── PermanentError          never retried (ErrorAccessDenied, ErrorInvalidUser, AADSTS7000215 ...)
         │   └── TokenError          Entra refused to issue a token (carries the AADSTS code)
         ├── AuthenticationExpired   Graph 401 InvalidAuthenticationToken: drop the token, resend once
         └── AmbiguousOutcome        the request may have reached Graph (504, timeout, reset after send)
 
-Every DeliveryError carries the HTTP status, the service's code (`ErrorAccessDenied`,
-`AADSTS7000215`), its message and the service's request id, so callers branch on `code` and
-`status`, never on message text. Third-party exceptions (aiohttp, MSAL, SQLAlchemy, redis) are
-translated into this tree at one boundary each: `transport.graph` for aiohttp, `transport.tokens` for
-MSAL.
+Every DeliveryError carries the HTTP status, a code, its message and the service's request id, so
+callers branch on `code` and `status`, never on message text. The code is one of ours
+(`shared.codes.Code`) or the service's, passed through (`ErrorAccessDenied`, `AADSTS7000215`,
+`SMTP550`). Third-party exceptions are translated into this tree at one boundary each:
+
+    aiohttp      -> transport.graph         (TransientError, AmbiguousOutcome)
+    aiosmtplib   -> transport.smtp          (TransientError, PermanentError, AmbiguousOutcome)
+    MSAL         -> transport.entra         (TokenError, TransientError)
+    redis-py     -> transport.redis_errors  (RedisUnavailable), used by the token cache, the throttle
+                                            and the send marks
+    SQLAlchemy   -> worker.store            (DatabaseUnavailable), once its own retries are spent
 """
 
 from __future__ import annotations
@@ -38,6 +47,17 @@ class ValidationFailed(TenantmailError, ValueError):
 
 class ConfigurationError(TenantmailError):
     """A setting of tenantmail itself is missing or inconsistent."""
+
+
+class SecretsUndecryptable(ConfigurationError):
+    """Stored credentials that no key in TENANTMAIL_ENCRYPTION_KEYS opens; `versions` lists (tenant, version)."""
+
+    def __init__(self, versions: list[tuple[str, int]]) -> None:
+        named = ", ".join(f"tenant {tenant} version {version}" for tenant, version in versions)
+        super().__init__(f"no configured encryption key opens the stored credential of {named}; nothing was "
+                         "re-encrypted. Put the key that encrypted it back in TENANTMAIL_ENCRYPTION_KEYS, or save "
+                         "that configuration again")
+        self.versions = versions
 
 
 class ProviderError(TenantmailError):
@@ -97,3 +117,11 @@ class AuthenticationExpired(DeliveryError):
 
 class AmbiguousOutcome(DeliveryError):
     """The request may have been accepted (504, timeout, reset after the body was sent)."""
+
+
+class RedisUnavailable(TransientError):
+    """Redis did not answer (refused, dropped or timed out); `code` is `Code.REDIS_UNAVAILABLE`."""
+
+
+class DatabaseUnavailable(TransientError):
+    """The database did not answer or dropped the connection; `code` is `Code.DATABASE_UNAVAILABLE`."""

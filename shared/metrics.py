@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
@@ -84,6 +84,16 @@ class Metrics:
         self.ambiguous = Counter("tenantmail_ambiguous_outcomes", "Sends whose outcome cannot be known",
                                  registry=r)
         self.retries = Counter("tenantmail_retries", "Notifications rescheduled for another try", registry=r)
+        self.notification_latency = Histogram(
+            "tenantmail_notification_latency_seconds", "From enqueue to a final outcome written (sent, failed, "
+            "ambiguous)", buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 1800, 3600, 4 * 3600, 24 * 3600),
+            registry=r)
+        self.token_errors = Counter("tenantmail_token_errors", "Token requests Entra ID refused or that failed, by "
+                                    "code (AADSTS<n>, or the transient error's code)", ["code"], registry=r)
+        self.dispatcher_leader = Gauge("tenantmail_dispatcher_leader", "1 while this process's dispatcher holds "
+                                       "the fleet-wide leader lease", registry=r)
+        self.worker_live = Gauge("tenantmail_worker_live", "1 while this worker is live (its event loop answers "
+                                 "and its batches make progress), as `tenantmail health worker` judges", registry=r)
 
     def serve(self, port: int, engine: Engine, addr: str = "0.0.0.0") -> None:
         """Serve /metrics on a daemon thread, the queue gauges read from `engine` at scrape time."""

@@ -57,10 +57,16 @@ class Notification(SQLModel, table=True):
             sqlite_where=text("state IN ('queued', 'retry_wait')"),
         ),
         Index(
-            "ix_notification_lease",
-            "lease_until_ms",
-            postgresql_where=text("state IN ('queued', 'retry_wait', 'sending')"),
-            sqlite_where=text("state IN ('queued', 'retry_wait', 'sending')"),
+            "ix_notification_dispatch_lease",
+            "dispatch_lease_until_ms",
+            postgresql_where=text("state IN ('queued', 'retry_wait')"),
+            sqlite_where=text("state IN ('queued', 'retry_wait')"),
+        ),
+        Index(
+            "ix_notification_send_lease",
+            "send_lease_until_ms",
+            postgresql_where=text("state = 'sending'"),
+            sqlite_where=text("state = 'sending'"),
         ),
     )
 
@@ -74,7 +80,10 @@ class Notification(SQLModel, table=True):
     sent_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
     fair_rank: int = Field(sa_column=Column(BigInteger, nullable=False))
     next_attempt_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
-    lease_until_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
+    # Published and not yet claimed: the broker may have lost it once this passes (queued, retry_wait).
+    dispatch_lease_until_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
+    # Claimed: the worker renews this while it sends; once it passes the sweeper takes over (sending).
+    send_lease_until_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
     claimed_by: str | None = Field(default=None, max_length=100)
     attempts: int = 0
     ambiguous_count: int = 0
@@ -145,6 +154,9 @@ class ProviderConfig(SQLModel, table=True):
     secret_enc: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
     secret_last4: str | None = Field(default=None, max_length=4)
     secret_expires_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    # Where that expiry came from: "entered" by the admin, read from "graph", the "certificate"'s notAfter,
+    # "kept" from the version before (same stored secret); None: unknown, so no reminders.
+    expiry_source: str | None = Field(default=None, max_length=16)
     credential_type: str | None = Field(default=None, max_length=16)  # "secret" | "certificate"
     cert_thumbprint: str | None = Field(default=None, max_length=40)  # SHA-1 hex, as Entra shows it
     admin_contact_email: str | None = Field(default=None, max_length=320)
@@ -183,8 +195,9 @@ class ProviderHistory(SQLModel, table=True):
     id: int | None = Field(default=None, sa_column=Column(_BIGID, primary_key=True, autoincrement=True))
     tenant_id: str = Field(max_length=64)
     version: int
-    action: str = Field(max_length=16)  # "saved" | "reverted"
+    action: str = Field(max_length=16)  # "saved" | "reverted" | "restored"
     changed_fields: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    restored_from: int | None = None  # the version a restore copied
     actor: str | None = Field(default=None, max_length=200)
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 

@@ -101,7 +101,8 @@ class Producer:
         return {
             "id": new_id(), "tenant_id": tenant_id, "idempotency_key": key, "state": State.QUEUED.value,
             "payload": message_to_dict(message), "created_at": now, "updated_at": now,
-            "fair_rank": 0, "next_attempt_ms": int(now.timestamp() * 1000), "lease_until_ms": None,
+            "fair_rank": 0, "next_attempt_ms": int(now.timestamp() * 1000), "dispatch_lease_until_ms": None,
+            "send_lease_until_ms": None,
             "attempts": 0, "ambiguous_count": 0, "possible_duplicate": False,
         }
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 from sqlmodel import Session
 
 from shared.certificates import CertificateCredential, client_credential
@@ -83,6 +83,14 @@ class PlatformProvider:
 Provider = ResolvedProvider | PlatformProvider
 
 
+class VersionConflict(Exception):
+    """A save named the version it edited (If-Match) and another version is in force now."""
+
+    def __init__(self, current_version: int) -> None:
+        super().__init__(f"version {current_version} is in force")
+        self.current_version = current_version
+
+
 # Fields whose change the history records by name; the secret is compared, never stored in it.
 TRACKED_FIELDS = ("kind", "sender_name", "sender_address", "reply_to", "azure_tenant", "client_id", "cloud",
                   "secret_expires_at", "credential_type", "cert_thumbprint", "admin_contact_email")
@@ -102,12 +110,15 @@ def save_graph_provider(
     reply_to: str | None = None,
     cloud: str = "global",
     secret_expires_at: datetime | None = None,
+    expiry_source: str | None = None,
     admin_contact_email: str | None = None,
     created_by: str | None = None,
+    expected_version: int | None = None,
 ) -> int:
     """Store a new active customer-provided Graph configuration and its history entry; returns its version.
 
     Exactly one of `client_secret` and `certificate` is given. A certificate's expiry is its notAfter.
+    With `expected_version`, raises VersionConflict unless that version is the one in force.
     """
     if (client_secret is None) == (certificate is None):
         raise ValueError("give exactly one of client_secret and certificate")
@@ -121,17 +132,48 @@ def save_graph_provider(
         secret_last4=credential[-4:] if certificate is None else None,
         cert_thumbprint=certificate.thumbprint if certificate is not None else None,
         secret_expires_at=certificate.not_after if certificate is not None else secret_expires_at,
+        expiry_source="certificate" if certificate is not None else (expiry_source if secret_expires_at else None),
     )
     changed_name = "certificate_pem" if certificate is not None else "client_secret"
     return _insert_version(engine, row, "saved",
-                           lambda prev: [changed_name] if _credential_changed(box, prev, credential) else [])
+                           lambda prev: [changed_name] if _credential_changed(box, prev, credential) else [],
+                           expected_version=expected_version)
 
 
-def set_platform_default(engine: Engine, tenant_id: str, *, created_by: str | None = None) -> int:
+def set_platform_default(engine: Engine, tenant_id: str, *, created_by: str | None = None,
+                         expected_version: int | None = None) -> int:
     """Revert a tenant to the platform's own sender; returns the new version."""
     return _insert_version(engine, ProviderConfig(
         tenant_id=tenant_id, version=0, kind="platform", created_at=datetime.now(UTC), created_by=created_by,
-    ), "reverted", lambda prev: [] if prev is None or prev.secret_enc is None else [_credential_name(prev)])
+    ), "reverted", _dropped_credential, expected_version=expected_version)
+
+
+def restore_version(engine: Engine, box: SecretBox, source: ProviderConfig, *, created_by: str | None = None,
+                    expected_version: int | None = None) -> int:
+    """Store a copy of an older version `source` as the new version in force; returns its version."""
+    copied = {f: getattr(source, f) for f in (*TRACKED_FIELDS, "secret_enc", "secret_last4", "expiry_source")}
+    row = ProviderConfig(tenant_id=source.tenant_id, version=0, created_at=datetime.now(UTC), created_by=created_by,
+                         **copied)
+    credential = box.decrypt(source.secret_enc) if source.secret_enc is not None else None
+
+    def changes(prev: ProviderConfig | None) -> list[str]:
+        if credential is None:
+            return _dropped_credential(prev)
+        return [_credential_name(source)] if _credential_changed(box, prev, credential) else []
+
+    return _insert_version(engine, row, "restored", changes, expected_version=expected_version,
+                           restored_from=source.version)
+
+
+def config_version(engine: Engine, tenant_id: str, version: int) -> ProviderConfig | None:
+    """One stored version of a tenant's configuration, or None."""
+    with Session(engine) as session:
+        query = select(ProviderConfig).where(_P.c.tenant_id == tenant_id, _P.c.version == version)
+        return session.scalars(query).first()
+
+
+def _dropped_credential(prev: ProviderConfig | None) -> list[str]:
+    return [] if prev is None or prev.secret_enc is None else [_credential_name(prev)]
 
 
 def current_config(engine: Engine, tenant_id: str) -> ProviderConfig | None:
@@ -178,21 +220,36 @@ def _comparable(value: object) -> object:
 
 
 def _insert_version(
-    engine: Engine, row: ProviderConfig, action: str, credential_changes: Callable[[ProviderConfig | None], list[str]]
+    engine: Engine, row: ProviderConfig, action: str, credential_changes: Callable[[ProviderConfig | None], list[str]],
+    *, expected_version: int | None = None, restored_from: int | None = None,
 ) -> int:
-    # One transaction: the new version and its history entry land together or not at all; the
-    # unique (tenant_id, version) constraint makes a concurrent save fail instead of interleaving.
+    # One transaction holding the tenant's lock: saves of one tenant run one after the other, so each
+    # reads the version the previous one wrote (no two pick the same number), and the If-Match check
+    # and the insert cannot be separated by another save. The unique (tenant_id, version) constraint
+    # stays as the last line of defence.
     with Session(engine) as session:
+        _lock_tenant(session, row.tenant_id)
         prev = _current(session, row.tenant_id)
-        current = session.scalar(select(func.max(_P.c.version)).where(_P.c.tenant_id == row.tenant_id))
-        row.version = (current or 0) + 1
+        current = session.scalar(select(func.max(_P.c.version)).where(_P.c.tenant_id == row.tenant_id)) or 0
+        if expected_version is not None and expected_version != current:
+            raise VersionConflict(current)
+        row.version = current + 1
         changed = _changed_fields(prev, row) + credential_changes(prev)
         session.add(row)
         session.add(ProviderHistory(tenant_id=row.tenant_id, version=row.version, action=action,
-                                    changed_fields=changed, actor=row.created_by, created_at=row.created_at))
+                                    changed_fields=changed, actor=row.created_by, created_at=row.created_at,
+                                    restored_from=restored_from))
         emit(session.connection(), [provider_saved_event(row, action, changed)])  # webhooks, same transaction
         session.commit()
         return row.version
+
+
+def _lock_tenant(session: Session, tenant_id: str) -> None:
+    # PostgreSQL: a transaction-scoped advisory lock keyed on the tenant (released at commit or
+    # rollback). SQLite: every transaction begins IMMEDIATE (shared.db), which already serializes writers.
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                        {"key": f"provider_config:{tenant_id}"})
 
 
 class ProviderResolver:

@@ -61,20 +61,24 @@ def send_due_reminders(engine: Engine, settings: Settings, *, now: datetime | No
 
 def expiring(engine: Engine, now: datetime) -> list[Expiring]:
     """Configurations in force whose recorded expiry is within the largest threshold and still ahead."""
+    horizon = now + timedelta(days=max(THRESHOLDS_DAYS))
+    return [item for item in credentials_in_force(engine) if now < item.expires_at <= horizon]
+
+
+def credentials_in_force(engine: Engine) -> list[Expiring]:
+    """Every configuration in force with a recorded credential expiry (past or future)."""
     latest = (select(_P.c.tenant_id, func.max(_P.c.version).label("v")).where(_P.c.active.is_(True))
               .group_by(_P.c.tenant_id).subquery())
     query = (select(_P).join(latest, (_P.c.tenant_id == latest.c.tenant_id) & (_P.c.version == latest.c.v))
              .where(_P.c.kind == "graph", _P.c.secret_expires_at.is_not(None)))
-    horizon = now + timedelta(days=max(THRESHOLDS_DAYS))
     out = []
     with engine.connect() as conn:
         for r in conn.execute(query).mappings():
-            expires_at = as_utc(r["secret_expires_at"])
-            if now < expires_at <= horizon:
-                cert = r["credential_type"] == "certificate"
-                out.append(Expiring(r["tenant_id"], r["version"], expires_at, "certificate" if cert else "secret",
-                                    r["cert_thumbprint"] if cert else f"••••{r['secret_last4'] or ''}",
-                                    r["client_id"] or "", r["admin_contact_email"]))
+            cert = r["credential_type"] == "certificate"
+            out.append(Expiring(r["tenant_id"], r["version"], as_utc(r["secret_expires_at"]),
+                                "certificate" if cert else "secret",
+                                r["cert_thumbprint"] if cert else f"••••{r['secret_last4'] or ''}",
+                                r["client_id"] or "", r["admin_contact_email"]))
     return out
 
 

@@ -22,11 +22,13 @@ class SecretBox:
         if not keys:
             raise ConfigurationError("TENANTMAIL_ENCRYPTION_KEYS: at least one Fernet key is needed")
         try:
-            self._fernet = MultiFernet([Fernet(k.strip().encode()) for k in keys])
+            fernets = [Fernet(k.strip().encode()) for k in keys]
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(
                 "TENANTMAIL_ENCRYPTION_KEYS: each key must be 32 url-safe base64-encoded bytes"
             ) from exc
+        self._newest = fernets[0]
+        self._fernet = MultiFernet(fernets)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SecretBox:
@@ -51,8 +53,27 @@ class SecretBox:
             raise ConfigurationError("a stored secret cannot be decrypted with the configured keys") from exc
 
     def rotate(self, token: bytes) -> bytes:
-        """Re-encrypt under the newest key."""
-        return self._fernet.rotate(token)
+        """Re-encrypt under the newest key (raises ConfigurationError when no configured key opens it)."""
+        try:
+            return self._fernet.rotate(token)
+        except InvalidToken as exc:
+            raise ConfigurationError("a stored secret cannot be decrypted with the configured keys") from exc
+
+    def is_newest(self, token: bytes) -> bool:
+        """Whether the newest key opens `token` (then rotating it would change nothing)."""
+        return _opens(self._newest, token)
+
+    def opens(self, token: bytes) -> bool:
+        """Whether any configured key opens `token`."""
+        return _opens(self._fernet, token)
+
+
+def _opens(fernet: Fernet | MultiFernet, token: bytes) -> bool:
+    try:
+        fernet.decrypt(token)
+    except InvalidToken:
+        return False
+    return True
 
 
 def _embedded_key(settings: Settings) -> str:

@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     # Liveness: a worker holding batches with no outcome for this long is reported not live.
     liveness_stall_s: float = 120.0
     liveness_interval_s: float = 5.0
+    # A background loop (dispatcher, liveness, beat) that raises is restarted after a full-jitter backoff
+    # doubling from base to cap (worker.supervision).
+    loop_restart_base_ms: int = 500
+    loop_restart_cap_ms: int = 15_000
 
     # Retention: finished notifications older than this are purged by the beat process.
     retention_days: float = 90.0

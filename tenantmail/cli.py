@@ -1,5 +1,5 @@
-"""`tenantmail` command line: demo (the main command), worker, dispatcher, beat, api, keys, migrate, doctor,
-health, activity; emulator, bench and chaos for development.
+"""`tenantmail` command line: demo (the main command), worker, dispatcher, beat, api, keys, secrets, migrate,
+doctor, health, activity; emulator, bench, chaos and soak for development.
 
 Subcommands are registered lazily: only the chosen command's module is imported, so a production
 `tenantmail worker` never loads the emulator or the benchmarks (nor their dependencies, which live in
@@ -20,6 +20,7 @@ from datetime import datetime
 from shared.errors import ConfigurationError
 from shared.logging import configure_logging
 from shared.settings import Settings
+from tenantmail.preflight import check_state_dir
 
 AddArguments = Callable[[argparse.ArgumentParser], None]
 
@@ -32,6 +33,7 @@ class Command:
     arguments: str
     runner: str
     needs_settings: bool = True
+    writes_state: bool = True  # checks at start that TENANTMAIL_STATE_DIR is writable
 
 
 COMMANDS: dict[str, Command] = {
@@ -39,16 +41,19 @@ COMMANDS: dict[str, Command] = {
                     "tenantmail.cli:_demo_args", "tenantmail.cli:_demo"),
     "worker": Command("run a Celery delivery worker (threads pool)", "tenantmail.cli:_worker_args",
                       "tenantmail.cli:_worker"),
-    "dispatcher": Command("run only the dispatcher loop", "tenantmail.cli:_no_args", "tenantmail.cli:_dispatcher"),
+    "dispatcher": Command("run only the dispatcher loop", "tenantmail.cli:_dispatcher_args",
+                          "tenantmail.cli:_dispatcher"),
     "beat": Command("run the scheduler (exactly one): retention purge, credential expiry reminders",
                     "tenantmail.cli:_no_args", "tenantmail.cli:_beat"),
     "api": Command("serve the HTTP API and the admin web page", "tenantmail.cli:_api_args", "tenantmail.cli:_api"),
     "keys": Command("manage API keys", "tenantmail.cli:_keys_args", "tenantmail.cli:_keys"),
+    "secrets": Command("re-encrypt stored credentials and cached tokens under the newest encryption key",
+                       "tenantmail.cli:_secrets_args", "tenantmail.cli:_secrets"),
     "migrate": Command("upgrade the database schema", "tenantmail.cli:_no_args", "tenantmail.cli:_migrate"),
     "doctor": Command("check configuration, database, Redis and a tenant's provider", "tenantmail.cli:_doctor_args",
                       "tenantmail.cli:_doctor"),
     "health": Command("exit 0 when this host's processes of a role are live (health checks)",
-                      "tenantmail.cli:_health_args", "tenantmail.cli:_health"),
+                      "tenantmail.cli:_health_args", "tenantmail.cli:_health", writes_state=False),
     "activity": Command("print the delivery activity table", "tenantmail.cli:_activity_args",
                         "tenantmail.cli:_activity"),
     "emulator": Command("run the Entra ID + Graph emulator and its SMTP relay (development)",
@@ -58,6 +63,9 @@ COMMANDS: dict[str, Command] = {
     "chaos": Command("deliver while workers die, Redis is flushed and PostgreSQL restarts; check nothing is lost "
                      "or duplicated (development)", "benchmarks.chaos:add_arguments", "benchmarks.chaos:main",
                      needs_settings=False),
+    "soak": Command("steady load with sparse faults for N minutes; check worker memory and file descriptors, "
+                    "database connections and Redis do not grow (development)", "benchmarks.soak:add_arguments",
+                    "benchmarks.soak:main", needs_settings=False),
 }
 
 
@@ -110,6 +118,8 @@ def _run(argv: list[str]) -> int:
         return _status(runner(args))
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_json)
+    if command.writes_state:
+        check_state_dir(settings.state_dir)
     return _status(runner(settings, args))
 
 
@@ -133,6 +143,11 @@ def _worker_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
 
 
+def _dispatcher_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus /metrics (tenantmail_dispatcher_leader, queue gauges) on this port")
+
+
 def _api_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=None)
     parser.add_argument("--port", type=int, default=None)
@@ -150,6 +165,12 @@ def _keys_args(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--expires-at", default=None, help="ISO 8601 time after which the key is refused (UTC)")
     revoke = keys.add_parser("revoke", help="revoke a key by its id (the part after tm_)")
     revoke.add_argument("key_id")
+
+
+def _secrets_args(parser: argparse.ArgumentParser) -> None:
+    secrets = parser.add_subparsers(dest="secrets_command", required=True)
+    secrets.add_parser("rotate", help="re-encrypt every credential version and cached token under the first key of "
+                                      "TENANTMAIL_ENCRYPTION_KEYS (checks all first; idempotent)")
 
 
 def _doctor_args(parser: argparse.ArgumentParser) -> None:
@@ -183,8 +204,12 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _dispatcher(settings: Settings, args: argparse.Namespace) -> int:
+    from shared.db import make_engine
+    from shared.metrics import metrics
     from worker.celery_app import create_celery, start_dispatcher
 
+    if port := args.metrics_port or settings.metrics_port:
+        metrics.serve(port, make_engine(settings, pool_size=1))
     dispatcher = start_dispatcher(create_celery(settings), settings)
     signal.signal(signal.SIGTERM, lambda *_: dispatcher.stop_event.set())
     try:
@@ -234,6 +259,23 @@ def _tenants(args: argparse.Namespace) -> list[str] | None:
     if args.tenant or not args.tenants:
         raise ConfigurationError("a service key takes --tenants a,b (or '*' for all tenants), not --tenant")
     return None if args.tenants.strip() == "*" else [t.strip() for t in args.tenants.split(",") if t.strip()]
+
+
+def _secrets(settings: Settings, args: argparse.Namespace) -> int:
+    from shared.db import make_engine
+    from shared.errors import SecretsUndecryptable
+    from shared.secretbox import SecretBox
+    from shared.redis_client import sync_client
+    from tenantmail.rotation import rotate_all
+
+    client = sync_client(settings.redis_url) if settings.redis_url else None
+    try:
+        report = rotate_all(make_engine(settings), SecretBox.from_settings(settings), client)
+    except SecretsUndecryptable as exc:
+        print(f"tenantmail secrets rotate: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(report.lines()))
+    return 0
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:

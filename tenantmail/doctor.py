@@ -15,6 +15,7 @@ from shared.db import database_url, make_engine, migrations_current
 from shared.diagnosis import diagnose
 from shared.errors import ConfigurationError, DeliveryError, ProviderError, TenantmailError
 from shared.providers import PlatformProvider, ProviderResolver
+from shared.redis_client import async_client, describe, sync_client
 from shared.secretbox import SecretBox
 from shared.settings import Settings
 
@@ -75,15 +76,16 @@ def _guard(checks: list[Check], what: str, fn: Callable[[], object]) -> object |
 def _redis_checks(settings: Settings) -> list[Check]:
     if not settings.redis_url:
         return [Check("fail", "REDIS_URL is not set", "set REDIS_URL (workers need Redis for tokens and throttles)")]
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    where = describe(settings.redis_url)
+    client = sync_client(settings.redis_url, timeout_s=5, retries=1)
     try:
         client.ping()
         policy = client.config_get("maxmemory-policy").get("maxmemory-policy", "?")
     except redis.RedisError as exc:
-        return [Check("fail", f"redis {_safe_url(settings.redis_url)}: {exc}", "start Redis or fix REDIS_URL")]
+        return [Check("fail", f"redis {where}: {exc}", "start Redis or fix REDIS_URL")]
     finally:
         client.close()
-    out = [Check("ok", f"redis {_safe_url(settings.redis_url)}")]
+    out = [Check("ok", f"redis {where}")]
     if policy != "noeviction":
         out.append(Check("warn", f"redis maxmemory-policy is {policy}",
                          "set maxmemory-policy noeviction: evicted slots or blocks would break Graph's limits"))
@@ -121,10 +123,8 @@ def _tenant_check(settings: Settings, engine: Engine, box: SecretBox, tenant: st
         return Check("ok", f"tenant {tenant}: uses the platform default, {provider.sender_address} via the SMTP relay")
 
     async def acquire() -> None:
-        import redis.asyncio as redis_async
-
-        r = redis_async.Redis.from_url(settings.redis_url or "")
-        s = redis.Redis.from_url(settings.redis_url or "")
+        r = async_client(settings.redis_url or "")
+        s = sync_client(settings.redis_url or "")
         try:
             with ThreadPoolExecutor(1) as ex:
                 tokens = TokenProvider(r, s, box, settings, ex)

@@ -29,6 +29,7 @@ MESSAGE = {"to": ["ana@example.org"], "subject": "Review due", "body": "<p>Hi</p
 WRITE_ENDPOINTS: dict[str, dict[str, Any] | None] = {
     "PUT /v1/email-provider": PROVIDER,
     "DELETE /v1/email-provider": None,
+    "POST /v1/email-provider/history/{version}:restore": None,
     "POST /v1/email-provider/test": {"to": "ana@example.org"},
     "POST /v1/notifications": MESSAGE,
     "POST /v1/notifications:batch": {"items": [MESSAGE]},
@@ -120,7 +121,7 @@ def _send(client: ApiClient, endpoint: str, **kwargs: Any) -> Any:
     method, path = endpoint.split(" ", 1)
     for placeholder, value in getattr(client, "ids", {}).items():  # the guarded tenant's webhook, delivery, key
         path = path.replace(placeholder, value)
-    return client.call(method, path, **kwargs)
+    return client.call(method, path.replace("{version}", "1"), **kwargs)
 
 
 def _error(response: Any, case: str, *statuses: int) -> dict[str, Any]:

@@ -52,6 +52,7 @@ MATRIX: dict[str, tuple[Cell, Cell, int, int, int, int]] = {
     "PUT /v1/email-provider":         (ADMIN_ONLY, Q422,        401,  401,    401,    401),
     "DELETE /v1/email-provider":      (ADMIN_ONLY, Q422,        401,  401,    401,    401),
     "GET /v1/email-provider/history": (ALL_200,    Q422,        401,  401,    401,    401),
+    "POST /v1/email-provider/history/{version}:restore": (ADMIN_ONLY, Q422, 401, 401, 401, 401),
     "POST /v1/email-provider/test":   (ADMIN_ONLY, Q422,        401,  401,    401,    401),
     "GET /v1/activity":               (ALL_200,    Q422,        401,  401,    401,    401),
     "GET /v1/events":                 (ALL_200,    Q422,        401,  401,    401,    401),
@@ -83,6 +84,7 @@ MATRIX: dict[str, tuple[Cell, Cell, int, int, int, int]] = {
     "GET /ui/email-provider":         (PAGE_ALL,   PAGE_ALL,    303,  303,    303,    303),
     "POST /ui/email-provider":        (PAGE_ADMIN, PAGE_ADMIN,  303,  303,    303,    303),
     "POST /ui/email-provider/test":   (PAGE_ADMIN, PAGE_ADMIN,  303,  303,    303,    303),
+    "POST /ui/email-provider/restore": (PAGE_ADMIN, PAGE_ADMIN, 303,  303,    303,    303),
     "GET /ui/activity":               (PAGE_ALL,   PAGE_ALL,    303,  303,    303,    303),
     "GET /ui/webhooks":               (PAGE_ADMIN, PAGE_ADMIN,  303,  303,    303,    303),
     "POST /ui/webhooks":              (PAGE_ADMIN, PAGE_ADMIN,  303,  303,    303,    303),
@@ -110,6 +112,7 @@ BODIES: dict[str, dict[str, Any]] = {  # what each endpoint is sent: JSON for /v
     "POST /ui/webhooks": {"data": {"url": "https://hooks.acme.example/new"}},
     "POST /ui/webhooks/{id}": {"data": {"action": "rotate"}},
     "POST /ui/keys": {"data": {"role": "viewer"}},
+    "POST /ui/email-provider/restore": {"data": {"version": "1"}},
 }
 
 
@@ -165,7 +168,7 @@ def _b_rows(api: ApiServer) -> dict[str, list[tuple[Any, ...]]]:
 def _path(endpoint: str, ids: dict[str, str]) -> str:
     path = endpoint.split(" ", 1)[1]
     kind = "webhook" if "/webhooks/" in path else "key" if "/keys/" in path else "notification"
-    return path.replace("{id}", ids[kind]).replace("{delivery_id}", ids["delivery"])
+    return path.replace("{id}", ids[kind]).replace("{delivery_id}", ids["delivery"]).replace("{version}", "1")
 
 
 def _call(api: ApiServer, endpoint: str, context: str, role: str, key: str | None,

@@ -35,6 +35,7 @@ MIN_CASES = {
     "PUT /v1/email-provider": 250,
     "DELETE /v1/email-provider": 1,
     "GET /v1/email-provider/history": 1,
+    "POST /v1/email-provider/history/{version}:restore": 40,
     "POST /v1/email-provider/test": 80,
     "GET /v1/activity": 150,
     "GET /v1/events": 40,

@@ -14,13 +14,18 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 EXPECTED = {
     "throughput": ["msgs_per_s", "p50_s", "p95_s", "p99_s", "worker_cpu_s_per_1000_msgs", "worker_peak_rss_mb_max",
-                   "wire_msgs_per_s", "peer_msgs_per_s", "peer_best_concurrency", "ratio_to_wire", "ratio_to_peer"],
+                   "wire_msgs_per_s", "peer_msgs_per_s", "peer_best_concurrency", "ratio_to_wire", "ratio_to_peer",
+                   "peer_cached_msgs_per_s", "peer_card_msgs_per_s", "ratio_to_peer_cached", "ratio_to_peer_card",
+                   "ratio_to_best_peer"],
     "fairness": ["small_p95_s", "small_p50_s", "big_sent_meanwhile"],
     "tokens": ["token_requests", "ideal_tenants_x_lifetimes", "ideal_with_refresh_margin",
                "token_requests_over_ideal"],
     "throttle": ["max_mailbox_concurrency", "throttled_429", "requests_inside_retry_after",
                  "requests_in_flight_at_429"],
     "enqueue": ["notifications_per_s"],
+    "latency": ["overhead_p50_ms", "overhead_p95_ms", "overhead_p99_ms", "sent"],
+    "control_plane": ["msgs_per_s", "pg_cpu_ms_per_msg", "pg_wal_bytes_per_msg", "worker_cpu_ms_per_msg"],
+    "http_enqueue": ["batch_notifications_per_s", "single_posts_per_s", "single_p50_ms", "single_p99_ms", "errors"],
 }
 
 
@@ -53,4 +58,5 @@ def test_bench_all_is_every_scenario():
     args = parser.parse_args(["all", "--small"])
 
     assert args.scenario == "all" and args.reps == 3 and args.small
-    assert cli.SCENARIOS == ("throughput", "fairness", "tokens", "throttle", "enqueue")
+    assert cli.SCENARIOS == ("throughput", "fairness", "tokens", "throttle", "enqueue", "latency", "http_enqueue",
+                              "control_plane")

@@ -10,9 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from emulator.testing import make_certificate
-from shared.certificates import parse_certificate_pem, split_credential
+from shared.certificates import client_credential, parse_certificate_pem, split_credential
 from shared.errors import ValidationFailed
-from transport.entra import client_credential
 
 
 def _reason(value: object) -> str:

@@ -17,13 +17,17 @@ from tests.conftest import IN_CI
 from worker.store import renew_leases
 
 
-@pytest.mark.chaos
-@pytest.mark.timeout(480)
-def test_chaos_run_loses_nothing_duplicates_only_flagged_rows_and_obeys_retry_after() -> None:
+def _need_private_postgres() -> None:
     if postgres_bin_dir() is None:
         if IN_CI:
             pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) are missing; CI must provide them")
         pytest.skip("no PostgreSQL server binaries for a private instance")
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(480)
+def test_chaos_run_loses_nothing_duplicates_only_flagged_rows_and_obeys_retry_after() -> None:
+    _need_private_postgres()
     size = chaos.SMALL  # 1,500 notifications, 30 tenants, enqueued over 30 s
 
     # when: three SIGKILLs, a FLUSHALL and a PostgreSQL restart hit the run under the fault mix
@@ -104,3 +108,22 @@ def test_renew_leases_reports_an_unreachable_database_instead_of_ending_the_batc
         assert renew_leases(engine, ["x"], "host:1/e", 10_000) is False
     finally:
         engine.dispose()
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(480)
+def test_chaos_run_survives_a_redis_sentinel_failover_without_restarting_workers() -> None:
+    _need_private_postgres()
+    size = chaos.SENTINEL_SMALL  # 800 notifications, 20 tenants, 20 s; Redis a Sentinel group
+
+    # when: the Redis master is SIGKILLed halfway (besides a kill, a FLUSHALL and a PostgreSQL restart)
+    result = chaos.run(size, print)
+
+    # then: the replica was promoted, new notifications went out on the same workers, and every invariant holds
+    report = chaos.text_report(result)
+    print(report)
+    failover, = (e for e in result["events"] if e["event"] == "redis_failover")
+    assert failover["new_master_port"] != failover["old_master_port"]
+    assert failover["resumed_after_s"] is not None and failover["same_workers"], failover
+    assert result["ok"], report + json.dumps(result.get("retry_after_violations", []), default=str)[:4000]
+    assert result["settled_s"] is not None

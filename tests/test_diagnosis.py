@@ -6,6 +6,7 @@ import pytest
 
 from emulator.entra_errors import CATALOGUE as ENTRA
 from emulator.graph_errors import CATALOGUE as GRAPH
+from shared.codes import Code
 from shared.diagnosis import diagnose
 
 
@@ -30,6 +31,28 @@ def test_diagnose_missing_mail_send_points_at_admin_consent() -> None:
 def test_diagnose_knows_every_recorded_failure_code(code: str) -> None:
     d = diagnose(code)
     assert d is not None and d.cause and d.fix
+
+
+def _recordable_codes() -> list[str]:
+    """Every error code the pipeline can record: ours, the emulator's Entra ID and Graph catalogues
+    (built from Microsoft's documented errors) and every SMTP reply class the relay client maps."""
+    codes = [str(code) for code in Code]
+    codes += sorted({f"AADSTS{code}" for _, _, code, _ in ENTRA.values()})
+    codes += sorted({code for _, code, _ in GRAPH.values()})
+    codes += [f"SMTP{reply}" for reply in range(400, 600)]
+    return codes
+
+
+@pytest.mark.parametrize("code", _recordable_codes())
+def test_diagnose_every_code_we_can_record(code: str) -> None:
+    d = diagnose(code)
+    assert d is not None and d.cause and d.fix, f"no diagnosis for {code}"
+
+
+def test_codes_keep_their_stored_strings() -> None:
+    # rows already in the database hold these strings: the enum must keep matching them
+    assert Code.WORKER_LOST == "WorkerLost" and Code.INTERNAL_ERROR.value == "InternalError"
+    assert f"{Code.MAX_AGE_EXCEEDED}" == "MaxAgeExceeded"
 
 
 def test_diagnose_wrong_secret_mentions_secret_id_versus_value() -> None:

@@ -1,4 +1,5 @@
-"""worker.dispatcher.Dispatcher with a recording publish function, a real database and a real Redis."""
+"""worker.dispatcher.Dispatcher (and the worker.sweeper.Sweeper it runs) with a recording publish function,
+a real database and a real Redis."""
 
 from __future__ import annotations
 
@@ -18,10 +19,9 @@ from shared.models import DeliveryAttempt, Notification, State
 from shared.producer import Producer
 from shared.settings import Settings
 from tests.stack import ROOT, wait_until
-from worker.batch import EPOCH_KEY
 from worker.dispatcher import Dispatcher
+from worker.sendmarks import ACCEPTED_MARK, EPOCH_KEY, mark_key
 from worker.store import claim
-from worker.throttle import SENT_MARK, sendmark_key
 
 _N = Notification.__table__  # type: ignore[attr-defined]
 _A = DeliveryAttempt.__table__  # type: ignore[attr-defined]
@@ -109,7 +109,7 @@ def test_dispatcher_tick_publishes_due_rows_in_batches(env: Env) -> None:
     assert [len(b) for b in published.batches] == [5, 5, 2]
     assert sorted(published.ids) == sorted(ids)
     assert published.ids == ids  # fair_rank order
-    lease = _row(env, ids[0]).lease_until_ms
+    lease = _row(env, ids[0]).dispatch_lease_until_ms
     assert lease is not None and lease > _now_ms() + 20_000
 
 
@@ -227,8 +227,8 @@ def test_dispatcher_tick_unleases_rows_when_publish_fails(env: Env) -> None:
     count = dispatcher.tick()
 
     assert count == 5
-    assert all(_row(env, i).lease_until_ms is not None for i in ids[:5])
-    assert all(_row(env, i).lease_until_ms is None for i in ids[5:])
+    assert all(_row(env, i).dispatch_lease_until_ms is not None for i in ids[:5])
+    assert all(_row(env, i).dispatch_lease_until_ms is None for i in ids[5:])
     published.fail_on_call = None
     assert dispatcher.tick() == 7
     assert published.batches[1:] == [ids[5:10], ids[10:]]
@@ -239,11 +239,11 @@ def test_dispatcher_sweep_requeues_lost_row_never_sent(env: Env) -> None:
     env.redis.set(EPOCH_KEY, EPOCH)
     sweep_ms = _claim_expired(env, [nid])
 
-    recovered = env.make()[0].sweep(sweep_ms)
+    recovered = env.make()[0].sweeper.sweep(sweep_ms)
 
     row = _row(env, nid)
     assert recovered == 1
-    assert (row.state, row.lease_until_ms, row.claimed_by) == (State.QUEUED.value, None, None)
+    assert (row.state, row.send_lease_until_ms, row.claimed_by) == (State.QUEUED.value, None, None)
     assert row.possible_duplicate is False and row.attempts == 0 and row.ambiguous_count == 0
     assert row.next_attempt_ms <= sweep_ms
     assert _attempts(env, nid) == []
@@ -253,15 +253,15 @@ def test_dispatcher_sweep_flags_marked_row_for_one_retry(env: Env) -> None:
     [nid] = _enqueue(env, "acme", 1)
     env.redis.set(EPOCH_KEY, EPOCH)
     sweep_ms = _claim_expired(env, [nid])
-    env.redis.set(sendmark_key(nid), "1")  # the worker got a slot: the send may have gone out
+    env.redis.set(mark_key(nid), "1")  # the worker got a slot: the send may have gone out
 
-    env.make(ambiguous_policy="retry_once")[0].sweep(sweep_ms)
+    env.make(ambiguous_policy="retry_once")[0].sweeper.sweep(sweep_ms)
 
     row = _row(env, nid)
     assert row.state == State.RETRY_WAIT.value
     assert row.possible_duplicate is True
     assert (row.ambiguous_count, row.attempts, row.last_error_code) == (1, 1, "WorkerLost")
-    assert row.lease_until_ms is None and row.claimed_by is None
+    assert row.send_lease_until_ms is None and row.claimed_by is None
     [attempt] = _attempts(env, nid)
     assert (attempt.outcome, attempt.error_code, attempt.attempt_no, attempt.worker) == (
         "ambiguous", "WorkerLost", 1, f"host:123/{EPOCH}")
@@ -271,13 +271,13 @@ def test_dispatcher_sweep_records_as_sent_a_row_graph_accepted_before_its_worker
     [nid] = _enqueue(env, "acme", 1)
     env.redis.set(EPOCH_KEY, EPOCH)
     sweep_ms = _claim_expired(env, [nid])
-    env.redis.set(sendmark_key(nid), SENT_MARK)  # 202 came back; the outcome was never written
+    env.redis.set(mark_key(nid), ACCEPTED_MARK)  # 202 came back; the outcome was never written
 
-    env.make()[0].sweep(sweep_ms)
+    env.make()[0].sweeper.sweep(sweep_ms)
 
     row = _row(env, nid)
     assert (row.state, row.possible_duplicate, row.attempts, row.last_status) == ("sent", False, 1, 202)
-    assert row.sent_at is not None and row.claimed_by is None and row.lease_until_ms is None
+    assert row.sent_at is not None and row.claimed_by is None and row.send_lease_until_ms is None
     [attempt] = _attempts(env, nid)
     assert (attempt.outcome, attempt.http_status, attempt.worker) == ("sent", 202, f"host:123/{EPOCH}")
 
@@ -286,9 +286,9 @@ def test_dispatcher_sweep_marks_ambiguous_under_give_up(env: Env) -> None:
     [nid] = _enqueue(env, "acme", 1)
     env.redis.set(EPOCH_KEY, EPOCH)
     sweep_ms = _claim_expired(env, [nid])
-    env.redis.set(sendmark_key(nid), "1")
+    env.redis.set(mark_key(nid), "1")
 
-    env.make(ambiguous_policy="give_up")[0].sweep(sweep_ms)
+    env.make(ambiguous_policy="give_up")[0].sweeper.sweep(sweep_ms)
 
     row = _row(env, nid)
     assert (row.state, row.possible_duplicate, row.ambiguous_count) == (State.AMBIGUOUS.value, True, 1)
@@ -300,9 +300,9 @@ def test_dispatcher_sweep_second_ambiguity_is_final_under_retry_once(env: Env) -
         conn.execute(update(_N).where(_N.c.id == nid).values(ambiguous_count=1, possible_duplicate=True))
     env.redis.set(EPOCH_KEY, EPOCH)
     sweep_ms = _claim_expired(env, [nid])
-    env.redis.set(sendmark_key(nid), "1")
+    env.redis.set(mark_key(nid), "1")
 
-    env.make(ambiguous_policy="retry_once")[0].sweep(sweep_ms)
+    env.make(ambiguous_policy="retry_once")[0].sweeper.sweep(sweep_ms)
 
     assert (_row(env, nid).state, _row(env, nid).ambiguous_count) == (State.AMBIGUOUS.value, 2)
 
@@ -316,7 +316,7 @@ def test_dispatcher_sweep_treats_other_epoch_as_possibly_sent(env: Env, current_
         env.redis.set(EPOCH_KEY, current_epoch)
 
     # when the sweeper finds it, with no send mark (Redis lost the marks with its data)
-    env.make(ambiguous_policy="retry_once")[0].sweep(sweep_ms)
+    env.make(ambiguous_policy="retry_once")[0].sweeper.sweep(sweep_ms)
 
     # then it cannot know the send did not start: flagged, not silently requeued
     row = _row(env, nid)
@@ -328,7 +328,7 @@ def test_dispatcher_sweep_leaves_live_and_other_rows_alone(env: Env) -> None:
     env.redis.set(EPOCH_KEY, EPOCH)
     claim(env.engine, [live], f"host:1/{EPOCH}", 60_000, _now_ms())
 
-    recovered = env.make()[0].sweep(_now_ms())
+    recovered = env.make()[0].sweeper.sweep(_now_ms())
 
     assert recovered == 0
     assert _row(env, live).state == State.SENDING.value

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import text
 from sqlmodel import SQLModel
 
 from shared import models  # noqa: F401  (registers the tables)
-from shared.db import make_engine
+from shared.db import alembic_config, make_engine
 from shared.settings import Settings
+from tests.conftest import PG_ADMIN_URL
 
 
 @pytest.mark.postgres
@@ -22,3 +30,53 @@ def test_migrated_postgres_schema_matches_the_models(pg_database: str) -> None:
     finally:
         engine.dispose()
     assert diff == []
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database, not migrated: a SQLite file, or a PostgreSQL database of its own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'm.db'}"
+        return
+    request.getfixturevalue("pg_database")  # skips (or fails in CI) without PostgreSQL
+    name = f"tm_mig_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+_LEASES = [("sending", 111), ("queued", 222), ("retry_wait", None), ("sent", None)]
+
+
+def test_migration_0004_splits_the_lease_by_state_and_back(empty_database_url: str) -> None:
+    # given rows at 0003 with the one lease column
+    settings = Settings(database_url=empty_database_url)
+    config = alembic_config(settings)
+    command.upgrade(config, "0003")
+    engine = make_engine(settings)
+    try:
+        with engine.begin() as conn:
+            for i, (state, lease) in enumerate(_LEASES):
+                conn.execute(text(
+                    "INSERT INTO notification (id, tenant_id, state, payload, created_at, updated_at, fair_rank, "
+                    "next_attempt_ms, lease_until_ms, attempts, ambiguous_count, possible_duplicate) VALUES "
+                    "(:id, 't', :state, '{}', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 0, 0, :lease, 0, 0, false)"),
+                    {"id": f"n{i}", "state": state, "lease": lease})
+
+        # when upgraded: the sending row's lease is a send lease, the others' a dispatch lease
+        command.upgrade(config, "0004")
+        with engine.connect() as conn:
+            split = conn.execute(text("SELECT state, dispatch_lease_until_ms, send_lease_until_ms "
+                                      "FROM notification ORDER BY id")).all()
+        # and downgraded again: one column, same values
+        command.downgrade(config, "0003")
+        with engine.connect() as conn:
+            merged = conn.execute(text("SELECT state, lease_until_ms FROM notification ORDER BY id")).all()
+    finally:
+        engine.dispose()
+
+    assert [tuple(r) for r in split] == [("sending", None, 111), ("queued", 222, None),
+                                         ("retry_wait", None, None), ("sent", None, None)]
+    assert [tuple(r) for r in merged] == _LEASES

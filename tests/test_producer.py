@@ -60,7 +60,7 @@ def test_producer_enqueue_returns_id_of_stored_queued_row(producer: Producer, en
     [row] = _rows(engine)
     assert row.id == nid and len(nid) == 32
     assert (row.tenant_id, row.state, row.attempts, row.ambiguous_count) == ("acme", State.QUEUED.value, 0, 0)
-    assert row.possible_duplicate is False and row.lease_until_ms is None
+    assert row.possible_duplicate is False and row.dispatch_lease_until_ms is None and row.send_lease_until_ms is None
     assert row.payload["to"] == [{"address": "user1@example.org"}]
     assert row.payload["headers"] == [{"name": "X-Campaign", "value": "q4"}]
 

@@ -18,7 +18,19 @@ from shared.errors import (
 from shared.models import State
 from shared.settings import Settings
 from transport.graph import GraphResponse, parse_retry_after
-from worker.retry_policy import Decision, classify, compute_backoff, decide, retry_delay_ms
+from worker.retry_policy import (
+    Attempted,
+    Decision,
+    Requeued,
+    Stage,
+    WorkerLost,
+    attempt_label,
+    classify,
+    compute_backoff,
+    decide,
+    retry_delay_ms,
+)
+from worker.sendmarks import Evidence
 
 NOW_MS = 1_700_000_000_000
 BASE_MS = 100
@@ -41,7 +53,7 @@ def _resp(status: int, code: str | None = None, retry_after: str | None = None) 
 
 def _decide(error: DeliveryError | None, *, attempts: int = 1, ambiguous_count: int = 0, age_s: float = 1.0,
             settings: Settings | None = None, seed: int = 7) -> Decision:
-    return decide(error, attempts=attempts, ambiguous_count=ambiguous_count, age_s=age_s,
+    return decide(Attempted(error), attempts=attempts, ambiguous_count=ambiguous_count, age_s=age_s,
                   now_ms=NOW_MS, settings=settings or _settings(), rng=random.Random(seed))
 
 
@@ -227,6 +239,49 @@ def test_decide_survives_non_finite_retry_after() -> None:
     d = _decide(error, attempts=1)
 
     assert d.state in (State.RETRY_WAIT, State.FAILED)
+
+
+def test_decide_requeued_waits_the_delay_without_recording_an_attempt() -> None:
+    d = decide(Requeued(250), attempts=2, ambiguous_count=1, age_s=1.0, now_ms=NOW_MS, settings=_settings())
+
+    assert (d.state, d.next_attempt_ms, d.label, d.ambiguous_count, d.possible_duplicate) == (
+        State.RETRY_WAIT, NOW_MS + 250, None, 1, False)
+
+
+def test_decide_requeued_past_the_maximum_age_fails_with_its_own_code() -> None:
+    d = decide(Requeued(250), attempts=1, ambiguous_count=0, age_s=60.0, now_ms=NOW_MS, settings=_settings())
+
+    assert (d.state, d.label, d.code) == (State.FAILED, "failed", "MaxAgeExceeded")
+
+
+@pytest.mark.parametrize(("evidence", "ambiguous_count", "expected"), [
+    (Evidence.NEVER_STARTED, 0, (State.QUEUED, None, None, False, 0)),
+    (Evidence.ACCEPTED, 0, (State.SENT, "sent", None, False, 0)),
+    (Evidence.MAYBE_SENT, 0, (State.RETRY_WAIT, "ambiguous", "WorkerLost", True, 1)),
+    (Evidence.MAYBE_SENT, 1, (State.AMBIGUOUS, "ambiguous", "WorkerLost", True, 2)),
+])
+def test_decide_worker_lost_follows_the_send_mark(evidence: Evidence, ambiguous_count: int,
+                                                  expected: tuple[object, ...]) -> None:
+    d = decide(WorkerLost(evidence), attempts=1, ambiguous_count=ambiguous_count, age_s=1.0, now_ms=NOW_MS,
+               settings=_settings())
+
+    assert (d.state, d.label, d.code, d.possible_duplicate, d.ambiguous_count) == expected
+    assert d.next_attempt_ms == NOW_MS  # due at once, as the sweeper always did
+
+
+@pytest.mark.parametrize(("event", "label"), [
+    (Attempted(None), "sent"),
+    (Attempted(TransientError("Entra ID error", code="TokenServiceError"), Stage.TOKEN), "token_error"),
+    (Attempted(TokenError("bad secret", code="AADSTS7000215"), Stage.TOKEN), "token_error"),
+    (Attempted(Throttled("slow down", status=429)), "throttled"),
+    (Attempted(AuthenticationExpired("expired", status=401)), "retry"),
+    (Attempted(TransientError("refused", code="ConnectionRefused")), "retry"),
+    (Attempted(AmbiguousOutcome("reset", code="ConnectionReset")), "ambiguous"),
+    (Attempted(PermanentError("denied", status=403)), "failed"),
+    (Attempted(DeliveryError("unusable provider", code="ProviderError")), "failed"),
+])
+def test_attempt_label_by_error_and_stage(event: Attempted, label: str) -> None:
+    assert attempt_label(event) == label
 
 
 # --- compute_backoff / retry_delay_ms ------------------------------------------------------------------

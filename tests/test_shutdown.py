@@ -20,7 +20,7 @@ from emulator.demo import (
 from shared.models import State
 from shared.providers import save_graph_provider
 from tests.stack import wait_until
-from worker.throttle import SENT_MARK, sendmark_key
+from worker.sendmarks import ACCEPTED_MARK, mark_key
 
 
 def test_sigterm_mid_batch_finishes_in_flight_sends_and_leaves_nothing_claimed(make_stack: Any,
@@ -65,7 +65,7 @@ def test_worker_killed_after_graph_accepted_is_recorded_sent_and_never_resent(ma
     stack.producer.enqueue("slow", {"to": ["s@example.org"], "subject": "held"})
     worker, = stack.start_workers(1, concurrency=2)
     r = redis.Redis.from_url(stack.env["REDIS_URL"])
-    wait_until(lambda: all(r.get(sendmark_key(n)) == SENT_MARK.encode() for n in quick),
+    wait_until(lambda: all(r.get(mark_key(n)) == ACCEPTED_MARK.encode() for n in quick),
                what="Graph's 202s to be marked while the batch is still open")
     assert all(s == State.SENDING.value for s in stack.states(quick).values())
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import redis.asyncio as redis_async
 
-from worker.throttle import MARK_TTL_S, SENT_MARK, MailboxThrottle, Slot, sendmark_key
+from worker.sendmarks import ACCEPTED_MARK, MARK_TTL_S, SendMarks, mark_key
+from worker.throttle import MailboxThrottle, Slot
 
 MAILBOX = "app-1:governance@contoso.example"
 OTHER_MAILBOX = "app-1:ceo@contoso.example"
@@ -53,7 +54,7 @@ def test_throttle_limit_is_shared_across_instances(redis_url: str) -> None:
         other_mailbox = await t2.try_acquire(OTHER_MAILBOX, _lease())
         # then both are refused (not as a block), and another mailbox is unaffected
         assert all(s.granted for s in first) and second.granted
-        assert over_1 == Slot(False, 0, False) and over_2 == Slot(False, 0, False)
+        assert over_1 == Slot(granted=False) and over_2 == Slot(granted=False)
         assert other_mailbox.granted
         # and a release by one process frees a slot for the other
         await t2.release(MAILBOX, held_by_t2)
@@ -161,7 +162,7 @@ def test_throttle_acquire_gives_up_after_max_wait(redis_url: str) -> None:
 
     slot = _run(redis_url, scenario)
 
-    assert slot == Slot(False, 0, False)
+    assert slot == Slot(granted=False)
 
 
 def test_throttle_block_locally_refuses_only_this_process(redis_url: str) -> None:
@@ -240,16 +241,16 @@ def test_throttle_begin_send_sets_mark_only_on_a_held_slot(redis_url: str) -> No
     async def scenario(r: Any, t1: MailboxThrottle, t2: MailboxThrottle) -> None:
         lane = _lease()
         assert (await t1.try_acquire(MAILBOX, lane)).granted
-        assert await r.exists(sendmark_key("n1")) == 0  # holding a slot is not sending
+        assert await r.exists(mark_key("n1")) == 0  # holding a slot is not sending
 
         granted = await t1.begin_send(MAILBOX, lane, "n1")
         not_held = await t2.begin_send(MAILBOX, _lease(), "n2")
 
         assert granted.granted
-        assert await r.get(sendmark_key("n1")) == b"1"
-        assert MARK_TTL_S - 60 < await r.ttl(sendmark_key("n1")) <= MARK_TTL_S
-        assert not_held == Slot(False, 0, False)
-        assert await r.exists(sendmark_key("n2")) == 0
+        assert await r.get(mark_key("n1")) == b"1"
+        assert MARK_TTL_S - 60 < await r.ttl(mark_key("n1")) <= MARK_TTL_S
+        assert not_held == Slot(granted=False)
+        assert await r.exists(mark_key("n2")) == 0
 
     _run(redis_url, scenario)
 
@@ -263,26 +264,27 @@ def test_throttle_begin_send_refuses_while_blocked(redis_url: str) -> None:
         slot = await t1.begin_send(MAILBOX, lane, "n1")
 
         assert slot.granted is False and slot.blocked is True and slot.wait_ms > 4_000
-        assert await r.exists(sendmark_key("n1")) == 0
+        assert await r.exists(mark_key("n1")) == 0
 
     _run(redis_url, scenario)
 
 
-def test_throttle_sendmark_key_names_the_notification() -> None:
-    assert sendmark_key("abc123") == "tm:sendmark:abc123"
+def test_sendmarks_key_names_the_notification() -> None:
+    assert mark_key("abc123") == "tm:sendmark:abc123"
 
 
-def test_throttle_mark_sent_changes_only_an_existing_send_mark(redis_url: str) -> None:
+def test_sendmarks_mark_accepted_changes_only_an_existing_send_mark(redis_url: str) -> None:
     async def scenario(r: Any, t1: MailboxThrottle, t2: MailboxThrottle) -> None:
         lane = _lease()
         assert (await t1.try_acquire(MAILBOX, lane)).granted
         assert (await t1.begin_send(MAILBOX, lane, "n1")).granted
 
-        await t1.mark_sent("n1")
-        await t1.mark_sent("never-started")  # no mark (never sent, or Redis lost it): nothing to say
+        marks = SendMarks(r)
+        await marks.mark_accepted_now("n1")
+        await marks.mark_accepted_now("never-started")  # no mark (never sent, or Redis lost it): nothing to say
 
-        assert await r.get(sendmark_key("n1")) == SENT_MARK.encode()
-        assert await r.ttl(sendmark_key("n1")) > MARK_TTL_S - 60
-        assert await r.exists(sendmark_key("never-started")) == 0
+        assert await r.get(mark_key("n1")) == ACCEPTED_MARK.encode()
+        assert await r.ttl(mark_key("n1")) > MARK_TTL_S - 60
+        assert await r.exists(mark_key("never-started")) == 0
 
     _run(redis_url, scenario)

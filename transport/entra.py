@@ -12,6 +12,7 @@ import msal
 import requests
 
 from shared.clouds import Cloud
+from shared.codes import Code
 from shared.errors import TokenError, TransientError
 
 _TRANSIENT_ERRORS = {"temporarily_unavailable", "server_error"}
@@ -56,9 +57,9 @@ def acquire_for_client(app: msal.ConfidentialClientApplication, cloud: Cloud) ->
     except requests.RequestException as exc:
         raise _unreachable(cloud, exc) from exc
     except msal.exceptions.MsalServiceError as exc:
-        raise TransientError(f"Entra ID error: {exc}", code="TokenServiceError") from exc
+        raise TransientError(f"Entra ID error: {exc}", code=Code.TOKEN_SERVICE_ERROR) from exc
     except ValueError as exc:  # a non-JSON body from the token endpoint
-        raise TransientError("Entra ID answered with a non-JSON body", code="TokenServiceError") from exc
+        raise TransientError("Entra ID answered with a non-JSON body", code=Code.TOKEN_SERVICE_ERROR) from exc
     if "access_token" not in result:
         raise token_error(result)
     return result
@@ -76,4 +77,4 @@ def token_error(result: dict[str, Any]) -> TokenError | TransientError:
 
 def _unreachable(cloud: Cloud, exc: Exception) -> TransientError:
     return TransientError(f"Entra ID ({cloud.authority_host}) could not be reached: {type(exc).__name__}",
-                          code="AuthorityUnreachable")
+                          code=Code.AUTHORITY_UNREACHABLE)

@@ -16,6 +16,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
+from shared.codes import Code
 from shared.errors import AmbiguousOutcome, TransientError
 
 
@@ -68,18 +69,18 @@ class GraphClient:
                 return _response(resp, raw, client_request_id, started)
         except aiohttp.ClientConnectorError as exc:
             raise TransientError(
-                f"cannot connect to Graph: {exc.os_error or exc}", code="ConnectionRefused",
+                f"cannot connect to Graph: {exc.os_error or exc}", code=Code.CONNECTION_REFUSED,
                 client_request_id=client_request_id,
             ) from exc
         except aiohttp.ConnectionTimeoutError as exc:
-            raise TransientError("timed out connecting to Graph", code="ConnectTimeout",
+            raise TransientError("timed out connecting to Graph", code=Code.CONNECT_TIMEOUT,
                                  client_request_id=client_request_id) from exc
         except TimeoutError as exc:
-            raise AmbiguousOutcome("no answer from Graph before the timeout", code="Timeout",
+            raise AmbiguousOutcome("no answer from Graph before the timeout", code=Code.TIMEOUT,
                                    client_request_id=client_request_id) from exc
         except aiohttp.ClientError as exc:
             raise AmbiguousOutcome(f"connection to Graph broke: {type(exc).__name__}",
-                                   code="ConnectionReset", client_request_id=client_request_id) from exc
+                                   code=Code.CONNECTION_RESET, client_request_id=client_request_id) from exc
 
 
 def _response(resp: aiohttp.ClientResponse, raw: bytes, client_request_id: str, started: float) -> GraphResponse:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import aiosmtplib
 
+from shared.codes import Code
 from shared.errors import AmbiguousOutcome, DeliveryError, PermanentError, TransientError
 from shared.mime import Envelope
 from shared.settings import Settings
@@ -106,14 +107,14 @@ class SmtpRelayClient:
             raise reply_error(exc.code, exc.message) from exc
         except aiosmtplib.SMTPNotSupported as exc:
             conn.close()
-            raise PermanentError(f"the SMTP relay does not support {exc}", code="SMTPNotSupported") from exc
+            raise PermanentError(f"the SMTP relay does not support {exc}", code=Code.SMTP_NOT_SUPPORTED) from exc
         except ssl.SSLError as exc:
             conn.close()
-            raise TransientError(f"TLS with the SMTP relay failed: {exc}", code="TLSError") from exc
+            raise TransientError(f"TLS with the SMTP relay failed: {exc}", code=Code.TLS_ERROR) from exc
         except (*_LOST, aiosmtplib.SMTPException) as exc:
             conn.close()
             raise TransientError(f"cannot connect to the SMTP relay {s.smtp_host}:{s.smtp_port}: "
-                                 f"{type(exc).__name__}", code="ConnectionRefused") from exc
+                                 f"{type(exc).__name__}", code=Code.CONNECTION_REFUSED) from exc
         self.connections_opened += 1
         return conn
 
@@ -137,7 +138,7 @@ class SmtpRelayClient:
             if reused:
                 raise _Stale() from exc
             raise TransientError("the SMTP relay closed the connection before the message was sent",
-                                 code="ConnectionReset") from exc
+                                 code=Code.CONNECTION_RESET) from exc
         refused = await self._recipients(conn, env)
         if len(refused) == len(env.recipients):
             code, message = _first_temporary(refused)
@@ -151,7 +152,7 @@ class SmtpRelayClient:
         except _LOST as exc:
             conn.close()
             raise AmbiguousOutcome(f"the SMTP connection broke after DATA began: {type(exc).__name__}",
-                                   code="ConnectionReset", client_request_id=env.message_id) from exc
+                                   code=Code.CONNECTION_RESET, client_request_id=env.message_id) from exc
         self._idle.append(conn)
         return SmtpResult(reply.code, reply.message, env.message_id, (time.perf_counter() - started) * 1000,
                           {r: f"{c} {m}" for r, (c, m) in refused.items()})
@@ -166,7 +167,7 @@ class SmtpRelayClient:
             except _LOST as exc:
                 conn.close()
                 raise TransientError("the SMTP relay closed the connection before the message was sent",
-                                     code="ConnectionReset") from exc
+                                     code=Code.CONNECTION_RESET) from exc
         return refused
 
     async def _recycle(self, conn: aiosmtplib.SMTP, code: int) -> None:

@@ -24,18 +24,21 @@ from typing import Any
 import msal
 import requests.adapters
 
+from shared.codes import Code
 from shared.errors import TokenError, TransientError
 from shared.metrics import metrics
 from shared.providers import ResolvedProvider
 from shared.secretbox import SecretBox
 from shared.settings import Settings
 from transport.entra import TimeoutSession, acquire_for_client, confidential_app
+from transport.redis_errors import redis_boundary
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 _FAILURE_TTL_S = 30.0
+TOKEN_KEY_PATTERN = "tm:tok:*"  # every cached token (`tm:tok:<token key>`), for key rotation
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,11 +89,14 @@ class TokenProvider:
             if failure and failure[0] > time.time():
                 raise failure[1]
             try:
-                token = await self._from_redis_or_entra(provider)
+                with redis_boundary("token cache"):
+                    token = await self._from_redis_or_entra(provider)
             except TokenError as exc:
+                metrics.token_errors.labels(exc.code or "").inc()
                 self._failures[key] = (time.time() + _FAILURE_TTL_S, exc)
                 raise
-            except TransientError:
+            except TransientError as exc:
+                metrics.token_errors.labels(exc.code or "").inc()
                 if hit and time.time() < hit.expires_at - 30:
                     return hit.access_token  # a refresh failed; the current token is still good
                 raise
@@ -102,9 +108,10 @@ class TokenProvider:
         key = provider.token_key
         if (hit := self._local.get(key)) and hit.access_token == access_token:
             del self._local[key]
-        cached = await self._read_redis(key)
-        if cached and cached.access_token == access_token:
-            await self._redis.delete(f"tm:tok:{key}")
+        with redis_boundary("token cache"):
+            cached = await self._read_redis(key)
+            if cached and cached.access_token == access_token:
+                await self._redis.delete(f"tm:tok:{key}")
         app = self._apps.get(key)
         if app is not None:
             for at in list(app.token_cache.search(msal.TokenCache.CredentialType.ACCESS_TOKEN)):
@@ -126,7 +133,7 @@ class TokenProvider:
                 if token is not None:
                     return token
             if time.monotonic() > deadline:
-                raise TransientError("another worker holds the token lock too long", code="TokenLockTimeout")
+                raise TransientError("another worker holds the token lock too long", code=Code.TOKEN_LOCK_TIMEOUT)
             await asyncio.sleep(0.05)
 
     def _acquire_locked(self, provider: ResolvedProvider) -> CachedToken | None:

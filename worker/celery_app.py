@@ -3,33 +3,39 @@
 Tasks carry batches of notification ids, never payloads or secrets. Messages are acknowledged
 when a task starts: the database, not the broker, is what guarantees delivery (see
 worker.dispatcher), so broker redeliveries are neither needed nor wanted. The broker is Redis by
-default; a BROKER_URL of amqp:// selects RabbitMQ with a quorum queue (Redis stays the token cache
-and throttle store).
+default (a single server or a Sentinel group: shared.redis_client); a BROKER_URL of amqp:// selects
+RabbitMQ with a quorum queue (Redis stays the token cache and throttle store).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
+import signal
 import threading
 import time
 from typing import Any
 
-import redis as redis_sync
 import structlog
 from celery import Celery, signals
 from celery.beat import PersistentScheduler
 from kombu.entity import Queue
+from sqlalchemy import Engine
 
 from shared.db import make_engine
 from shared.errors import ConfigurationError
 from shared.metrics import metrics
+from shared.redis_client import celery_broker, sync_client
 from shared.reminders import send_due_reminders
+from shared.secretbox import SecretBox
 from shared.settings import Settings
 from worker.batch import deliver_batch
 from worker.dispatcher import Dispatcher
 from worker.liveness import Heartbeat, watch_worker
 from worker.runtime import Runtime, close_runtime, get_runtime
 from worker.store import purge_finished
+from worker.supervision import Backoff, report_failure, start_supervised
 from worker.webhook_delivery import attach_to_worker
 
 log = structlog.get_logger(__name__)
@@ -44,6 +50,7 @@ def create_celery(settings: Settings) -> Celery:
     broker = settings.effective_broker_url
     if not broker or not settings.redis_url:
         raise ConfigurationError("REDIS_URL (and optionally BROKER_URL) must be set for workers")
+    broker, sentinel_options = celery_broker(broker)  # a Sentinel group: kombu wants its name apart
     app = Celery("tenantmail", broker=broker, set_as_current=False)
     if broker.startswith(("amqp://", "amqps://", "pyamqp://")):
         # RabbitMQ: a durable quorum queue (replicated, no visibility timeout), publisher confirms.
@@ -57,7 +64,7 @@ def create_celery(settings: Settings) -> Celery:
         task_send_sent_event=False, broker_pool_limit=16,
     )
     if not broker.startswith(("amqp://", "amqps://", "pyamqp://")):
-        app.conf.broker_transport_options = {"visibility_timeout": 600}
+        app.conf.broker_transport_options = {"visibility_timeout": 600, **sentinel_options}
     redis_url = settings.redis_url
 
     @app.task(name=TASK, ignore_result=True)  # type: ignore[untyped-decorator]
@@ -97,10 +104,11 @@ def start_dispatcher(app: Celery, settings: Settings) -> Dispatcher:
     """Start a (standby) dispatcher on a daemon thread of this process."""
     assert settings.redis_url
     dispatcher = Dispatcher(
-        make_engine(settings, pool_size=2), redis_sync.Redis.from_url(settings.redis_url, socket_timeout=10),
+        make_engine(settings, pool_size=2), sync_client(settings.redis_url),
         publisher(app), settings,
     )
-    threading.Thread(target=dispatcher.run, name="tm-dispatcher", daemon=True).start()
+    start_supervised("dispatcher", dispatcher.run, stop=dispatcher.stop_event,
+                     heartbeat=Heartbeat(settings.state_dir, "dispatcher"), backoff=Backoff.from_settings(settings))
     return dispatcher
 
 
@@ -108,7 +116,15 @@ class HeartbeatScheduler(PersistentScheduler):  # type: ignore[misc]
     """Celery's persistent scheduler, reporting liveness each time it ticks."""
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
-        interval_s = float(super().tick(*args, **kwargs))
+        """One scheduler round. A failing round (the broker is down) is logged, reported and retried after a
+        backoff instead of ending beat's loop (see worker.supervision)."""
+        try:
+            interval_s = float(super().tick(*args, **kwargs))
+        except Exception as exc:  # the top boundary of beat's loop: log, report, retry
+            self._tm_failures = getattr(self, "_tm_failures", 0) + 1
+            report_failure(self._heartbeat(), "beat", exc, self._tm_failures)
+            return Backoff(*self.app.conf.tm_backoff_ms).delay_s(self._tm_failures)
+        self._tm_failures = 0
         self._heartbeat().beat()
         return interval_s
 
@@ -122,9 +138,9 @@ def run_beat(settings: Settings) -> None:
     """Run Celery beat (exactly one per deployment): schedules the retention purge and expiry reminders."""
     app = create_celery(settings)
     schedule = settings.state_dir / "celerybeat-schedule"
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
     # Tick at least every liveness interval so that a live beat is seen as one.
-    app.conf.update(beat_max_loop_interval=settings.liveness_interval_s, tm_state_dir=settings.state_dir)
+    app.conf.update(beat_max_loop_interval=settings.liveness_interval_s, tm_state_dir=settings.state_dir,
+                    tm_backoff_ms=(settings.loop_restart_base_ms, settings.loop_restart_cap_ms))
     app.start(["beat", "--loglevel=WARNING", f"--schedule={schedule}",
                f"--scheduler={HeartbeatScheduler.__module__}:{HeartbeatScheduler.__qualname__}"])
 
@@ -133,22 +149,33 @@ def run_worker(settings: Settings, *, concurrency: int, with_dispatcher: bool, h
                metrics_port: int | None = None) -> None:
     """Run a Celery worker (threads pool) in this process until it is told to stop."""
     app = create_celery(settings)
+    SecretBox.from_settings(settings)  # a configuration error stops the worker here, before Celery starts
     holder: dict[str, Dispatcher] = {}
+    failed: list[ConfigurationError] = []
     heartbeat = Heartbeat(settings.state_dir, "worker")
     stop_watch = threading.Event()
     attach_to_worker(settings)  # the webhook delivery loop (worker.webhook_delivery)
 
     @signals.worker_ready.connect(weak=False)  # type: ignore[untyped-decorator]
     def _ready(**_: Any) -> None:
-        runtime = get_runtime(settings, settings.redis_url or "")
-        if metrics_port:
-            metrics.serve(metrics_port, runtime.engine)
+        try:
+            runtime = get_runtime(settings, settings.redis_url or "")
+            if metrics_port:
+                _serve_metrics(metrics_port, runtime.engine)
+        except ConfigurationError as exc:
+            # Celery would log a traceback and go on serving without a runtime: stop instead, and let
+            # the command line print the one-line error once Celery has shut down.
+            failed.append(exc)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         if with_dispatcher:
             holder["d"] = start_dispatcher(app, settings)
         heartbeat.beat()
-        threading.Thread(target=watch_worker, name="tm-liveness", daemon=True, args=(
-            heartbeat, lambda: _loop_answers(runtime), settings.liveness_stall_s, settings.liveness_interval_s,
-            stop_watch)).start()
+        metrics.worker_live.set(1)
+        watch = functools.partial(watch_worker, heartbeat, lambda: _loop_answers(runtime), settings.liveness_stall_s,
+                                  settings.liveness_interval_s, stop_watch)
+        start_supervised("liveness", watch, stop=stop_watch, heartbeat=heartbeat,
+                         backoff=Backoff.from_settings(settings))
         log.info("worker.ready", concurrency=concurrency, dispatcher=with_dispatcher)
 
     @signals.worker_shutting_down.connect(weak=False)  # type: ignore[untyped-decorator]
@@ -167,6 +194,16 @@ def run_worker(settings: Settings, *, concurrency: int, with_dispatcher: bool, h
     if hostname:
         argv.append(f"--hostname={hostname}")
     app.worker_main(argv)
+    if failed:
+        raise failed[0]
+
+
+def _serve_metrics(port: int, engine: Engine) -> None:
+    try:
+        metrics.serve(port, engine)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot serve metrics on port {port} ({exc.strerror}): choose another "
+                                 "--metrics-port / TENANTMAIL_METRICS_PORT") from None
 
 
 def _loop_answers(runtime: Runtime) -> bool:

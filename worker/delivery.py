@@ -2,7 +2,10 @@
 on the platform default, one SMTP transaction through the relay.
 
 Runs on the process event loop. Nothing here sleeps out a Retry-After: a blocked or saturated
-mailbox sends the row back to the database with the time it may be tried again.
+mailbox sends the row back to the database with the time it may be tried again. Nothing here
+decides a row's fate either: every outcome comes from `worker.retry_policy.decide`. A Redis
+outage ends the lanes it reaches; their rows that never left go back to the database (`Requeued`),
+and the outcomes already known are returned with them.
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ from datetime import UTC, datetime
 
 import structlog
 
+from shared.codes import Code
 from shared.errors import (
     AmbiguousOutcome,
     AuthenticationExpired,
     DeliveryError,
+    NoProviderConfigured,
     ProviderError,
+    RedisUnavailable,
     Throttled,
     TokenError,
     TransientError,
@@ -36,23 +42,35 @@ from transport.graph import GraphClient
 from transport.smtp import SmtpRelayClient
 from transport.tokens import TokenProvider
 from worker import liveness
-from worker.retry_policy import classify, decide, retry_delay_ms
+from worker.retry_policy import (
+    Attempted,
+    Decision,
+    Event,
+    Requeued,
+    Stage,
+    attempt_label,
+    classify,
+    decide,
+    retry_delay_ms,
+)
+from worker.sendmarks import SendMarks
 from worker.store import AttemptRecord, ClaimedRow, RowOutcome
 from worker.throttle import MailboxThrottle, Slot
 
 log = structlog.get_logger(__name__)
-_GO = Slot(True)
-_STOP = Slot(False)
+_GO = Slot(granted=True)
+_STOP = Slot(granted=False)
 
 
 class Sender:
     """Delivers claimed rows through their tenants' providers."""
 
-    def __init__(self, graph: GraphClient, tokens: TokenProvider, throttle: MailboxThrottle,
+    def __init__(self, graph: GraphClient, tokens: TokenProvider, throttle: MailboxThrottle, marks: SendMarks,
                  settings: Settings, smtp: SmtpRelayClient | None = None) -> None:
         self._graph = graph
         self._tokens = tokens
         self._throttle = throttle
+        self._marks = marks
         self._settings = settings
         self._smtp = smtp
 
@@ -70,8 +88,9 @@ class Sender:
         for row in rows:
             provider = providers[row.tenant_id]
             if isinstance(provider, ProviderError):
-                error = DeliveryError(str(provider), code=type(provider).__name__)
-                outcomes[row.id] = self._finish(row, None, error, (_record(datetime.now(UTC), "failed", error),))
+                code = (Code.NO_PROVIDER_CONFIGURED if isinstance(provider, NoProviderConfigured)
+                        else Code.PROVIDER_ERROR)
+                outcomes[row.id] = self._attempted(row, None, DeliveryError(str(provider), code=code))
             elif isinstance(provider, PlatformProvider):
                 relayed.append((row, provider))
             else:
@@ -87,41 +106,37 @@ class Sender:
         try:
             outcomes[row.id] = await self._send_smtp(row, provider, started, progress)
         except Exception as exc:  # the top boundary of an SMTP send, as send_one is for Graph
-            log.exception("send.unexpected_error", notification_id=row.id, tenant_id=row.tenant_id)
-            cls = AmbiguousOutcome if "sending" in progress else TransientError
-            error = cls(f"internal error: {type(exc).__name__}", code="InternalError")
-            record = _record(started, "ambiguous" if cls is AmbiguousOutcome else "retry", error)
-            outcomes[row.id] = self._finish(row, provider, error, (record,))
+            outcomes[row.id] = self._unexpected(row, provider, exc, left="sending" in progress)
 
     async def _send_smtp(self, row: ClaimedRow, provider: PlatformProvider, started: datetime,
                          progress: list[str]) -> RowOutcome:
         if self._smtp is None:
-            error = DeliveryError("the platform default needs TENANTMAIL_SMTP_HOST", code="NoProviderConfigured")
-            return self._finish(row, provider, error, (_record(started, "failed", error),))
+            error = DeliveryError("the platform default needs TENANTMAIL_SMTP_HOST", code=Code.NO_PROVIDER_CONFIGURED)
+            return self._attempted(row, provider, error, started=started)
         envelope = smtp_envelope(message_from_stored(row.payload), sender_address=provider.sender_address,
                                  sender_name=provider.sender_name, reply_to=provider.reply_to,
                                  notification_id=row.id)
         # The sweeper must count a row of a worker that dies from here on as possibly sent.
-        await self._throttle.mark_send(row.id)
+        await self._marks.mark_started(row.id)
         progress.append("sending")
         t0 = time.perf_counter()
         try:
             result = await self._smtp.send(envelope)
         except DeliveryError as exc:
-            outcome = _smtp_outcome_name(exc)
+            outcome = attempt_label(Attempted(exc))
             metrics.smtp_sends.labels(outcome, exc.code or "").inc()
             record = AttemptRecord(started_at=started, outcome=outcome, latency_ms=(time.perf_counter() - t0) * 1000,
                                    smtp_status=exc.status, error_code=exc.code, error_message=exc.message,
                                    client_request_id=envelope.message_id, mailbox=provider.sender_address)
-            return self._finish(row, provider, exc, (record,))
+            return self._finish(row, provider, Attempted(exc), (record,))
         metrics.smtp_sends.labels("sent", f"SMTP{result.code}").inc()
-        self._throttle.note_sent(row.id)
+        self._marks.mark_accepted(row.id)
         refused = "; ".join(f"{r}: {reply}" for r, reply in result.refused.items())
         record = AttemptRecord(started_at=started, outcome="sent", latency_ms=result.latency_ms,
                                smtp_status=result.code, request_id=result.message[:64],
                                client_request_id=result.message_id, mailbox=provider.sender_address,
                                error_message=f"recipients refused: {refused}" if refused else None)
-        return self._finish(row, provider, None, (record,))
+        return self._finish(row, provider, Attempted(None), (record,))
 
     async def _mailbox(self, key: str, queue: deque[tuple[ClaimedRow, ResolvedProvider]],
                        outcomes: dict[str, RowOutcome]) -> None:
@@ -144,7 +159,11 @@ class Sender:
         lane_id = uuid.uuid4().hex
         try:
             waited_ms = int((time.monotonic() - t0) * 1000)
-            slot = await self._throttle.acquire(key, lane_id, max_wait_ms=max(0, wait_ms - waited_ms))
+            try:
+                slot = await self._throttle.acquire(key, lane_id, max_wait_ms=max(0, wait_ms - waited_ms))
+            except RedisUnavailable:  # the lane ends; its group's rows go back to the database
+                log.warning("send.redis_unavailable", mailbox=key, exc_info=True)
+                return
             if slot.blocked:
                 self._requeue_all(queue, outcomes, slot.wait_ms)
             if not slot.granted:
@@ -180,31 +199,30 @@ class Sender:
         try:
             return await self._send_one(row, provider, lane_id, progress)
         except Exception as exc:
-            log.exception("send.unexpected_error", notification_id=row.id, tenant_id=row.tenant_id)
-            cls = AmbiguousOutcome if "posting" in progress else TransientError
-            error = cls(f"internal error: {type(exc).__name__}", code="InternalError")
-            record = _record(datetime.now(UTC), "ambiguous" if cls is AmbiguousOutcome else "retry", error)
-            return self._finish(row, provider, error, (record,)), _STOP
+            return self._unexpected(row, provider, exc, left="posting" in progress), _STOP
 
     async def _send_one(self, row: ClaimedRow, provider: ResolvedProvider, lane_id: str,
                         progress: list[str]) -> tuple[RowOutcome, Slot]:
         started = datetime.now(UTC)
         try:
             token = await self._tokens.get(provider)
+        except RedisUnavailable:
+            raise  # nothing asked of Entra ID: the row goes back without spending an attempt
         except (TokenError, TransientError) as exc:
-            return self._finish(row, provider, exc, (_record(started, "token_error", exc),)), _GO
+            return self._attempted(row, provider, exc, started=started, stage=Stage.TOKEN), _GO
         slot = await self._throttle.begin_send(provider.mailbox_key, lane_id, row.id)
         if slot.granted and (blocked_ms := self._throttle.local_block_ms(provider.mailbox_key)):
-            slot = Slot(False, blocked_ms, True)  # a 429 reached this process while Redis answered
+            # a 429 reached this process while Redis answered
+            slot = Slot(granted=False, wait_ms=blocked_ms, blocked=True)
         if not slot.granted:
             delay_ms = slot.wait_ms or self._settings.slot_requeue_ms
             return self._requeue(row, provider, delay_ms), slot
         progress.append("posting")
         outcome = await self._send_in_slot(row, provider, token, started)
         if outcome.state is State.SENT:
-            self._throttle.note_sent(row.id)
+            self._marks.mark_accepted(row.id)
         if blocked_ms := self._throttle.local_block_ms(provider.mailbox_key):
-            return outcome, Slot(False, blocked_ms, True)  # a 429: the lane stops, its rows wait
+            return outcome, Slot(granted=False, wait_ms=blocked_ms, blocked=True)  # a 429: the lane stops, rows wait
         return outcome, _GO
 
     async def _send_in_slot(self, row: ClaimedRow, provider: ResolvedProvider, token: str,
@@ -218,11 +236,11 @@ class Sender:
             error = await self._post(provider, token, body, records, started)
             if not isinstance(error, AuthenticationExpired) or resend:
                 break
-            await self._tokens.invalidate(provider, token)
             try:
+                await self._tokens.invalidate(provider, token)
                 token = await self._tokens.get(provider)
             except (TokenError, TransientError) as exc:
-                records.append(_record(datetime.now(UTC), "token_error", exc))
+                records.append(_record(datetime.now(UTC), Attempted(exc, Stage.TOKEN)))
                 error = exc
                 break
             started = datetime.now(UTC)
@@ -234,7 +252,7 @@ class Sender:
                 await self._throttle.block(provider.mailbox_key, delay_ms)
             except Exception:  # this process is blocked already; the row is rescheduled either way
                 log.warning("throttle.block_failed", mailbox=provider.mailbox_key, exc_info=True)
-        return self._finish(row, provider, error, tuple(records))
+        return self._finish(row, provider, Attempted(error), tuple(records))
 
     async def _post(self, provider: ResolvedProvider, token: str, body: bytes,
                     records: list[AttemptRecord], started: datetime) -> DeliveryError | None:
@@ -246,15 +264,15 @@ class Sender:
                                                body, client_request_id)
         except DeliveryError as exc:
             metrics.sends.labels("transport_error", exc.code or "").inc()
-            records.append(_record(started, "ambiguous" if exc.code not in ("ConnectionRefused", "ConnectTimeout")
-                                   else "retry", exc, latency_ms=(time.perf_counter() - t0) * 1000,
+            records.append(_record(started, Attempted(exc), latency_ms=(time.perf_counter() - t0) * 1000,
                                    mailbox=provider.sender_address))
             return exc
         error = classify(resp)
-        metrics.sends.labels("sent" if error is None else _outcome_name(error), resp.code or "").inc()
+        outcome = attempt_label(Attempted(error))
+        metrics.sends.labels(outcome, resp.code or "").inc()
         metrics.graph_latency.observe(resp.latency_ms / 1000)
         records.append(AttemptRecord(
-            started_at=started, outcome="sent" if error is None else _outcome_name(error),
+            started_at=started, outcome=outcome,
             latency_ms=resp.latency_ms, http_status=resp.status, error_code=resp.code,
             error_message=resp.message, request_id=resp.request_id,
             client_request_id=resp.client_request_id, retry_after_s=resp.retry_after_s,
@@ -270,54 +288,61 @@ class Sender:
         except Exception:
             log.warning("throttle.release_failed", mailbox=mailbox_key, exc_info=True)
 
-    def _finish(self, row: ClaimedRow, provider: Provider | None, error: DeliveryError | None,
+    def _unexpected(self, row: ClaimedRow, provider: Provider, exc: Exception, *, left: bool) -> RowOutcome:
+        """The top boundary of a send: Redis down before the request left sends the row back
+        untouched; a bug is logged and recorded against the row (ambiguous once the request may
+        have left, else a retry), never left to strand the whole batch in `sending`."""
+        if isinstance(exc, RedisUnavailable) and not left:
+            log.warning("send.redis_unavailable", notification_id=row.id, tenant_id=row.tenant_id, exc_info=True)
+            return self._finish(row, provider, Requeued(self._settings.slot_requeue_ms), ())
+        log.exception("send.unexpected_error", notification_id=row.id, tenant_id=row.tenant_id)
+        cls = AmbiguousOutcome if left else TransientError
+        return self._attempted(row, provider, cls(f"internal error: {type(exc).__name__}", code=Code.INTERNAL_ERROR))
+
+    def _attempted(self, row: ClaimedRow, provider: Provider | None, error: DeliveryError, *,
+                   started: datetime | None = None, stage: Stage = Stage.SEND) -> RowOutcome:
+        """The outcome of an attempt that ended in `error` without a response to record."""
+        event = Attempted(error, stage)
+        return self._finish(row, provider, event, (_record(started or datetime.now(UTC), event),))
+
+    def _finish(self, row: ClaimedRow, provider: Provider | None, event: Event,
                 records: tuple[AttemptRecord, ...]) -> RowOutcome:
         now = time.time()
-        d = decide(error, attempts=row.attempts + len(records), ambiguous_count=row.ambiguous_count,
+        d = decide(event, attempts=row.attempts + len(records), ambiguous_count=row.ambiguous_count,
                    age_s=now - row.created_at.timestamp(), now_ms=int(now * 1000), settings=self._settings)
-        metrics.notifications.labels(d.state.value).inc()
-        liveness.progress.outcome()
-        if d.state is State.RETRY_WAIT:
-            metrics.retries.inc()
-        if isinstance(error, AmbiguousOutcome):
-            metrics.ambiguous.inc()
-        if error is not None:
-            log.log(logging.INFO if d.state is State.RETRY_WAIT else logging.WARNING, "notification.attempt",
-                    notification_id=row.id, tenant_id=row.tenant_id, attempt=row.attempts + len(records),
-                    state=d.state.value, code=error.code, status=error.status, request_id=error.request_id,
-                    client_request_id=error.client_request_id)
+        if d.code is not None and d.label is not None:  # the policy says why itself (MaxAgeExceeded)
+            records += (AttemptRecord(started_at=datetime.now(UTC), outcome=d.label, error_code=d.code,
+                                      error_message=d.message),)
+        if d.label is not None:  # an attempt is recorded (a requeue is not one)
+            error = event.error if isinstance(event, Attempted) else DeliveryError(d.message or "", code=d.code)
+            self._count(row, d, error, row.attempts + len(records))
         return RowOutcome(row, d.state, d.next_attempt_ms, records,
                           row.possible_duplicate or d.possible_duplicate, d.ambiguous_count,
                           provider.version if provider else None, provider.sender_address if provider else None)
 
-    def _requeue(self, row: ClaimedRow, provider: ResolvedProvider, delay_ms: int) -> RowOutcome:
-        now = time.time()
-        if now - row.created_at.timestamp() >= self._settings.max_age_s:
-            error = TransientError("mailbox stayed throttled past the maximum age", code="MaxAgeExceeded")
-            return self._finish(row, provider, error, (_record(datetime.now(UTC), "failed", error),))
-        return RowOutcome(row, State.RETRY_WAIT, int(now * 1000) + max(1, delay_ms), (),
-                          row.possible_duplicate, row.ambiguous_count, provider.version, provider.sender_address)
+    @staticmethod
+    def _count(row: ClaimedRow, d: Decision, error: DeliveryError | None, attempt: int) -> None:
+        metrics.notifications.labels(d.state.value).inc()
+        liveness.progress.outcome()
+        if d.state is State.RETRY_WAIT:
+            metrics.retries.inc()
+        if d.label == "ambiguous":
+            metrics.ambiguous.inc()
+        if error is not None:
+            log.log(logging.INFO if d.state is State.RETRY_WAIT else logging.WARNING, "notification.attempt",
+                    notification_id=row.id, tenant_id=row.tenant_id, attempt=attempt,
+                    state=d.state.value, code=error.code, status=error.status, request_id=error.request_id,
+                    client_request_id=error.client_request_id)
+
+    def _requeue(self, row: ClaimedRow, provider: Provider, delay_ms: int) -> RowOutcome:
+        return self._finish(row, provider, Requeued(delay_ms), ())
 
 
-def _smtp_outcome_name(error: DeliveryError) -> str:
-    if isinstance(error, AmbiguousOutcome):
-        return "ambiguous"
-    return "retry" if isinstance(error, TransientError) else "failed"
-
-
-def _outcome_name(error: DeliveryError) -> str:
-    if isinstance(error, Throttled):
-        return "throttled"
-    if isinstance(error, TransientError | AuthenticationExpired):
-        return "retry"
-    if isinstance(error, TokenError):
-        return "token_error"
-    return "ambiguous" if error.status == 504 else "failed"
-
-
-def _record(started: datetime, outcome: str, error: DeliveryError, *, latency_ms: float | None = None,
+def _record(started: datetime, event: Attempted, *, latency_ms: float | None = None,
             mailbox: str | None = None) -> AttemptRecord:
-    return AttemptRecord(started_at=started, outcome=outcome, latency_ms=latency_ms, http_status=error.status,
-                         error_code=error.code, error_message=error.message, request_id=error.request_id,
-                         client_request_id=error.client_request_id, retry_after_s=error.retry_after_s,
-                         mailbox=mailbox)
+    error = event.error
+    assert error is not None  # an accepted send is recorded from its response
+    return AttemptRecord(started_at=started, outcome=attempt_label(event), latency_ms=latency_ms,
+                         http_status=error.status, error_code=error.code, error_message=error.message,
+                         request_id=error.request_id, client_request_id=error.client_request_id,
+                         retry_after_s=error.retry_after_s, mailbox=mailbox)

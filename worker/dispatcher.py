@@ -10,9 +10,8 @@ The database decides what is due; the broker only carries batches of ids. Each t
    (the Redis block says the same, but Redis can lose it: the database cannot);
 3. stamps them with a dispatch lease and publishes them in batches of `batch_size`.
 A row whose dispatch lease runs out unclaimed (the broker lost it: Redis flushed or restarted)
-becomes due again by itself. Every second it also sweeps `sending` rows whose lease expired
-(their worker died): never-started sends go back to the queue, sends Graph accepted (the send
-mark says "sent") are recorded as sent, possibly-sent ones follow the ambiguous policy and are flagged.
+becomes due again by itself. Every second it also runs the sweeper (`worker.sweeper`) over
+`sending` rows whose send lease expired (their worker died).
 
 One dispatcher is active at a time across the fleet (a Redis leader lease); every worker runs
 one on standby, so losing the leader only pauses dispatch for the lease's length.
@@ -25,21 +24,20 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Engine, and_, func, or_, select, update
 
-from shared.models import ACTIVE_STATES, DeliveryAttempt, Notification, State
+from shared.metrics import metrics
+from shared.models import ACTIVE_STATES, Notification, State
 from shared.settings import Settings
-from worker.batch import EPOCH_KEY
 from worker.liveness import Heartbeat
-from worker.throttle import SENT_MARK, sendmark_key
+from worker.supervision import report_failure
+from worker.sweeper import Sweeper
 
 log = structlog.get_logger(__name__)
 _N = Notification.__table__  # type: ignore[attr-defined]
-_A = DeliveryAttempt.__table__  # type: ignore[attr-defined]
 LEADER_KEY = "tm:dispatcher:leader"
 _MAX_EXCLUDED = 2_000  # tenants left out of a page query by id; beyond that they are skipped in Python
 _RENEW = """
@@ -60,32 +58,41 @@ class Dispatcher:
         self._s = settings
         self._id = uuid.uuid4().hex
         self._renew = redis.register_script(_RENEW)
+        self.sweeper = Sweeper(engine, redis, settings)
         self._last_sweep = 0.0
         self.stop_event = threading.Event()
 
     def run(self) -> None:
-        """Loop until `stop_event` is set; only the leader dispatches."""
+        """Loop until `stop_event` is set; only the leader dispatches. A failing tick is logged, reported in
+        the heartbeat and retried; anything else that escapes is its supervisor's (worker.supervision)."""
         lease_ms = max(3_000, self._s.dispatch_interval_ms * 20)
         heartbeat = Heartbeat(self._s.state_dir, "dispatcher")
+        failures = 0
         while not self.stop_event.is_set():
-            # Going round is this loop's progress; a tick hung on the database or Redis stops it.
-            heartbeat.beat()
             busy = False
             try:
-                if self._renew(keys=[LEADER_KEY], args=[self._id, lease_ms]):
+                leading = bool(self._renew(keys=[LEADER_KEY], args=[self._id, lease_ms]))
+                metrics.dispatcher_leader.set(int(leading))
+                if leading:
                     busy = self.tick() >= self._s.batch_size
-            except Exception:  # the loop must survive a database or Redis outage
-                log.warning("dispatcher.tick_failed", exc_info=True)
+            except Exception as exc:  # the loop must survive a database or Redis outage
+                failures += 1
+                report_failure(heartbeat, "dispatcher", exc, failures)
                 self.stop_event.wait(1.0)
+                continue
+            failures = 0
+            # Going round is this loop's progress; a tick that hangs or fails stops it.
+            heartbeat.beat()
             if not busy:
                 self.stop_event.wait(self._s.dispatch_interval_ms / 1000)
+        metrics.dispatcher_leader.set(0)
         heartbeat.remove()
 
     def tick(self) -> int:
         """One dispatch round (plus a sweep once a second); returns how many rows were published."""
         now_ms = int(time.time() * 1000)
         if time.monotonic() - self._last_sweep >= 1.0:
-            self.sweep(now_ms)
+            self.sweeper.sweep(now_ms)
             self._last_sweep = time.monotonic()
         chosen = self._choose(now_ms)
         if not chosen:
@@ -93,7 +100,7 @@ class Dispatcher:
         with self._engine.begin() as conn:
             conn.execute(
                 update(_N).where(_N.c.id.in_([nid for nid, _ in chosen]), _N.c.state.in_(ACTIVE_STATES))
-                .values(lease_until_ms=now_ms + self._s.dispatch_lease_ms)
+                .values(dispatch_lease_until_ms=now_ms + self._s.dispatch_lease_ms)
             )
         published = 0
         for batch in self._batches(chosen):
@@ -128,7 +135,8 @@ class Dispatcher:
         with self._engine.connect() as conn:
             inflight: Counter[str] = Counter(dict(conn.execute(
                 select(_N.c.tenant_id, func.count())
-                .where(_N.c.state.in_((*ACTIVE_STATES, State.SENDING.value)), _N.c.lease_until_ms > now_ms)
+                .where(or_(and_(_N.c.state.in_(ACTIVE_STATES), _N.c.dispatch_lease_until_ms > now_ms),
+                           and_(_N.c.state == State.SENDING.value, _N.c.send_lease_until_ms > now_ms)))
                 .group_by(_N.c.tenant_id)
             ).all()))
             throttled = set(conn.scalars(
@@ -139,7 +147,7 @@ class Dispatcher:
             busy |= throttled
             full = busy | {t for t, n in inflight.items() if n >= self._s.tenant_window}
             due = [_N.c.state.in_(ACTIVE_STATES), _N.c.next_attempt_ms <= now_ms,
-                   or_(_N.c.lease_until_ms.is_(None), _N.c.lease_until_ms <= now_ms)]
+                   or_(_N.c.dispatch_lease_until_ms.is_(None), _N.c.dispatch_lease_until_ms <= now_ms)]
             if full and len(full) <= _MAX_EXCLUDED:
                 # Leave rows of tenants that cannot take more in the database: most of a page
                 # would otherwise be theirs, fetched only to be skipped.
@@ -157,66 +165,4 @@ class Dispatcher:
     def _unlease(self, ids: Sequence[str]) -> None:
         with self._engine.begin() as conn:
             conn.execute(update(_N).where(_N.c.id.in_(list(ids)), _N.c.state.in_(ACTIVE_STATES))
-                         .values(lease_until_ms=None))
-
-    def sweep(self, now_ms: int) -> int:
-        """Recover `sending` rows whose worker lease expired; returns how many."""
-        with self._engine.connect() as conn:
-            lost = conn.execute(
-                select(_N.c.id, _N.c.tenant_id, _N.c.claimed_by, _N.c.ambiguous_count, _N.c.attempts)
-                .where(_N.c.state == State.SENDING.value, _N.c.lease_until_ms <= now_ms).limit(1000)
-            ).all()
-        if not lost:
-            return 0
-        never, maybe, sent = self._classify(lost)
-        with self._engine.begin() as conn:
-            guard = and_(_N.c.state == State.SENDING.value, _N.c.lease_until_ms <= now_ms)
-            if never:
-                conn.execute(update(_N).where(_N.c.id.in_([r.id for r in never]), guard).values(
-                    state=State.QUEUED.value, lease_until_ms=None, claimed_by=None, next_attempt_ms=now_ms))
-            for r in maybe:
-                self._record_maybe_sent(conn, r, guard, now_ms)
-            for r in sent:
-                self._record_sent(conn, r, guard)
-        log.warning("dispatcher.recovered", requeued=len(never), ambiguous=len(maybe), sent=len(sent))
-        return len(lost)
-
-    def _record_maybe_sent(self, conn: Any, r: Any, guard: Any, now_ms: int) -> None:
-        retry = self._s.ambiguous_policy == "retry_once" and r.ambiguous_count == 0
-        conn.execute(update(_N).where(_N.c.id == r.id, guard).values(
-            state=State.RETRY_WAIT.value if retry else State.AMBIGUOUS.value, lease_until_ms=None,
-            claimed_by=None, next_attempt_ms=now_ms, possible_duplicate=True,
-            ambiguous_count=r.ambiguous_count + 1, attempts=r.attempts + 1,
-            last_error_code="WorkerLost",
-            last_error_message="the worker sending this died; the message may have been sent"))
-        conn.execute(insert(_A).values(
-            notification_id=r.id, tenant_id=r.tenant_id, attempt_no=r.attempts + 1,
-            started_at=datetime.now(UTC), outcome="ambiguous", error_code="WorkerLost",
-            error_message="worker lease expired after the send started", worker=r.claimed_by))
-
-    @staticmethod
-    def _record_sent(conn: Any, r: Any, guard: Any) -> None:
-        now = datetime.now(UTC)
-        conn.execute(update(_N).where(_N.c.id == r.id, guard).values(
-            state=State.SENT.value, lease_until_ms=None, claimed_by=None, attempts=r.attempts + 1,
-            last_status=202, last_error_code=None, last_error_message=None, sent_at=now, updated_at=now))
-        conn.execute(insert(_A).values(
-            notification_id=r.id, tenant_id=r.tenant_id, attempt_no=r.attempts + 1, started_at=now,
-            outcome="sent", http_status=202, worker=r.claimed_by,
-            error_message="recorded by the sweeper: Graph accepted it, then its worker died"))
-
-    def _classify(self, rows: Sequence[Any]) -> tuple[list[Any], list[Any], list[Any]]:
-        """Split lost rows into never sent, maybe sent and sent, by their send marks."""
-        epoch = self._redis.get(EPOCH_KEY)
-        epoch = epoch.decode() if isinstance(epoch, bytes) else epoch
-        marks = self._redis.mget([sendmark_key(r.id) for r in rows])
-        never, maybe, sent = [], [], []
-        for r, mark in zip(rows, marks, strict=True):
-            claimed_epoch = (r.claimed_by or "").rpartition("/")[2]
-            if mark == SENT_MARK.encode():
-                sent.append(r)  # Graph answered 202 before the worker died
-            elif mark is not None or claimed_epoch != epoch:
-                maybe.append(r)  # the send started, or Redis lost its data since the claim: cannot know
-            else:
-                never.append(r)
-        return never, maybe, sent
+                         .values(dispatch_lease_until_ms=None))

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.metrics import metrics
+
 ROLES = ("worker", "dispatcher", "beat")
 
 
@@ -104,6 +106,9 @@ def watch_worker(heartbeat: Heartbeat, probe_loop: Callable[[], bool], stall_s: 
                                   f"with {progress.batches} batch(es) held")
         else:
             heartbeat.beat(batches=progress.batches)
+            metrics.worker_live.set(1)
+            continue
+        metrics.worker_live.set(0)
 
 
 @dataclass(frozen=True)

@@ -15,24 +15,39 @@ The platform default's SMTP relay (transport.smtp maps its replies into the same
     connection lost once DATA began        -> ambiguous: `ambiguous_policy` decides
 
 `compute_backoff` is pure; attempts are capped by `max_attempts` and by `max_age_s`.
+
+Outcome policy: `decide()` is the one place that maps what happened to a row (an `Event`) to its
+next state, when it is due again and how the attempt is labelled. Delivery, the relay path and the
+sweeper all ask it; none of them decides on its own. New rules (holds, breakers, quotas) go here.
+
+    Attempted(error)          a token was asked for or a request went out; `error` None = accepted
+    Requeued(delay_ms)        the row never left (no slot in time, mailbox blocked, Redis down):
+                              retry_wait after the delay, no attempt spent; failed past the maximum age
+    WorkerLost(evidence)      the sweeper found its worker dead; the send marks say how far it got:
+                              never started -> queued; accepted -> sent; maybe sent -> ambiguous rule
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
+from enum import StrEnum
 
+from shared.codes import Code
 from shared.errors import (
     AmbiguousOutcome,
     AuthenticationExpired,
     DeliveryError,
     PermanentError,
     Throttled,
+    TokenError,
     TransientError,
 )
 from shared.models import State
 from shared.settings import Settings
 from transport.graph import GraphResponse
+from worker.sendmarks import Evidence
 
 _TRANSIENT_STATUSES = {408, 429, 500, 502, 503}
 _AMBIGUOUS_STATUSES = {504}
@@ -62,18 +77,60 @@ def classify(resp: GraphResponse) -> DeliveryError | None:
     return PermanentError(message, **kwargs)  # type: ignore[arg-type]
 
 
+class Stage(StrEnum):
+    """Where an attempt ended: asking Entra ID for a token, or sending the message."""
+
+    TOKEN = "token"
+    SEND = "send"
+
+
 @dataclass(frozen=True, slots=True)
+class Attempted:
+    """An attempt ran to an answer; `error` None means the message was accepted."""
+
+    error: DeliveryError | None
+    stage: Stage = Stage.SEND
+
+
+@dataclass(frozen=True, slots=True)
+class Requeued:
+    """The row goes back without having left: due again after `delay_ms`."""
+
+    delay_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLost:
+    """The row's worker died while it was `sending`; `evidence` is what its send mark says."""
+
+    evidence: Evidence
+
+
+Event = Attempted | Requeued | WorkerLost
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Decision:
-    """What to do with a notification after an attempt."""
+    """What to do with a notification after an event.
+
+    `label` is the outcome of the attempt to record (`sent`, `retry`, `throttled`, `token_error`,
+    `ambiguous`, `failed`), None when no attempt is recorded. `code` and `message` are set when the
+    policy itself says why (MaxAgeExceeded, WorkerLost); otherwise the error's own code stands.
+    `possible_duplicate` says whether this event may have sent a copy (the row's earlier flag is
+    the caller's to keep).
+    """
 
     state: State
     next_attempt_ms: int
     possible_duplicate: bool = False
     ambiguous_count: int = 0
+    label: str | None = None
+    code: str | None = None
+    message: str | None = None
 
 
 def decide(
-    error: DeliveryError | None,
+    event: Event,
     *,
     attempts: int,
     ambiguous_count: int,
@@ -82,21 +139,74 @@ def decide(
     settings: Settings,
     rng: random.Random | None = None,
 ) -> Decision:
-    """The next state for a notification whose latest attempt ended with `error`."""
+    """The next state of a notification after `event`; `attempts` counts the attempts so far,
+    this event's included."""
+    if isinstance(event, Requeued):
+        return _requeued(event, ambiguous_count, age_s, now_ms, settings)
+    if isinstance(event, WorkerLost):
+        return _worker_lost(event, attempts, ambiguous_count, now_ms, settings)
+    error = event.error
+    label = attempt_label(event)
     if error is None:
-        return Decision(State.SENT, now_ms, ambiguous_count=ambiguous_count)
+        return Decision(state=State.SENT, next_attempt_ms=now_ms, ambiguous_count=ambiguous_count, label=label)
     if isinstance(error, AmbiguousOutcome):
-        if (settings.ambiguous_policy == "retry_once" and ambiguous_count == 0 and age_s < settings.max_age_s
-                and attempts < settings.max_attempts):
-            delay = compute_backoff(1, base_ms=settings.backoff_base_ms, cap_ms=settings.backoff_cap_ms, rng=rng)
-            return Decision(State.RETRY_WAIT, now_ms + delay, True, ambiguous_count + 1)
-        return Decision(State.AMBIGUOUS, now_ms, True, ambiguous_count + 1)
+        return _ambiguous(label, attempts, ambiguous_count, age_s, now_ms, settings, rng)
     if isinstance(error, PermanentError) or not isinstance(error, TransientError | AuthenticationExpired):
-        return Decision(State.FAILED, now_ms, ambiguous_count=ambiguous_count)
+        return Decision(state=State.FAILED, next_attempt_ms=now_ms, ambiguous_count=ambiguous_count, label=label)
     if attempts >= settings.max_attempts or age_s >= settings.max_age_s:
-        return Decision(State.FAILED, now_ms, ambiguous_count=ambiguous_count)
-    return Decision(State.RETRY_WAIT, now_ms + retry_delay_ms(error, attempts, settings, rng),
+        return Decision(state=State.FAILED, next_attempt_ms=now_ms, ambiguous_count=ambiguous_count, label=label)
+    return Decision(state=State.RETRY_WAIT, next_attempt_ms=now_ms + retry_delay_ms(error, attempts, settings, rng),
+                    ambiguous_count=ambiguous_count, label=label)
+
+
+def attempt_label(event: Attempted) -> str:
+    """How an attempt is recorded in delivery_attempt.outcome (also for an attempt that is not
+    the row's last, such as the 401 before a resend)."""
+    error = event.error
+    if error is None:
+        return "sent"
+    if event.stage is Stage.TOKEN or isinstance(error, TokenError):
+        return "token_error"
+    if isinstance(error, Throttled):
+        return "throttled"
+    if isinstance(error, AmbiguousOutcome):
+        return "ambiguous"
+    return "retry" if isinstance(error, TransientError | AuthenticationExpired) else "failed"
+
+
+def _ambiguous(label: str, attempts: int, ambiguous_count: int, age_s: float, now_ms: int, settings: Settings,
+               rng: random.Random | None, *, capped: bool = True, backoff: bool = True) -> Decision:
+    # The one ambiguous rule. A worker lost mid-send is retried due now and without the age and
+    # attempt caps (capped=False, backoff=False), as the sweeper always did.
+    within_caps = not capped or (age_s < settings.max_age_s and attempts < settings.max_attempts)
+    if settings.ambiguous_policy == "retry_once" and ambiguous_count == 0 and within_caps:
+        delay = compute_backoff(1, base_ms=settings.backoff_base_ms, cap_ms=settings.backoff_cap_ms,
+                                rng=rng) if backoff else 0
+        return Decision(state=State.RETRY_WAIT, next_attempt_ms=now_ms + delay, possible_duplicate=True,
+                        ambiguous_count=ambiguous_count + 1, label=label)
+    return Decision(state=State.AMBIGUOUS, next_attempt_ms=now_ms, possible_duplicate=True,
+                    ambiguous_count=ambiguous_count + 1, label=label)
+
+
+def _requeued(event: Requeued, ambiguous_count: int, age_s: float, now_ms: int, settings: Settings) -> Decision:
+    if age_s >= settings.max_age_s:
+        return Decision(state=State.FAILED, next_attempt_ms=now_ms, ambiguous_count=ambiguous_count, label="failed",
+                        code=Code.MAX_AGE_EXCEEDED, message="mailbox stayed throttled past the maximum age")
+    return Decision(state=State.RETRY_WAIT, next_attempt_ms=now_ms + max(1, event.delay_ms),
                     ambiguous_count=ambiguous_count)
+
+
+def _worker_lost(event: WorkerLost, attempts: int, ambiguous_count: int, now_ms: int,
+                 settings: Settings) -> Decision:
+    if event.evidence is Evidence.NEVER_STARTED:
+        return Decision(state=State.QUEUED, next_attempt_ms=now_ms, ambiguous_count=ambiguous_count)
+    if event.evidence is Evidence.ACCEPTED:
+        return Decision(state=State.SENT, next_attempt_ms=now_ms, ambiguous_count=ambiguous_count, label="sent",
+                        message="recorded by the sweeper: Graph accepted it, then its worker died")
+    decision = _ambiguous("ambiguous", attempts, ambiguous_count, 0.0, now_ms, settings, None,
+                          capped=False, backoff=False)
+    return dataclasses.replace(decision, code=Code.WORKER_LOST,
+                               message="the worker sending this died; the message may have been sent")
 
 
 def retry_delay_ms(error: DeliveryError, attempts: int, settings: Settings, rng: random.Random | None = None) -> int:

@@ -17,17 +17,17 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import aiohttp
-import redis as redis_sync
-import redis.asyncio as redis_async
 from sqlalchemy import Engine
 
 from shared.db import make_engine
 from shared.providers import ProviderResolver
+from shared.redis_client import async_client, sync_client
 from shared.secretbox import SecretBox
 from shared.settings import Settings
 from transport.graph import GraphClient
 from transport.smtp import SmtpRelayClient
 from transport.tokens import TokenProvider
+from worker.sendmarks import SendMarks
 from worker.throttle import MailboxThrottle
 
 T = TypeVar("T")
@@ -42,7 +42,7 @@ class Runtime:
         self.engine: Engine = make_engine(settings, pool_size=settings.worker_concurrency + 2)
         self.box = SecretBox.from_settings(settings)
         self.resolver = ProviderResolver(self.engine, self.box, settings)
-        self.redis_sync = redis_sync.Redis.from_url(redis_url, socket_timeout=10)
+        self.redis_sync = sync_client(redis_url)
         self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="tm-msal")
         self._loop = _new_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tm-loop", daemon=True)
@@ -59,13 +59,13 @@ class Runtime:
         )
         # Blocking pool: hundreds of sends share it, and a burst must wait for a connection rather
         # than fail after Graph already accepted the message.
-        self.redis = redis_async.Redis(connection_pool=redis_async.BlockingConnectionPool.from_url(
-            redis_url, max_connections=128, timeout=30, socket_timeout=10))
+        self.redis = async_client(redis_url, max_connections=128, wait_for_connection_s=30)
         self.graph = GraphClient(self.session)
         self.throttle = MailboxThrottle(
             self.redis, limit=s.mailbox_concurrency, lease_ms=int(s.http_timeout_s * 1000) + 5_000,
             pacing_ms=s.mailbox_pacing_ms,
         )
+        self.marks = SendMarks(self.redis)
         self.tokens = TokenProvider(self.redis, self.redis_sync, self.box, s, self._executor)
         # The platform default's relay; connections open on first use and are reused after.
         self.smtp = SmtpRelayClient(s) if s.smtp_host else None

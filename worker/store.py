@@ -10,23 +10,46 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import structlog
 from sqlalchemy import Connection, CursorResult, Engine, and_, bindparam, delete, insert, select, text, update
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import OperationalError
-from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_random_exponential
+from sqlalchemy.exc import DBAPIError, OperationalError
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
+from shared.codes import Code
+from shared.errors import DatabaseUnavailable
 from shared.models import ACTIVE_STATES, TERMINAL_STATES, DeliveryAttempt, Notification, State
 from worker.webhook_events import emit_outcome_events
 
 log = structlog.get_logger(__name__)
 _N = Notification.__table__  # type: ignore[attr-defined]
 _A = DeliveryAttempt.__table__  # type: ignore[attr-defined]
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """An error that says the database could not be reached or dropped the connection."""
+    return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
+
+def _db_boundary(fn: Callable[P, T]) -> Callable[P, T]:
+    """SQLAlchemy's disconnects become `DatabaseUnavailable` here, the store's one boundary."""
+    @functools.wraps(fn)
+    def mapped(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except DBAPIError as exc:
+            if not _unavailable(exc):
+                raise
+            raise DatabaseUnavailable(f"database unavailable: {type(exc.orig).__name__}: {exc.orig}",
+                                      code=Code.DATABASE_UNAVAILABLE) from exc
+    return mapped
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +96,7 @@ class RowOutcome:
     sender: str | None = None
 
 
+@_db_boundary
 def claim(engine: Engine, ids: Sequence[str], claimed_by: str, lease_ms: int, now_ms: int) -> list[ClaimedRow]:
     """Move the due ones of `ids` to `sending` for this worker; returns what was claimed."""
     if not ids:
@@ -80,7 +104,8 @@ def claim(engine: Engine, ids: Sequence[str], claimed_by: str, lease_ms: int, no
     stmt = (
         update(_N)
         .where(_N.c.id.in_(list(ids)), _N.c.state.in_(ACTIVE_STATES), _N.c.next_attempt_ms <= now_ms)
-        .values(state=State.SENDING.value, claimed_by=claimed_by, lease_until_ms=now_ms + lease_ms,
+        .values(state=State.SENDING.value, claimed_by=claimed_by, send_lease_until_ms=now_ms + lease_ms,
+                dispatch_lease_until_ms=None,
                 updated_at=datetime.now(UTC))
         .returning(_N.c.id, _N.c.tenant_id, _N.c.payload, _N.c.attempts, _N.c.ambiguous_count,
                    _N.c.possible_duplicate, _N.c.created_at)
@@ -89,6 +114,7 @@ def claim(engine: Engine, ids: Sequence[str], claimed_by: str, lease_ms: int, no
         return [ClaimedRow(*r) for r in conn.execute(stmt).all()]
 
 
+@_db_boundary
 def purge_finished(engine: Engine, older_than_ms: int, *, chunk: int = 5_000) -> int:
     """Delete sent, failed and ambiguous notifications (and their attempts) created before
     `older_than_ms`; returns how many notifications went. Works in chunks so it never holds long locks."""
@@ -114,32 +140,47 @@ def renew_leases(engine: Engine, ids: Sequence[str], claimed_by: str, lease_ms: 
     try:
         with engine.begin() as conn:
             conn.execute(update(_N).where(_N.c.id.in_(list(ids)), _N.c.state == State.SENDING.value,
-                                          _N.c.claimed_by == claimed_by).values(lease_until_ms=now_ms + lease_ms))
-    except OperationalError:
+                                          _N.c.claimed_by == claimed_by)
+                         .values(send_lease_until_ms=now_ms + lease_ms))
+    except DBAPIError as exc:
+        if not _unavailable(exc):
+            raise
         log.warning("leases.renew_failed", rows=len(ids), worker=claimed_by, exc_info=True)
         return False
     return True
 
 
-@retry(retry=retry_if_exception_type(OperationalError), stop=stop_after_delay(180),
-       wait=wait_random_exponential(multiplier=0.2, max=5), reraise=True)
-def write_outcomes(engine: Engine, outcomes: Sequence[RowOutcome], claimed_by: str) -> int:
+@_db_boundary
+def write_outcomes(engine: Engine, outcomes: Sequence[RowOutcome], claimed_by: str, *,
+                   lease_expired_by_ms: int | None = None, retry_for_s: float = 180.0) -> int:
     """Write every outcome of a batch in one transaction; returns how many rows were still ours.
 
-    Retried while the database is unreachable (a restart): the sends happened, so their
-    outcomes must not be dropped.
+    Only rows still `sending` under `claimed_by` are written (and, for the sweeper, only those
+    whose send lease ran out by `lease_expired_by_ms`). Retried for `retry_for_s` while the
+    database is unreachable (a restart): the sends happened, so their outcomes must not be dropped.
     """
+    retrying = Retrying(retry=retry_if_exception(_unavailable), stop=stop_after_delay(retry_for_s),
+                        wait=wait_random_exponential(multiplier=0.2, max=5), reraise=True)
+    return retrying(_write_outcomes, engine, outcomes, claimed_by, lease_expired_by_ms)
+
+
+def _write_outcomes(engine: Engine, outcomes: Sequence[RowOutcome], claimed_by: str,
+                    lease_expired_by_ms: int | None) -> int:
     if not outcomes:
         return 0
     now = datetime.now(UTC)
     updates = [_update_params(o, now) for o in outcomes]
     attempts = [_attempt_params(o, a, i, claimed_by) for o in outcomes for i, a in enumerate(o.attempts)]
+    guard = [_N.c.id == bindparam("b_id"), _N.c.state == State.SENDING.value,
+             _N.c.claimed_by == bindparam("b_claimed_by")]
+    if lease_expired_by_ms is not None:
+        guard.append(_N.c.send_lease_until_ms <= lease_expired_by_ms)
     stmt = (
         update(_N)
-        .where(and_(_N.c.id == bindparam("b_id"), _N.c.state == State.SENDING.value,
-                    _N.c.claimed_by == bindparam("b_claimed_by")))
+        .where(and_(*guard))
         .values(state=bindparam("state"), next_attempt_ms=bindparam("next_attempt_ms"),
-                lease_until_ms=None, claimed_by=None, attempts=bindparam("attempts"),
+                send_lease_until_ms=None, dispatch_lease_until_ms=None, claimed_by=None,
+                attempts=bindparam("attempts"),
                 ambiguous_count=bindparam("ambiguous_count"),
                 possible_duplicate=bindparam("possible_duplicate"), last_status=bindparam("last_status"),
                 last_error_code=bindparam("last_error_code"),
@@ -153,7 +194,7 @@ def write_outcomes(engine: Engine, outcomes: Sequence[RowOutcome], claimed_by: s
         if conn.dialect.name == "postgresql":
             # One statement per table for the whole batch instead of one per row: most of the
             # worker's database time at full throughput.
-            result = _pg_update_outcomes(conn, updates, now, claimed_by)
+            result = _pg_update_outcomes(conn, updates, now, claimed_by, lease_expired_by_ms)
             if attempts:
                 _pg_insert_attempts(conn, attempts)
         else:
@@ -182,14 +223,16 @@ def _pg_source(table: Any, names: tuple[str, ...]) -> str:
 
 
 def _pg_update_outcomes(conn: Connection, updates: Sequence[dict[str, Any]], now: datetime,
-                        claimed_by: str) -> CursorResult[Any]:
+                        claimed_by: str, lease_expired_by_ms: int | None) -> CursorResult[Any]:
     names = [n for n in updates[0] if n != "b_claimed_by"]
     source, params = _pg_arrays(_N, updates, names)
     sets = ", ".join(f"{n} = v.{n}" for n in names if n != "b_id")
+    expired = "" if lease_expired_by_ms is None else " AND n.send_lease_until_ms <= :expired_by"
     return conn.execute(text(
-        f"UPDATE notification AS n SET {sets}, lease_until_ms = NULL, claimed_by = NULL, updated_at = :now "
-        f"FROM {source} WHERE n.id = v.b_id AND n.state = 'sending' AND n.claimed_by = :claimed_by"
-    ), params | {"now": now, "claimed_by": claimed_by})
+        f"UPDATE notification AS n SET {sets}, send_lease_until_ms = NULL, dispatch_lease_until_ms = NULL, "
+        f"claimed_by = NULL, updated_at = :now "
+        f"FROM {source} WHERE n.id = v.b_id AND n.state = 'sending' AND n.claimed_by = :claimed_by{expired}"
+    ), params | {"now": now, "claimed_by": claimed_by, "expired_by": lease_expired_by_ms})
 
 
 def _pg_insert_attempts(conn: Connection, attempts: Sequence[dict[str, Any]]) -> None:

@@ -5,9 +5,9 @@ are enforced here for the whole fleet. A slot is a member of a sorted set scored
 so a worker that dies mid-send frees its slots when the lease runs out. A 429 blocks the mailbox
 for everyone until Retry-After has passed. Redis's own clock (TIME) is used so that workers on
 machines with skewed clocks agree. A slot is held by a lane that sends several notifications in
-turn; before each send, `begin_send` renews the lease and sets a per-notification "send started"
-mark, which lets the sweeper tell a never-sent row from one that may have gone out; `mark_sent`
-turns it into "sent" once Graph accepted the message.
+turn; before each send, `begin_send` renews the lease and sets the notification's "started" send
+mark (`worker.sendmarks`) in the same round trip. Every Redis call goes through
+`transport.redis_errors.redis_boundary`: an outage leaves as `RedisUnavailable`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
-log = structlog.get_logger(__name__)
+from transport.redis_errors import redis_boundary
+from worker.sendmarks import MARK_TTL_S, STARTED_MARK, mark_key
 
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -48,7 +47,7 @@ if pace > 0 then
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) + 1000)
-redis.call('SET', KEYS[4], '1', 'EX', tonumber(ARGV[4]))
+redis.call('SET', KEYS[4], ARGV[5], 'EX', tonumber(ARGV[4]))
 return {1, 0, 0}
 """
 
@@ -61,19 +60,9 @@ if untilms > cur then redis.call('SET', KEYS[1], untilms, 'PX', tonumber(ARGV[1]
 return math.max(untilms, cur)
 """
 
-MARK_TTL_S = 7 * 24 * 3600
-SENT_MARK = "sent"  # the value of a send mark once Graph accepted the message
-SENT_MARK_FLUSH_S = 0.02  # how long "sent" marks are gathered before one pipelined write
-
-
-def sendmark_key(notification_id: str) -> str:
-    """Redis key that says a send of this notification may have started."""
-    return f"tm:sendmark:{notification_id}"
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Slot:
-    """Outcome of asking for a slot: granted, or why not and for how long."""
+    """Outcome of asking for a slot: granted, or why not (`blocked` by a Retry-After) and for how long."""
 
     granted: bool
     wait_ms: int = 0
@@ -93,8 +82,6 @@ class MailboxThrottle:
         self._block = redis.register_script(_BLOCK)
         self._local: dict[str, asyncio.Semaphore] = {}
         self._blocked_until: dict[str, float] = {}
-        self._sent_pending: list[str] = []
-        self._tasks: set[asyncio.Future[None]] = set()  # flushes in progress (the loop keeps weak refs only)
 
     def local_gate(self, mailbox_key: str) -> asyncio.Semaphore:
         """In-process gate so one process never asks Redis for more slots than exist."""
@@ -120,10 +107,11 @@ class MailboxThrottle:
     async def try_acquire(self, mailbox_key: str, lease_id: str) -> Slot:
         """One attempt at a slot (held under `lease_id` until released or its lease runs out)."""
         if blocked_ms := self.local_block_ms(mailbox_key):
-            return Slot(False, blocked_ms, True)
+            return Slot(granted=False, wait_ms=blocked_ms, blocked=True)
         keys = [f"tm:mbx:{mailbox_key}:leases", f"tm:mbx:{mailbox_key}:block"]
-        ok, wait_ms, reason = await self._acquire(keys=keys, args=[lease_id, self._lease_ms, self._limit])
-        return Slot(bool(ok), int(wait_ms), reason == 1)
+        with redis_boundary("mailbox slots"):
+            ok, wait_ms, reason = await self._acquire(keys=keys, args=[lease_id, self._lease_ms, self._limit])
+        return Slot(granted=bool(ok), wait_ms=int(wait_ms), blocked=reason == 1)
 
     async def begin_send(self, mailbox_key: str, lease_id: str, notification_id: str) -> Slot:
         """Right before a send on a held slot: check the mailbox is not blocked, apply pacing,
@@ -133,43 +121,13 @@ class MailboxThrottle:
         slot's lease was lost (then `wait_ms` is 0 and the caller must acquire again).
         """
         if blocked_ms := self.local_block_ms(mailbox_key):
-            return Slot(False, blocked_ms, True)
+            return Slot(granted=False, wait_ms=blocked_ms, blocked=True)
         keys = [f"tm:mbx:{mailbox_key}:leases", f"tm:mbx:{mailbox_key}:block",
-                f"tm:mbx:{mailbox_key}:pace", sendmark_key(notification_id)]
-        ok, wait_ms, reason = await self._mark(
-            keys=keys, args=[lease_id, self._lease_ms, self._pacing_ms, MARK_TTL_S])
-        return Slot(bool(ok), int(wait_ms), reason == 1)
-
-    async def mark_send(self, notification_id: str) -> None:
-        """Set the notification's send mark without a slot (SMTP relay sends have no Graph mailbox limits)."""
-        await self._redis.set(sendmark_key(notification_id), "1", ex=MARK_TTL_S)
-
-    async def mark_sent(self, notification_id: str) -> None:
-        """Graph accepted the message: should this process die before its outcome is written, the
-        sweeper records it as sent instead of sending it again. Only an existing mark is changed
-        (none after a FLUSHALL: then the row is treated as possibly sent)."""
-        await self._redis.set(sendmark_key(notification_id), SENT_MARK, ex=MARK_TTL_S, xx=True)
-
-    def note_sent(self, notification_id: str) -> None:
-        """`mark_sent` without a round trip per send: marks are gathered and written together a few
-        milliseconds later. A process that dies inside that moment leaves the row "possibly sent",
-        which is what it would be without the mark: never wrong, only less precise."""
-        self._sent_pending.append(notification_id)
-        if len(self._sent_pending) == 1:
-            asyncio.get_running_loop().call_later(
-                SENT_MARK_FLUSH_S, lambda: self._tasks.add(asyncio.ensure_future(self._flush_sent())))
-
-    async def _flush_sent(self) -> None:
-        ids, self._sent_pending = self._sent_pending, []
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for nid in ids:
-                    pipe.set(sendmark_key(nid), SENT_MARK, ex=MARK_TTL_S, xx=True)
-                await pipe.execute()
-        except Exception:  # best effort: without the mark the row stays "possibly sent"
-            log.warning("throttle.mark_sent_failed", marks=len(ids), exc_info=True)
-        finally:
-            self._tasks.discard(asyncio.current_task())
+                f"tm:mbx:{mailbox_key}:pace", mark_key(notification_id)]
+        with redis_boundary("mailbox slots"):
+            ok, wait_ms, reason = await self._mark(
+                keys=keys, args=[lease_id, self._lease_ms, self._pacing_ms, MARK_TTL_S, STARTED_MARK])
+        return Slot(granted=bool(ok), wait_ms=int(wait_ms), blocked=reason == 1)
 
     async def acquire(self, mailbox_key: str, lease_id: str, *, max_wait_ms: int) -> Slot:
         """Wait up to max_wait_ms for a slot; a Retry-After block returns at once (never slept out)."""
@@ -188,8 +146,10 @@ class MailboxThrottle:
 
     async def release(self, mailbox_key: str, lease_id: str) -> None:
         """Give the slot back."""
-        await self._redis.zrem(f"tm:mbx:{mailbox_key}:leases", lease_id)
+        with redis_boundary("mailbox slots"):
+            await self._redis.zrem(f"tm:mbx:{mailbox_key}:leases", lease_id)
 
     async def block(self, mailbox_key: str, retry_after_ms: int) -> int:
         """Block the mailbox for every worker; returns the block's end (Redis clock, ms)."""
-        return int(await self._block(keys=[f"tm:mbx:{mailbox_key}:block"], args=[max(1, retry_after_ms)]))
+        with redis_boundary("mailbox slots"):
+            return int(await self._block(keys=[f"tm:mbx:{mailbox_key}:block"], args=[max(1, retry_after_ms)]))

@@ -1,0 +1,126 @@
+"""Send marks: the evidence, kept in Redis, of how far a send got, read when its worker died.
+
+Claims, leases and outcomes live in the database; whether a request may have left does not, until
+the outcome is written. So a row gets a per-notification mark in Redis:
+
+    (no mark)    the send never started: the sweeper puts the row back in the queue
+    "1"          started: set right before the request leaves (for Graph inside the throttle's
+                 `begin_send`, one Lua call with the slot check; for the SMTP relay by `mark_started`)
+    "sent"       accepted: Graph or the relay said yes (`mark_accepted`); the sweeper records it sent
+
+A mark is trusted only within one Redis epoch (`EPOCH_KEY`, a random id set once): a worker claims
+under the epoch it reads, and if Redis lost its data since (the epoch changed or is gone), a mark's
+absence proves nothing, so the row counts as possibly sent. Marks are cleared once the outcome is
+in the database (`clear`) and expire after `MARK_TTL_S` in any case.
+
+Every call goes through `transport.redis_errors.redis_boundary`: Redis errors leave as `RedisUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Any
+
+import structlog
+
+from transport.redis_errors import redis_boundary
+
+log = structlog.get_logger(__name__)
+EPOCH_KEY = "tm:epoch"
+MARK_TTL_S = 7 * 24 * 3600
+STARTED_MARK = "1"
+ACCEPTED_MARK = "sent"
+ACCEPTED_FLUSH_S = 0.02  # how long "accepted" marks are gathered before one pipelined write
+
+
+class Evidence(StrEnum):
+    """What the marks say about a row whose worker died."""
+
+    NEVER_STARTED = "never_started"
+    MAYBE_SENT = "maybe_sent"
+    ACCEPTED = "accepted"
+
+
+def mark_key(notification_id: str) -> str:
+    """Redis key of the notification's send mark."""
+    return f"tm:sendmark:{notification_id}"
+
+
+def current_epoch(redis_sync: Any) -> str:
+    """The id of Redis's current data set (set on first use); it changes when Redis loses its data."""
+    with redis_boundary("send marks epoch"):
+        redis_sync.set(EPOCH_KEY, uuid.uuid4().hex[:12], nx=True)
+        value = redis_sync.get(EPOCH_KEY)
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def classify(redis_sync: Any, rows: Sequence[tuple[str, str | None]]) -> list[Evidence]:
+    """What the marks say of each (notification id, claimed_by) whose worker died, in order."""
+    with redis_boundary("send marks"):
+        epoch = redis_sync.get(EPOCH_KEY)
+        marks = redis_sync.mget([mark_key(nid) for nid, _ in rows])
+    epoch = epoch.decode() if isinstance(epoch, bytes) else epoch
+    return [_evidence(mark, (claimed_by or "").rpartition("/")[2] == epoch)
+            for (_, claimed_by), mark in zip(rows, marks, strict=True)]
+
+
+def _evidence(mark: bytes | None, same_epoch: bool) -> Evidence:
+    if mark == ACCEPTED_MARK.encode():
+        return Evidence.ACCEPTED  # Graph answered 202 before the worker died
+    if mark is not None or not same_epoch:
+        return Evidence.MAYBE_SENT  # the send started, or Redis lost its data since the claim: cannot know
+    return Evidence.NEVER_STARTED
+
+
+class SendMarks:
+    """The asynchronous side, used by the sender on the process event loop."""
+
+    def __init__(self, redis: Any) -> None:
+        self._redis = redis
+        self._accepted_pending: list[str] = []
+        self._tasks: set[asyncio.Future[None]] = set()  # flushes in progress (the loop keeps weak refs only)
+
+    async def mark_started(self, notification_id: str) -> None:
+        """The request is about to leave (SMTP relay sends, which take no Graph mailbox slot)."""
+        with redis_boundary("send marks"):
+            await self._redis.set(mark_key(notification_id), STARTED_MARK, ex=MARK_TTL_S)
+
+    async def mark_accepted_now(self, notification_id: str) -> None:
+        """The message was accepted: should this process die before its outcome is written, the
+        sweeper records it sent instead of sending it again. Only an existing mark is changed
+        (none after a FLUSHALL: then the row is treated as possibly sent)."""
+        with redis_boundary("send marks"):
+            await self._redis.set(mark_key(notification_id), ACCEPTED_MARK, ex=MARK_TTL_S, xx=True)
+
+    def mark_accepted(self, notification_id: str) -> None:
+        """`mark_accepted_now` without a round trip per send: gathered and written together a few
+        milliseconds later. A process that dies inside that moment leaves the row "possibly sent",
+        which is what it would be without the mark: never wrong, only less precise."""
+        self._accepted_pending.append(notification_id)
+        if len(self._accepted_pending) == 1:
+            asyncio.get_running_loop().call_later(
+                ACCEPTED_FLUSH_S, lambda: self._tasks.add(asyncio.ensure_future(self._flush_accepted())))
+
+    async def _flush_accepted(self) -> None:
+        ids, self._accepted_pending = self._accepted_pending, []
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for nid in ids:
+                    pipe.set(mark_key(nid), ACCEPTED_MARK, ex=MARK_TTL_S, xx=True)
+                await pipe.execute()
+        except Exception:  # best effort: without the mark the row stays "possibly sent"
+            log.warning("sendmarks.mark_accepted_failed", marks=len(ids), exc_info=True)
+        finally:
+            self._tasks.discard(asyncio.current_task())
+
+    async def clear(self, notification_ids: Sequence[str]) -> None:
+        """Drop the marks of rows whose outcome is in the database; best effort (marks expire)."""
+        if not notification_ids:
+            return
+        try:
+            await self._redis.delete(*(mark_key(nid) for nid in notification_ids))
+        except Exception:
+            log.debug("sendmarks.clear_failed", exc_info=True)
