@@ -264,8 +264,8 @@ def _tenants(args: argparse.Namespace) -> list[str] | None:
 def _secrets(settings: Settings, args: argparse.Namespace) -> int:
     from shared.db import make_engine
     from shared.errors import SecretsUndecryptable
-    from shared.secretbox import SecretBox
     from shared.redis_client import sync_client
+    from shared.secretbox import SecretBox
     from tenantmail.rotation import rotate_all
 
     client = sync_client(settings.redis_url) if settings.redis_url else None
