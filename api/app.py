@@ -20,6 +20,8 @@ from shared.errors import ConfigurationError
 from shared.producer import Producer
 from shared.secretbox import SecretBox
 from shared.settings import Settings
+from transport.dns_records import DnsLookup
+from transport.domain_checks import DomainCheckCache
 
 
 def create_app(
@@ -32,7 +34,8 @@ def create_app(
         redis = redis_async.Redis.from_url(settings.redis_url)
     ctx = ApiContext(settings=settings, engine=engine, box=box or SecretBox.from_settings(settings), redis=redis,
                      executor=ThreadPoolExecutor(max_workers=16, thread_name_prefix="tm-api"),
-                     producer=Producer(engine, settings))
+                     producer=Producer(engine, settings), dns=DnsLookup(settings),
+                     domain_cache=DomainCheckCache(settings.domain_check_cache_s))
     app = web.Application(middlewares=[metrics.measure, middleware.errors, middleware.auth,
                                        middleware.known_query],
                           client_max_size=settings.api_max_body_bytes)

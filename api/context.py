@@ -17,6 +17,8 @@ from api.keys import Principal
 from shared.producer import Producer
 from shared.secretbox import SecretBox
 from shared.settings import Settings
+from transport.dns_records import DnsLookup
+from transport.domain_checks import DomainCheckCache
 
 T = TypeVar("T")
 
@@ -31,6 +33,8 @@ class ApiContext:
     redis: Any
     executor: ThreadPoolExecutor
     producer: Producer
+    dns: DnsLookup
+    domain_cache: DomainCheckCache
     http: aiohttp.ClientSession | None = None
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:

@@ -44,6 +44,7 @@ MATRIX: dict[str, tuple[tuple[int, int, int], tuple[int, int, int], int, int, in
     "GET /v1/email-provider/history": (ALL_200,    Q422,        401,  401,     401),
     "POST /v1/email-provider/history/{version}:restore": (ADMIN_ONLY, Q422, 401, 401, 401),
     "POST /v1/email-provider/test":   (ADMIN_ONLY, Q422,        401,  401,     401),
+    "GET /v1/email-provider/setup":   (ALL_200,    Q422,        401,  401,     401),
     "GET /v1/activity":               (ALL_200,    Q422,        401,  401,     401),
     "GET /v1/events":                 (ALL_200,    Q422,        401,  401,     401),
     "GET /v1/stats":                  (ALL_200,    Q422,        401,  401,     401),
@@ -62,6 +63,8 @@ MATRIX: dict[str, tuple[tuple[int, int, int], tuple[int, int, int], int, int, in
     "POST /ui/email-provider/test":   (ADMIN_ONLY, ADMIN_ONLY,  303,  303,     303),
     "POST /ui/email-provider/restore": (ADMIN_ONLY, ADMIN_ONLY, 303,  303,     303),
     "GET /ui/activity":               (ALL_200,    ALL_200,     303,  303,     303),
+    "GET /ui/email-provider/setup":   (ALL_200,    ALL_200,     303,  303,     303),
+    "GET /static/page.js":            (ALL_200,    ALL_200,     200,  200,     200),  # public, like the login form
 }
 PROVIDER = {"provider": "customer", "service": "microsoft_graph", "sender_address": DEMO_SENDER,
             "azure_tenant": DEMO_TENANT_ID, "client_id": DEMO_CLIENT_ID, "client_secret": DEMO_CLIENT_SECRET,
