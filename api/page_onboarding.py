@@ -22,9 +22,10 @@ def guide_html(guide: dict[str, Any], *, opened: bool = False) -> str:
     client_id = guide["client_id"] if not guide["client_id"].startswith("<") else ""
     senders = " ".join(b for b in guide["senders"] if not b.startswith("<"))
     form = ("<form method='get' action='/ui/email-provider/setup' id='guide-form'>"
-            f"<label>Application (client) ID <input type='text' name='client_id' value='{escape(client_id)}'></label>"
-            f"<label>Sender mailbox(es), separated by spaces <input type='text' name='sender' "
-            f"value='{escape(senders)}'></label><label>Cloud <select name='cloud'>{clouds}</select></label>"
+            "<label>App (client) ID for the guide <input type='text' name='client_id' "
+            f"value='{escape(client_id)}'></label><label>Sender mailbox(es) for the guide, separated by spaces "
+            f"<input type='text' name='sender' value='{escape(senders)}'></label><label>Cloud for the guide "
+            f"<select name='cloud'>{clouds}</select></label>"
             "<button>Generate the guide</button></form>")
     return (f"<details id='setup-guide'{' open' if opened else ''}><summary>Setup guide: send through your own "
             f"Microsoft 365</summary><p>For app <code>{escape(guide['client_id'])}</code>, sender(s) "
