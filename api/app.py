@@ -31,6 +31,8 @@ from shared.producer import Producer
 from shared.redis_client import async_client
 from shared.secretbox import SecretBox
 from shared.settings import Settings
+from transport.dns_records import DnsLookup
+from transport.domain_checks import DomainCheckCache
 
 
 def create_app(
@@ -45,10 +47,15 @@ def create_app(
     api_metrics = metrics.ApiMetrics(engine)
     ctx = ApiContext(settings=settings, engine=engine, box=box or SecretBox.from_settings(settings), redis=redis,
                      executor=ThreadPoolExecutor(max_workers=16, thread_name_prefix="tm-api"),
-                     producer=Producer(engine, settings), ratelimit_fail_open=api_metrics.ratelimit_fail_open)
+                     producer=Producer(engine, settings), dns=DnsLookup(settings),
+                     domain_cache=DomainCheckCache(settings.domain_check_cache_s),
+                     ratelimit_fail_open=api_metrics.ratelimit_fail_open)
     app = web.Application(middlewares=[metrics.measure, middleware.errors, middleware.auth,
                                        middleware.known_query],
-                          client_max_size=settings.api_max_body_bytes)
+                          client_max_size=settings.api_max_body_bytes,
+                          # The setup guide takes up to 10 `sender` addresses in its query: a request line
+                          # longer than aiohttp's 8190 bytes must reach our validation (422), not a plain 400.
+                          handler_args={"max_line_size": 65536})
     app[CONTEXT] = ctx
     app[metrics.METRICS] = api_metrics
     for table in (routes_provider.routes, routes_activity.routes, routes_notifications.routes, web_page.routes):

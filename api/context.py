@@ -18,6 +18,8 @@ from api.keys import Principal
 from shared.producer import Producer
 from shared.secretbox import SecretBox
 from shared.settings import Settings
+from transport.dns_records import DnsLookup
+from transport.domain_checks import DomainCheckCache
 
 T = TypeVar("T")
 
@@ -32,6 +34,8 @@ class ApiContext:
     redis: Any
     executor: ThreadPoolExecutor
     producer: Producer
+    dns: DnsLookup
+    domain_cache: DomainCheckCache
     ratelimit_fail_open: Counter | None = None  # the API registry's counter (api.metrics)
     http: aiohttp.ClientSession | None = None
 

@@ -50,7 +50,25 @@ _PROVIDER_OUT = {"type": "object", "properties": {
     "client_secret": {"type": ["object", "null"], "properties": {"last4": {"type": "string"}, **_EXPIRY}},
     "certificate": {"type": ["object", "null"], "properties": {
         "thumbprint": {"type": "string", "description": "SHA-1, hex, as Entra ID shows it"}, **_EXPIRY}},
-    "updated_at": {"type": ["string", "null"]}, "updated_by": {"type": ["string", "null"]}}}
+    "updated_at": {"type": ["string", "null"]}, "updated_by": {"type": ["string", "null"]},
+    "domain_checks": {"$ref": "#/components/schemas/DomainChecks"}}}
+_DOMAIN_CHECKS = {"type": ["object", "null"], "description": "SPF, DKIM (Graph senders) and DMARC of the sender's "
+                  "domain, through the server's resolver, cached; null without a sender domain",
+                  "required": ["domain", "checked_at", "results"], "properties": {
+                      "domain": {"type": "string"}, "checked_at": {"type": "string"},
+                      "results": {"type": "array", "items": {
+                          "type": "object", "required": ["check", "status", "name", "message"], "properties": {
+                              "check": {"enum": ["spf", "dkim", "dmarc"]}, "status": {"enum": ["pass", "warn", "fail"]},
+                              "name": {"type": "string"}, "message": {"type": "string"},
+                              "fix": {"type": ["string", "null"]}, "found": {"type": ["string", "null"]}}}}}}
+_SETUP_GUIDE = {"type": "object", "required": ["client_id", "senders", "cloud", "steps"], "properties": {
+    "client_id": {"type": "string"}, "senders": {"type": "array", "items": {"type": "string"}},
+    "cloud": {"enum": sorted(CLOUDS)}, "portal": {"type": "string"}, "graph_host": {"type": "string"},
+    "steps": {"type": "array", "items": {"type": "object", "required": ["id", "title", "text", "commands"],
+                                         "properties": {"id": {"type": "string"}, "title": {"type": "string"},
+                                                        "text": {"type": "array", "items": {"type": "string"}},
+                                                        "commands": {"type": "array", "items": {"type": "string"},
+                                                                     "description": "PowerShell, one per line"}}}}}}
 _TEST_RESULT = {"type": "object", "required": ["result"], "properties": {
     "result": {"enum": ["sent", "failed"]}, "request_id": {"type": ["string", "null"]},
     "code": {"type": "string"}, "message": {"type": "string"}, "http_status": {"type": ["integer", "null"]},
@@ -171,6 +189,13 @@ def document() -> dict[str, Any]:
                 "Restore an older version, revalidated like a save (admin)", _ref("ProviderOut"),
                 errors=("403", "404", "412"), params=[{"name": "version", "in": "path", "required": True,
                                                        "schema": {"type": "integer", "minimum": 1}}]))},
+            "/v1/email-provider/setup": {"get": _op(
+                "The setup guide for this tenant's app id, sender(s) and cloud (those in force unless given)",
+                _ref("SetupGuide"), params=[
+                    _q("client_id", {"type": "string", "format": "uuid"}),
+                    {**_q("sender", {"type": "array", "items": _ADDRESS, "maxItems": 10}), "style": "form",
+                     "explode": True},
+                    _q("cloud", {"enum": sorted(CLOUDS)})])},
             "/v1/email-provider/test": {"post": _op(
                 "Send a test message (admin, rate-limited)", _ref("TestResult"),
                 body={"type": "object", "required": ["to"], "additionalProperties": False,
@@ -204,7 +229,8 @@ def document() -> dict[str, Any]:
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer", "description": "tm_<id>_<secret>"}},
             "schemas": {"Error": _ERROR, "Diagnosis": _DIAGNOSIS, "ProviderIn": {"anyOf": [_PLATFORM_IN, _PROVIDER_IN]},
                         "ProviderOut": _PROVIDER_OUT, "TestResult": _TEST_RESULT, "Notification": _NOTIFICATION,
-                        "Message": _MESSAGE, **openapi_webhooks.SCHEMAS},
+                        "Message": _MESSAGE, "DomainChecks": _DOMAIN_CHECKS, "SetupGuide": _SETUP_GUIDE,
+                        **openapi_webhooks.SCHEMAS},
         },
     }
 

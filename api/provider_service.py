@@ -20,6 +20,7 @@ from api.context import ApiContext
 from api.credentials import Credentials, acquire_token
 from api.errors import ApiError, not_found
 from api.keys import Principal
+from api.onboarding import domain_report
 from api.provider_input import ProviderInput, parse_provider
 from shared.certificates import CertificateCredential, parse_certificate_pem
 from shared.clock import as_utc
@@ -49,7 +50,14 @@ _FIELD_BY_CODE = {"AADSTS90002": "azure_tenant", "AADSTS900023": "azure_tenant",
 
 
 async def view(ctx: ApiContext, tenant_id: str) -> dict[str, Any]:
-    """The configuration in force, its credential reduced to what identifies it and its expiry."""
+    """The configuration in force, its credential reduced to what identifies it and its expiry, and the
+    sender domain's SPF, DKIM and DMARC checks (`domain_checks`)."""
+    document = await _document(ctx, tenant_id)
+    document["domain_checks"] = await domain_report(ctx, document)
+    return document
+
+
+async def _document(ctx: ApiContext, tenant_id: str) -> dict[str, Any]:
     row = await ctx.blocking(current_config, ctx.engine, tenant_id)
     if row is None or row.kind == "platform":
         return {"provider": "platform", "service": "smtp", "version": row.version if row else 0,

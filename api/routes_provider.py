@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from api import provider_service
+from api import onboarding, provider_service
 from api.context import context, principal
 from api.errors import ApiError
 from api.test_send import send_test
@@ -104,6 +104,14 @@ async def get_history(request: web.Request) -> web.Response:
     """Configuration changes, newest first: version, action, changed field names, actor, time."""
     who = principal(request)
     return web.json_response({"items": await provider_service.history(context(request), who.tenant_id)})
+
+
+@routes.get("/v1/email-provider/setup")
+async def get_setup(request: web.Request) -> web.Response:
+    """This tenant's setup guide: app registration, Mail.Send, credential, RBAC for Applications or an Access
+    Policy, with its app id, sender(s) and cloud (or those given in the query)."""
+    who = principal(request)
+    return web.json_response(await onboarding.guide(context(request), who.tenant_id, request.query))
 
 
 @routes.post("/v1/email-provider/test")

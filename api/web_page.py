@@ -10,17 +10,21 @@ other sites from posting the forms). It calls the same services as the JSON API.
 
 from __future__ import annotations
 
+import functools
 from html import escape
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
+from multidict import MultiDict
 
-from api import provider_service
+from api import onboarding, provider_service
 from api.context import context, principal
 from api.errors import ApiError
 from api.keys import authenticate
 from api.middleware import COOKIE
+from api.page_onboarding import domain_html, guide_html
 from api.routes_activity import activity_filter
 from api.test_send import send_test
 from shared.activity import list_activity
@@ -43,20 +47,31 @@ _CLOUD_LABELS = {"global": "Global", "usgov_high": "US Government GCC High", "us
 _STYLE = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto}label{display:block;"
           "margin:.5rem 0}input[type=text],input[type=password],input[type=email],input[type=datetime-local],"
           "select,textarea{width:28rem}textarea{height:6rem}fieldset{margin:.5rem 0}.error{color:#b00020}"
+          ".warn{color:#8a5a00}pre.command{background:#f4f4f4;padding:.4rem;white-space:pre-wrap}"
           ".ok{color:#0a7d28}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2rem .4rem;"
           "font-size:.9rem}")
-# Progressive: without it every field stays visible and the server ignores them for "platform".
-_SCRIPT = ("<script>(function(){var f=document.getElementById('customer-fields');function sync(){"
-           "var c=document.querySelector('input[name=provider]:checked');f.hidden=!!c&&c.value!=='customer';}"
-           "document.querySelectorAll('input[name=provider]').forEach(function(r){r.addEventListener('change',sync)});"
-           "sync();})();</script>")
+# No inline script: the page's one script is a file (api/static/page.js), which the policy allows.
+_CSP = "default-src 'self'; script-src 'self'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"
+_STATIC = Path(__file__).resolve().parent / "static"
 
 
 def _page(title: str, body: str) -> web.Response:
     html = (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)} · tenantmail</title>"
-            f"<style>{_STYLE}</style></head><body><nav>Settings &gt; <a href='/ui/email-provider'>Email provider"
+            f"<style>{_STYLE}</style><script src='/static/page.js' defer></script></head><body>"
+            "<nav>Settings &gt; <a href='/ui/email-provider'>Email provider"
             f"</a> · <a href='/ui/activity'>View activity</a></nav><h1>{escape(title)}</h1>{body}</body></html>")
-    return web.Response(text=html, content_type="text/html")
+    return web.Response(text=html, content_type="text/html", headers={"Content-Security-Policy": _CSP})
+
+
+@routes.get("/static/page.js")
+async def page_script(_request: web.Request) -> web.Response:
+    """The page's script (public, like the login form): hides the Graph fields, adds Copy buttons."""
+    return web.Response(text=_script(), content_type="text/javascript", headers={"Cache-Control": "max-age=300"})
+
+
+@functools.cache
+def _script() -> str:
+    return (_STATIC / "page.js").read_text(encoding="utf-8")
 
 
 @routes.get("/ui/login")
@@ -97,7 +112,31 @@ async def provider_page(request: web.Request) -> web.Response:
         body += "<p><a id='edit' href='/ui/email-provider?edit=1'>Edit</a></p>" + _test_form()
     else:
         body += _ACTIVITY_LINK
-    return _page("Email provider", body + await _history_section(request, current))
+    guide = await onboarding.guide(context(request), who.tenant_id, MultiDict())
+    return _page("Email provider", body + guide_html(guide) + await _history_section(request, current))
+
+
+@routes.get("/ui/email-provider/setup")
+async def setup_page(request: web.Request) -> web.Response:
+    """The setup guide for the values entered in its form (app id, senders, cloud), else those in force."""
+    who = principal(request)
+    ctx = context(request)
+    query = {k: v for k, v in request.query.items() if v.strip()}  # the form sends its empty fields too
+    try:
+        guide = await onboarding.guide(ctx, who.tenant_id, _senders_split(query))
+        error = ""
+    except ValidationFailed as exc:
+        guide = await onboarding.guide(ctx, who.tenant_id, MultiDict())
+        error = f"<p class='error' id='guide-error'>{escape(str(exc))}</p>"
+    return _page("Setup guide", error + guide_html(guide, opened=True))
+
+
+def _senders_split(query: dict[str, str]) -> MultiDict[str]:
+    # The form's one sender field may hold several addresses, separated by commas or spaces.
+    out: MultiDict[str] = MultiDict((k, v) for k, v in query.items() if k != "sender")
+    for address in query.get("sender", "").replace(",", " ").split():
+        out.add("sender", address)
+    return out
 
 
 @routes.post("/ui/email-provider/restore")
@@ -261,7 +300,7 @@ def _current_html(c: dict[str, Any]) -> str:
     if c["provider"] == "platform":
         relay = " The platform's mail relay is not configured yet." if c.get("status") == "not_configured" else ""
         return (f"<p id='current'>Provider: <b>Platform default</b>, sending as {escape(c['sender_address'])} "
-                f"(version {c['version']}).{relay}</p>")
+                f"(version {c['version']}).{relay}</p>" + domain_html(c.get("domain_checks")))
     secret, certificate = c.get("client_secret"), c.get("certificate")
     credential = secret or certificate or {}
     expired = ("<p class='error' id='credentials-expired'>Credentials expired: save a new client secret or "
@@ -284,7 +323,7 @@ def _current_html(c: dict[str, Any]) -> str:
             f"{escape(c['azure_tenant'])}</li><li>Application (client) ID: {escape(c['client_id'])}</li><li>Cloud: "
             f"{escape(_CLOUD_LABELS.get(c['cloud'], c['cloud']))}</li><li>{held} expires "
             f"{escape(credential.get('expires_at') or '?')}</li><li>Admin contact for reminders: "
-            f"{escape(c.get('admin_contact_email') or 'none')}</li></ul></div>")
+            f"{escape(c.get('admin_contact_email') or 'none')}</li></ul></div>" + domain_html(c.get("domain_checks")))
 
 
 def _form_html(values: dict[str, str], error: ApiError | None) -> str:
@@ -311,7 +350,7 @@ def _form_html(values: dict[str, str], error: ApiError | None) -> str:
             "<label>Email service <select name='service'><option value='microsoft_graph'>Microsoft Graph</option>"
             "</select></label>" + "".join(field(n, label) for n, label in _FIELDS) + certificate
             + f"<label>Cloud <select name='cloud'>{clouds}</select></label>{_field_error(error, 'cloud')}</fieldset>"
-            "<button>Save</button> <a href='/ui/email-provider'>Cancel</a></form>" + _SCRIPT)
+            "<button>Save</button> <a href='/ui/email-provider'>Cancel</a></form>")
 
 
 def _field_error(error: ApiError | None, name: str) -> str:

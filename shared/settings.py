@@ -7,6 +7,7 @@ retry and lease machinery at milliseconds.
 
 from __future__ import annotations
 
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Literal
 
@@ -118,11 +119,19 @@ class Settings(BaseSettings):
     webhook_rotation_grace_s: float = 24 * 3600.0
     webhook_allow_http: bool = False
     webhook_allow_private_addresses: bool = False
+    # Sender-domain checks (SPF, DKIM, DMARC). The resolver is the server's choice, never a tenant's:
+    # "host:port" of a DNS server (an IP address), or None for the system resolver.
+    dns_resolver: str | None = None
+    dns_timeout_s: float = 3.0
+    domain_check_cache_s: float = 600.0
+    # The SPF include the platform default's relay needs in its sender domain (e.g. "spf.relay.example").
+    platform_spf_include: str | None = None
 
     log_level: str = "INFO"
     log_json: bool = True
 
-    @field_validator("smtp_host", "smtp_username", "smtp_password", mode="before")
+    @field_validator("smtp_host", "smtp_username", "smtp_password", "dns_resolver", "platform_spf_include",
+                     mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # docker-compose passes `${VAR:-}` through as an empty string: that means "not set".
@@ -133,6 +142,20 @@ class Settings(BaseSettings):
     def _positive(cls, value: int) -> int:
         if value < 1:
             raise ValueError("must be at least 1")
+        return value
+
+    @field_validator("dns_resolver")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, _, port = value.rpartition(":")
+        try:
+            ip_address(host.strip("[]"))
+        except ValueError:
+            raise ValueError("must be host:port with an IP address host, like 127.0.0.1:53") from None
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port with a port from 1 to 65535") from None
         return value
 
     @classmethod

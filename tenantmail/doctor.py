@@ -14,10 +14,14 @@ from sqlalchemy import Engine, text
 from shared.db import database_url, make_engine, migrations_current
 from shared.diagnosis import diagnose
 from shared.errors import ConfigurationError, DeliveryError, ProviderError, TenantmailError
-from shared.providers import PlatformProvider, ProviderResolver
+from shared.providers import PlatformProvider, Provider, ProviderResolver, ResolvedProvider
 from shared.redis_client import async_client, describe, sync_client
 from shared.secretbox import SecretBox
 from shared.settings import Settings
+from transport.dns_records import DnsLookup
+from transport.domain_checks import check_domain
+
+_DOCTOR_STATUS = {"pass": "ok", "warn": "warn", "fail": "fail"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +51,10 @@ def run_checks(settings: Settings, tenant: str | None = None) -> list[Check]:
         checks += _redis_checks(settings)
         checks.append(_smtp_check(settings))
         if tenant and db_ok and isinstance(box, SecretBox):
-            checks.append(_tenant_check(settings, engine, box, tenant))
+            provider = ProviderResolver(engine, box, settings).resolve_many([tenant])[tenant]
+            checks.append(_tenant_check(settings, box, tenant, provider))
+            if not isinstance(provider, ProviderError):
+                checks += _domain_checks(settings, tenant, provider)
     finally:
         engine.dispose()
     return checks
@@ -113,10 +120,19 @@ def _smtp_check(settings: Settings) -> Check:
     return Check("ok", where)
 
 
-def _tenant_check(settings: Settings, engine: Engine, box: SecretBox, tenant: str) -> Check:
+def _domain_checks(settings: Settings, tenant: str, provider: Provider) -> list[Check]:
+    """SPF, DKIM and DMARC of the tenant's sender domain, as the API shows them (no cache here)."""
+    via_graph = not isinstance(provider, PlatformProvider)
+    cloud = provider.cloud.name if isinstance(provider, ResolvedProvider) else "global"
+    report = check_domain(DnsLookup(settings), provider.sender_address, via_graph=via_graph, cloud=cloud,
+                          relay_include=settings.platform_spf_include)
+    return [Check(_DOCTOR_STATUS[r["status"]], f"tenant {tenant}: {r['check'].upper()} of {report['domain']}: "
+                  f"{r['message']}", r["fix"] or "") for r in report["results"]]
+
+
+def _tenant_check(settings: Settings, box: SecretBox, tenant: str, provider: Provider | ProviderError) -> Check:
     from transport.tokens import TokenProvider  # the worker's own token path, so the check is the real one
 
-    provider = ProviderResolver(engine, box, settings).resolve_many([tenant])[tenant]
     if isinstance(provider, ProviderError):
         return Check("fail", f"tenant {tenant}: {provider}", "configure the tenant's email provider")
     if isinstance(provider, PlatformProvider):

@@ -19,10 +19,12 @@ from shared.secretbox import SecretBox
 from shared.settings import Settings
 from tenantmail.embedded import start_redis
 from tests.api_harness import ApiServer
+from tests.dns_server import BROKEN_ZONE, GOOD_ZONE, DnsServer
 from tests.stack import FAST, Stack, new_encryption_key
 
 pytest_plugins = ["emulator.pytest_plugin"]
 
+RELAY_SPF_INCLUDE = "spf.relay.example"  # what the test zone's platform.example includes
 PG_ADMIN_URL = os.environ.get("TENANTMAIL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI") == "true"
 
@@ -42,6 +44,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield url
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def dns_server() -> Iterator[DnsServer]:
+    """The session's authoritative DNS server on loopback (good and broken zones, SERVFAIL and timeout
+    names): every test's resolver, so no check ever queries the internet."""
+    server = DnsServer(GOOD_ZONE + BROKEN_ZONE).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
@@ -94,7 +105,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def make_stack(database_url: str, redis_url: str, emulator: Any, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+def make_stack(database_url: str, redis_url: str, emulator: Any, tmp_path: Path,
+               dns_server: DnsServer) -> Iterator[Callable[..., Stack]]:
     """Factory of a Stack wired to this test's database, Redis and emulator; stops its workers."""
     stacks: list[Stack] = []
 
@@ -109,6 +121,7 @@ def make_stack(database_url: str, redis_url: str, emulator: Any, tmp_path: Path)
             "TENANTMAIL_CA_BUNDLE": str(emulator.ca_path),
             **emulator.smtp_settings(),  # the platform default sends through the emulator's SMTP relay
             "TENANTMAIL_PLATFORM_SENDER": PLATFORM_NO_REPLY,
+            "TENANTMAIL_DNS_RESOLVER": dns_server.address, "TENANTMAIL_PLATFORM_SPF_INCLUDE": RELAY_SPF_INCLUDE,
             "TENANTMAIL_STATE_DIR": str(tmp_path / "state"),
             "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
         })
@@ -125,13 +138,15 @@ def make_stack(database_url: str, redis_url: str, emulator: Any, tmp_path: Path)
 
 
 @pytest.fixture
-def api_settings(database_url: str, redis_url: str, emulator: Any, tmp_path: Path) -> Settings:
+def api_settings(database_url: str, redis_url: str, emulator: Any, tmp_path: Path,
+                 dns_server: DnsServer) -> Settings:
     """Settings of an API wired to this test's database, Redis, emulator and the emulator's SMTP relay."""
     return Settings(database_url=database_url, redis_url=redis_url, encryption_keys=new_encryption_key(),
                     authority_override=emulator.base_url, graph_base_override=emulator.graph_base_url,
                     ca_bundle=str(emulator.ca_path), state_dir=tmp_path / "state", token_timeout_s=10.0,
                     smtp_host=emulator.smtp_host, smtp_port=emulator.smtp_port,
-                    smtp_security=emulator.smtp_security, platform_sender=PLATFORM_NO_REPLY)
+                    smtp_security=emulator.smtp_security, platform_sender=PLATFORM_NO_REPLY,
+                    dns_resolver=dns_server.address, platform_spf_include=RELAY_SPF_INCLUDE)
 
 
 @pytest.fixture

@@ -54,6 +54,7 @@ MATRIX: dict[str, tuple[Cell, Cell, int, int, int, int]] = {
     "GET /v1/email-provider/history": (ALL_200,    Q422,        401,  401,    401,    401),
     "POST /v1/email-provider/history/{version}:restore": (ADMIN_ONLY, Q422, 401, 401, 401, 401),
     "POST /v1/email-provider/test":   (ADMIN_ONLY, Q422,        401,  401,    401,    401),
+    "GET /v1/email-provider/setup":   (ALL_200,    Q422,        401,  401,    401,    401),
     "GET /v1/activity":               (ALL_200,    Q422,        401,  401,    401,    401),
     "GET /v1/events":                 (ALL_200,    Q422,        401,  401,    401,    401),
     "GET /v1/stats":                  (ALL_200,    Q422,        401,  401,    401,    401),
@@ -86,6 +87,8 @@ MATRIX: dict[str, tuple[Cell, Cell, int, int, int, int]] = {
     "POST /ui/email-provider/test":   (PAGE_ADMIN, PAGE_ADMIN,  303,  303,    303,    303),
     "POST /ui/email-provider/restore": (PAGE_ADMIN, PAGE_ADMIN, 303,  303,    303,    303),
     "GET /ui/activity":               (PAGE_ALL,   PAGE_ALL,    303,  303,    303,    303),
+    "GET /ui/email-provider/setup":   (PAGE_ALL,   PAGE_ALL,    303,  303,    303,    303),
+    "GET /static/page.js":            PUBLIC,  # public, like the login form
     "GET /ui/webhooks":               (PAGE_ADMIN, PAGE_ADMIN,  303,  303,    303,    303),
     "POST /ui/webhooks":              (PAGE_ADMIN, PAGE_ADMIN,  303,  303,    303,    303),
     "GET /ui/webhooks/{id}":          (PAGE_ADMIN, PAGE_OTHER,  303,  303,    303,    303),

@@ -37,6 +37,7 @@ MIN_CASES = {
     "GET /v1/email-provider/history": 1,
     "POST /v1/email-provider/history/{version}:restore": 40,
     "POST /v1/email-provider/test": 80,
+    "GET /v1/email-provider/setup": 60,
     "GET /v1/activity": 150,
     "GET /v1/events": 40,
     "GET /v1/stats": 40,

@@ -188,3 +188,65 @@ def test_browser_walks_steps_5_and_6_of_the_product_document(
     page.get_by_role("button", name="Filter").click()
     expect(page.locator("#no-notifications")).to_be_visible()
     screenshot("activity-filters")
+
+
+def test_browser_walks_the_setup_guide_sees_the_dns_results_and_restores_a_version(
+    browser: Any, screenshot: Callable[[str], Path], make_stack: Callable[..., Stack],
+    make_api: Callable[[Settings], ApiServer],
+) -> None:
+    from playwright.sync_api import expect
+
+    stack = make_stack()
+    api = make_api(stack.settings)
+    admin = api.client("contoso", "admin")
+    provider = {"provider": "customer", "service": "microsoft_graph", "sender_name": "Governance Team",
+                "sender_address": DEMO_SENDER, "azure_tenant": DEMO_TENANT_ID, "client_id": DEMO_CLIENT_ID,
+                "client_secret": DEMO_CLIENT_SECRET, "secret_expires_at": "2027-06-30", "cloud": "global"}
+    # Given version 1 sending from the good zone's domain, version 2 from the broken zone's
+    assert admin.put("/v1/email-provider", json=provider).status_code == 200
+    assert admin.put("/v1/email-provider", json={**provider, "sender_address": "alerts@broken.example"}).ok
+    page = browser
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=api.base_url)
+    page.goto(api.base_url + "/ui/login")
+    page.get_by_label("API key").fill(api.key("contoso", "admin"))
+    page.get_by_role("button", name="Sign in").click()
+
+    # The page shows the DNS results of the sender's domain, each failure with its fix
+    expect(page.locator("#domain-spf")).to_contain_text("FAIL")
+    expect(page.locator("#domain-spf")).to_contain_text("include:spf.protection.outlook.com")
+    expect(page.locator("#domain-dkim")).to_contain_text("FAIL")
+    expect(page.locator("#domain-dmarc")).to_contain_text("WARN")
+    assert "<script>" not in page.content()  # the one script is a file, under a CSP without inline scripts
+    screenshot("dns-results-broken")
+
+    # The setup guide: this tenant's app id and sender in the commands, each with a Copy button
+    page.get_by_text("Setup guide: send through your own Microsoft 365").click()
+    rbac = page.locator("#step-rbac")
+    expect(rbac).to_contain_text(f'New-ManagementRoleAssignment -App "{DEMO_CLIENT_ID}"')
+    expect(rbac).to_contain_text("PrimarySmtpAddress -eq 'alerts@broken.example'")
+    expect(page.locator("#step-permission")).to_contain_text("cancels the scope")
+    expect(page.locator("#step-propagation")).to_contain_text("30 minutes to 2 hours")
+    command = rbac.locator("pre.command").nth(3)
+    rbac.locator("button.copy").nth(3).click()
+    expect(rbac.locator("button.copy").nth(3)).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == command.inner_text()
+    screenshot("setup-guide")
+
+    # Generated for other values: two senders in a national cloud
+    page.get_by_label("Sender mailbox(es)", exact=False).fill(f"{DEMO_SENDER} ops@contoso.example")
+    page.get_by_label("Cloud for the guide").select_option("usgov_high")
+    page.get_by_role("button", name="Generate the guide").click()
+    expect(page).to_have_url(re.compile(r"/ui/email-provider/setup\?"))
+    expect(page.locator("#setup-guide")).to_contain_text("https://portal.azure.us")
+    expect(page.locator("#step-rbac")).to_contain_text("-ExchangeEnvironmentName O365USGovGCCHigh")
+    expect(page.locator("#step-rbac")).to_contain_text("ops@contoso.example")
+    screenshot("setup-guide-usgov")
+
+    # Restore version 1: its domain passes every check
+    page.goto(api.base_url + "/ui/email-provider")
+    page.locator("#restore-1").click()
+    expect(page.locator("#restored")).to_contain_text("Restored version 1 as version 3")
+    for check in ("spf", "dkim", "dmarc"):
+        expect(page.locator(f"#domain-{check}")).to_contain_text("PASS")
+    expect(page.locator("#current")).to_contain_text(DEMO_SENDER)
+    screenshot("restored")
