@@ -140,7 +140,7 @@ def test_decide_token_endpoint_transient_error_retries() -> None:
     d = _decide(TransientError("Entra ID error", code="TokenServiceError"), attempts=1)
 
     assert d.state is State.RETRY_WAIT
-    assert NOW_MS + BASE_MS // 2 <= d.next_attempt_ms <= NOW_MS + BASE_MS
+    assert NOW_MS < d.next_attempt_ms <= NOW_MS + BASE_MS
 
 
 @pytest.mark.parametrize(("header", "expected_delay_ms"), [("2", 2_001), ("2.128", 2_129), ("0", 1)])
@@ -170,7 +170,7 @@ def test_decide_without_retry_after_uses_seeded_backoff() -> None:
     expected = compute_backoff(3, base_ms=BASE_MS, cap_ms=CAP_MS, rng=random.Random(42))
     assert d.state is State.RETRY_WAIT
     assert d.next_attempt_ms == NOW_MS + expected
-    assert BASE_MS * 4 // 2 <= expected <= BASE_MS * 4
+    assert 1 <= expected <= BASE_MS * 4
 
 
 def test_decide_authentication_expired_retries() -> None:
@@ -179,14 +179,40 @@ def test_decide_authentication_expired_retries() -> None:
     assert d.state is State.RETRY_WAIT
 
 
-def test_decide_transient_is_capped_by_max_attempts() -> None:
-    error = TransientError("down", status=503)
+@pytest.mark.parametrize("error", [
+    TransientError("down", status=503, code="HTTP503"),
+    TransientError("refused", code="ConnectionRefused"),
+    TransientError("Entra ID error", code="TokenServiceError"),
+    Throttled("slow down", status=429, code="ApplicationThrottled"),
+    AuthenticationExpired("expired", status=401, code="InvalidAuthenticationToken"),
+])
+@pytest.mark.parametrize("attempts", [4, 8, 50, 10_000])
+def test_decide_transient_retries_past_any_attempt_count_within_max_age(error: DeliveryError, attempts: int) -> None:
+    d = _decide(error, attempts=attempts, age_s=59.9)
 
-    below = _decide(error, attempts=3)
-    at_cap = _decide(error, attempts=4)
+    assert d.state is State.RETRY_WAIT
+    assert NOW_MS < d.next_attempt_ms <= NOW_MS + CAP_MS
 
-    assert below.state is State.RETRY_WAIT
-    assert at_cap.state is State.FAILED
+
+def test_decide_transient_backoff_is_capped_at_any_attempt_count() -> None:
+    settings = _settings(backoff_cap_ms=600_000, max_age_s=86_400.0)
+    delays = [_decide(TransientError("down", status=503), attempts=n, age_s=3_600.0, settings=settings,
+                      seed=n).next_attempt_ms - NOW_MS for n in range(1, 200)]
+
+    assert all(1 <= delay <= 600_000 for delay in delays)
+    assert max(delays) > 300_000  # the cap, not the attempt count, bounds the wait
+
+
+def test_decide_transient_fails_past_max_age_keeping_its_own_code() -> None:
+    d = _decide(TransientError("down", status=503, code="HTTP503"), attempts=2, age_s=60.0)
+
+    assert (d.state, d.label, d.code) == (State.FAILED, "retry", None)
+
+
+def test_settings_default_to_time_based_retries() -> None:
+    s = Settings()
+
+    assert (s.max_age_s, s.backoff_cap_ms) == (86_400.0, 600_000)
 
 
 def test_decide_transient_is_capped_by_max_age() -> None:
@@ -294,7 +320,7 @@ def test_compute_backoff_doubles_within_jitter_band() -> None:
 
     for attempt, delay in enumerate(delays, start=1):
         ceiling = BASE_MS * 2 ** (attempt - 1)
-        assert ceiling // 2 <= delay <= ceiling
+        assert 1 <= delay <= ceiling
 
 
 def test_compute_backoff_is_capped() -> None:
@@ -302,11 +328,19 @@ def test_compute_backoff_is_capped() -> None:
 
     delays = [compute_backoff(a, base_ms=BASE_MS, cap_ms=CAP_MS, rng=rng) for a in (5, 6, 10, 100, 10_000)]
 
-    assert all(CAP_MS // 2 <= d <= CAP_MS for d in delays)
+    assert all(1 <= d <= CAP_MS for d in delays)
 
 
 def test_compute_backoff_attempt_zero_counts_as_first() -> None:
-    assert BASE_MS // 2 <= compute_backoff(0, base_ms=BASE_MS, cap_ms=CAP_MS, rng=random.Random(0)) <= BASE_MS
+    assert 1 <= compute_backoff(0, base_ms=BASE_MS, cap_ms=CAP_MS, rng=random.Random(0)) <= BASE_MS
+
+
+def test_compute_backoff_is_full_jitter_reaching_below_half_the_ceiling() -> None:
+    rng = random.Random(4)
+
+    delays = [compute_backoff(10, base_ms=BASE_MS, cap_ms=CAP_MS, rng=rng) for _ in range(200)]
+
+    assert min(delays) < CAP_MS // 4 and max(delays) > CAP_MS * 3 // 4
 
 
 def test_compute_backoff_is_deterministic_with_seeded_rng() -> None:

@@ -2,7 +2,8 @@
 
     202                                    -> sent
     401 InvalidAuthenticationToken         -> AuthenticationExpired (new token, resend once)
-    429 / 503 / 500 / 502 / connect error  -> retry with Retry-After, else exponential backoff
+    429 / 503 / 500 / 502 / connect error  -> retry with Retry-After, else capped exponential backoff,
+                                              until `max_age_s` (no attempt count ends them)
     504 / timeout / reset after sending    -> ambiguous: `ambiguous_policy` decides
     ErrorAccessDenied, ErrorInvalidUser, MailboxNotEnabledForRESTAPI, ErrorInvalidRecipients,
     ErrorSendAsDenied, ErrorMessageSizeExceeded, other 4xx, AADSTS token errors -> failed, never retried
@@ -14,7 +15,9 @@ The platform default's SMTP relay (transport.smtp maps its replies into the same
     5xx, AUTH refused                      -> failed, never retried
     connection lost once DATA began        -> ambiguous: `ambiguous_policy` decides
 
-`compute_backoff` is pure; attempts are capped by `max_attempts` and by `max_age_s`.
+`compute_backoff` is pure (full jitter under a cap). Transient failures (throttling included) retry
+until the row is `max_age_s` old: an outage of Graph or Entra ID of any length shorter than that fails
+nothing. Only the ambiguous rule still counts attempts (`max_attempts`).
 
 Outcome policy: `decide()` is the one place that maps what happened to a row (an `Event`) to its
 next state, when it is due again and how the attempt is labelled. Delivery, the relay path and the
@@ -54,9 +57,10 @@ _AMBIGUOUS_STATUSES = {504}
 
 
 def compute_backoff(attempt: int, *, base_ms: int, cap_ms: int, rng: random.Random | None = None) -> int:
-    """Full-jitter exponential backoff in ms for the given 1-based attempt number."""
+    """Full-jitter exponential backoff in ms for the given 1-based attempt number: uniform in
+    [1, min(cap, base * 2^(attempt-1))], so retries of many rows after one outage spread out."""
     ceiling = min(cap_ms, base_ms * (2 ** max(0, min(attempt - 1, 30))))
-    return int((rng or random).uniform(ceiling / 2, ceiling))
+    return max(1, int((rng or random).uniform(0, ceiling)))
 
 
 def classify(resp: GraphResponse) -> DeliveryError | None:
@@ -153,7 +157,7 @@ def decide(
         return _ambiguous(label, attempts, ambiguous_count, age_s, now_ms, settings, rng)
     if isinstance(error, PermanentError) or not isinstance(error, TransientError | AuthenticationExpired):
         return Decision(state=State.FAILED, next_attempt_ms=now_ms, ambiguous_count=ambiguous_count, label=label)
-    if attempts >= settings.max_attempts or age_s >= settings.max_age_s:
+    if age_s >= settings.max_age_s:  # time-based: however many attempts a transient failure took
         return Decision(state=State.FAILED, next_attempt_ms=now_ms, ambiguous_count=ambiguous_count, label=label)
     return Decision(state=State.RETRY_WAIT, next_attempt_ms=now_ms + retry_delay_ms(error, attempts, settings, rng),
                     ambiguous_count=ambiguous_count, label=label)
