@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     backoff_base_ms: int = 1_000
     backoff_cap_ms: int = 600_000
     ambiguous_policy: AmbiguousPolicy = "retry_once"
+    # A configuration error (credential, consent, Access Policy, RBAC) holds a tenant's notifications this
+    # long, waiting for a provider save; past it they fail with the code that placed the hold.
+    hold_max_s: float = 72 * 3600.0
     token_refresh_margin_s: float = 300.0
 
     metrics_port: int | None = None

@@ -19,8 +19,10 @@ from shared.models import State
 from shared.settings import Settings
 from transport.graph import GraphResponse, parse_retry_after
 from worker.retry_policy import (
+    HOLD_CODES,
     Attempted,
     Decision,
+    HoldExpired,
     Requeued,
     Stage,
     WorkerLost,
@@ -126,14 +128,48 @@ def test_decide_success_is_sent_now_keeping_ambiguous_count() -> None:
 
 
 @pytest.mark.parametrize("error", [
-    PermanentError("denied", status=403, code="ErrorAccessDenied"),
-    TokenError("bad secret", code="AADSTS7000215"),
+    PermanentError("bad recipient", status=400, code="ErrorInvalidRecipients"),
+    PermanentError("too big", status=413, code="ErrorMessageSizeExceeded"),
+    PermanentError("no such user", status=404, code="ErrorInvalidUser"),
+    TokenError("tenant not found", code="AADSTS90002"),
 ])
 def test_decide_permanent_fails_on_first_attempt(error: PermanentError) -> None:
     d = _decide(error, attempts=1)
 
     assert d.state is State.FAILED
     assert d.next_attempt_ms == NOW_MS
+
+
+@pytest.mark.parametrize("error", [
+    TokenError("invalid client secret", code="AADSTS7000215"),
+    TokenError("client secret expired", code="AADSTS7000222"),
+    TokenError("app not found", code="AADSTS700016"),
+    TokenError("consent missing", code="AADSTS65001"),
+    TokenError("app disabled", code="AADSTS7000112"),
+    PermanentError("denied [RAOP]", status=403, code="ErrorAccessDenied"),
+    PermanentError("send as denied", status=403, code="ErrorSendAsDenied"),
+    PermanentError("not enabled", status=404, code="MailboxNotEnabledForRESTAPI"),
+])
+def test_decide_configuration_error_holds_until_hold_max(error: PermanentError) -> None:
+    d = _decide(error, attempts=1, settings=_settings(hold_max_s=7_200.0))
+
+    assert d.state is State.HELD
+    assert d.next_attempt_ms == NOW_MS + 7_200_000
+    assert d.label == attempt_label(Attempted(error)) and d.code is None  # the service's code stands
+
+
+def test_hold_codes_each_have_a_diagnosis() -> None:
+    from shared.diagnosis import diagnose
+
+    assert [c for c in sorted(HOLD_CODES) if diagnose(c, "") is None] == []
+
+
+def test_decide_hold_expired_fails_keeping_the_rows_code() -> None:
+    d = decide(HoldExpired(), attempts=0, ambiguous_count=0, age_s=0.0, now_ms=NOW_MS,
+               settings=_settings(hold_max_s=3_600.0))
+
+    assert (d.state, d.next_attempt_ms, d.label, d.code) == (State.FAILED, NOW_MS, None, None)
+    assert d.message and "1 h" in d.message
 
 
 def test_decide_token_endpoint_transient_error_retries() -> None:

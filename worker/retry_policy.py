@@ -5,8 +5,11 @@
     429 / 503 / 500 / 502 / connect error  -> retry with Retry-After, else capped exponential backoff,
                                               until `max_age_s` (no attempt count ends them)
     504 / timeout / reset after sending    -> ambiguous: `ambiguous_policy` decides
-    ErrorAccessDenied, ErrorInvalidUser, MailboxNotEnabledForRESTAPI, ErrorInvalidRecipients,
-    ErrorSendAsDenied, ErrorMessageSizeExceeded, other 4xx, AADSTS token errors -> failed, never retried
+    AADSTS7000215/7000222/700016/65001/7000112/…, ErrorAccessDenied, ErrorSendAsDenied,
+    MailboxNotEnabledForRESTAPI (the tenant's configuration is broken)
+                                           -> held until a provider save, failed past `hold_max_s`
+    ErrorInvalidUser, ErrorInvalidRecipients, ErrorMessageSizeExceeded, other 4xx, other AADSTS token
+    errors                                 -> failed, never retried
 
 The platform default's SMTP relay (transport.smtp maps its replies into the same tree):
 
@@ -28,6 +31,7 @@ sweeper all ask it; none of them decides on its own. New rules (holds, breakers,
                               retry_wait after the delay, no attempt spent; failed past the maximum age
     WorkerLost(evidence)      the sweeper found its worker dead; the send marks say how far it got:
                               never started -> queued; accepted -> sent; maybe sent -> ambiguous rule
+    HoldExpired()             the sweeper found a held row past `hold_max_s`: failed, its code kept
 """
 
 from __future__ import annotations
@@ -54,6 +58,20 @@ from worker.sendmarks import Evidence
 
 _TRANSIENT_STATUSES = {408, 429, 500, 502, 503}
 _AMBIGUOUS_STATUSES = {504}
+# Configuration errors: every notification of the tenant would fail the same way until an admin fixes
+# the app, its credential, its consent or the mailbox's permissions, so they wait instead of failing.
+HOLD_CODES = frozenset({
+    "AADSTS7000215",  # invalid client secret (often the secret's ID pasted instead of its Value)
+    "AADSTS7000222",  # client secret expired
+    "AADSTS700027",   # certificate assertion refused (expired or unknown certificate)
+    "AADSTS700016",   # application not found in the tenant
+    "AADSTS65001",    # admin consent missing
+    "AADSTS7000112",  # application disabled
+    "AADSTS7000229",  # no service principal for the app in the tenant
+    "AADSTS500011",   # resource principal (Graph) not found in the tenant
+    "ErrorAccessDenied", "ErrorSendAsDenied", "MailboxNotEnabledForRESTAPI",
+    Code.RBAC_SCOPE_DENIED.value, Code.RBAC_PROPAGATING.value,
+})
 
 
 def compute_backoff(attempt: int, *, base_ms: int, cap_ms: int, rng: random.Random | None = None) -> int:
@@ -110,7 +128,12 @@ class WorkerLost:
     evidence: Evidence
 
 
-Event = Attempted | Requeued | WorkerLost
+@dataclass(frozen=True, slots=True)
+class HoldExpired:
+    """A held row's configuration was not fixed within `hold_max_s`."""
+
+
+Event = Attempted | Requeued | WorkerLost | HoldExpired
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -149,12 +172,18 @@ def decide(
         return _requeued(event, ambiguous_count, age_s, now_ms, settings)
     if isinstance(event, WorkerLost):
         return _worker_lost(event, attempts, ambiguous_count, now_ms, settings)
+    if isinstance(event, HoldExpired):
+        return Decision(state=State.FAILED, next_attempt_ms=now_ms, ambiguous_count=ambiguous_count,
+                        message=f"held {settings.hold_max_s / 3600:g} h without the configuration being fixed")
     error = event.error
     label = attempt_label(event)
     if error is None:
         return Decision(state=State.SENT, next_attempt_ms=now_ms, ambiguous_count=ambiguous_count, label=label)
     if isinstance(error, AmbiguousOutcome):
         return _ambiguous(label, attempts, ambiguous_count, age_s, now_ms, settings, rng)
+    if isinstance(error, PermanentError) and error.code in HOLD_CODES:
+        return Decision(state=State.HELD, next_attempt_ms=now_ms + int(settings.hold_max_s * 1000),
+                        ambiguous_count=ambiguous_count, label=label)
     if isinstance(error, PermanentError) or not isinstance(error, TransientError | AuthenticationExpired):
         return Decision(state=State.FAILED, next_attempt_ms=now_ms, ambiguous_count=ambiguous_count, label=label)
     if age_s >= settings.max_age_s:  # time-based: however many attempts a transient failure took
