@@ -50,6 +50,8 @@ MATRIX: dict[str, tuple[tuple[int, int, int], tuple[int, int, int], int, int, in
     "POST /v1/notifications":         (SENDERS,    Q422,        401,  401,     401),
     "POST /v1/notifications:batch":   (SENDERS,    Q422,        401,  401,     401),
     "GET /v1/notifications/{id}":     (ALL_200,    (404,) * 3,  401,  401,     401),
+    "POST /v1/notifications/{id}:retry": (ADMIN_ONLY, (404, 403, 403), 401, 401, 401),
+    "POST /v1/notifications:retry":   (ADMIN_ONLY, Q422,        401,  401,     401),
     "GET /v1/openapi.json":           (ALL_200,    ALL_200,     200,  200,     200),
     "GET /healthz":                   (ALL_200,    ALL_200,     200,  200,     200),
     "GET /readyz":                    (ALL_200,    ALL_200,     200,  200,     200),
@@ -62,6 +64,7 @@ MATRIX: dict[str, tuple[tuple[int, int, int], tuple[int, int, int], int, int, in
     "POST /ui/email-provider/test":   (ADMIN_ONLY, ADMIN_ONLY,  303,  303,     303),
     "POST /ui/email-provider/restore": (ADMIN_ONLY, ADMIN_ONLY, 303,  303,     303),
     "GET /ui/activity":               (ALL_200,    ALL_200,     303,  303,     303),
+    "POST /ui/activity/retry":        (ADMIN_ONLY, ADMIN_ONLY,  303,  303,     303),
 }
 PROVIDER = {"provider": "customer", "service": "microsoft_graph", "sender_address": DEMO_SENDER,
             "azure_tenant": DEMO_TENANT_ID, "client_id": DEMO_CLIENT_ID, "client_secret": DEMO_CLIENT_SECRET,
@@ -72,9 +75,11 @@ BODIES: dict[str, dict[str, Any]] = {  # what each endpoint is sent: JSON for /v
     "POST /v1/email-provider/test": {"json": {"to": "ana@example.org"}},
     "POST /v1/notifications": {"json": MESSAGE},
     "POST /v1/notifications:batch": {"json": {"items": [MESSAGE]}},
+    "POST /v1/notifications:retry": {"json": {"state": "failed", "limit": 10}},
     "POST /ui/email-provider": {"data": PROVIDER},
     "POST /ui/email-provider/test": {"data": {"to": "ana@example.org"}},
     "POST /ui/email-provider/restore": {"data": {"version": "1"}},
+    "POST /ui/activity/retry": {"data": {"id": "0" * 32}},
 }
 
 
