@@ -76,7 +76,8 @@ def release_hold(conn: Connection, tenant_id: str, *, actor: str | None, version
     """Inside a provider save's transaction: held rows go back to `queued`, due now. Returns how many."""
     released = conn.execute(
         update(_N).where(_N.c.tenant_id == tenant_id, _N.c.state == State.HELD.value)
-        .values(state=State.QUEUED.value, next_attempt_ms=int(time.time() * 1000), updated_at=datetime.now(UTC))
+        .values(state=State.QUEUED.value, next_attempt_ms=int(time.time() * 1000), age_from=datetime.now(UTC),
+                updated_at=datetime.now(UTC))
     ).rowcount or 0
     if released or _hold_in_force(conn, tenant_id):
         insert_event(conn, tenant_id, RELEASED_EVENT, actor=actor,

@@ -84,6 +84,8 @@ class Notification(SQLModel, table=True):
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     sent_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    # Set when a resend or a hold's release put the row back: the maximum age counts from here, not created_at.
+    age_from: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
     fair_rank: int = Field(sa_column=Column(BigInteger, nullable=False))
     next_attempt_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     # Published and not yet claimed: the broker may have lost it once this passes (queued, retry_wait).

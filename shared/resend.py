@@ -44,7 +44,8 @@ def resend(engine: Engine, tenant_id: str, ids: list[str], *, actor: str | None)
         moved = list(conn.execute(
             update(_N).where(_N.c.tenant_id == tenant_id, _N.c.id.in_(ids), _N.c.state.in_(RESENDABLE))
             .values(state=State.QUEUED.value, next_attempt_ms=int(time.time() * 1000), possible_duplicate=duplicate,
-                    dispatch_lease_until_ms=None, sent_at=None, updated_at=datetime.now(UTC))
+                    dispatch_lease_until_ms=None, sent_at=None, age_from=datetime.now(UTC),
+                    updated_at=datetime.now(UTC))
             .returning(_N.c.id)
         ).scalars())
         if moved:
