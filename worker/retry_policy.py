@@ -24,7 +24,8 @@ nothing. Only the ambiguous rule still counts attempts (`max_attempts`).
 
 Outcome policy: `decide()` is the one place that maps what happened to a row (an `Event`) to its
 next state, when it is due again and how the attempt is labelled. Delivery, the relay path and the
-sweeper all ask it; none of them decides on its own. New rules (holds, breakers, quotas) go here.
+sweeper all ask it; none of them decides on its own. Holds and time-based retries live here;
+new rules (breakers, quotas) go here too.
 
     Attempted(error)          a token was asked for or a request went out; `error` None = accepted
     Requeued(delay_ms)        the row never left (no slot in time, mailbox blocked, Redis down):
