@@ -122,9 +122,3 @@ def _lock(conn: Connection, tenant_id: str) -> None:
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": f"hold:{tenant_id}"})
 
-
-def held_count(engine: Engine, tenant_id: str) -> int:
-    """How many of the tenant's notifications are held."""
-    with engine.connect() as conn:
-        return int(conn.scalar(select(func.count()).where(_N.c.tenant_id == tenant_id,
-                                                          _N.c.state == State.HELD.value)) or 0)
