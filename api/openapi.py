@@ -142,6 +142,12 @@ _ERROR_MEANING = {"400": "the body is not JSON", "401": "no valid API key", "403
                   "429": "rate-limited per tenant; see Retry-After"}
 
 
+_ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+_RESENT = {"type": "object", "required": ["id", "resent", "state"], "properties": {
+    "id": {"type": "string"}, "resent": {"type": "boolean"}, "state": {"enum": [s.value for s in State]},
+    "possible_duplicate": {"type": "boolean"}, "attempts": {"type": "integer"}}}
+
+
 def _q(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": schema}
 
@@ -221,8 +227,20 @@ def document() -> dict[str, Any]:
                     "properties": {"items": {"type": "array", "items": _ref("Message"), "minItems": 1,
                                              "maxItems": 500}}})},
             "/v1/notifications/{id}": {"get": _op("One notification with its attempts", _ref("Notification"),
-                                                  errors=("404",), params=[
-                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}])},
+                                                  errors=("404",), params=[_ID_PARAM])},
+            "/v1/notifications/{id}:retry": {"post": _op(
+                "Resend a failed or ambiguous notification (admin); otherwise a no-op answering its state",
+                _RESENT, errors=("403", "404"), params=[_ID_PARAM])},
+            "/v1/notifications:retry": {"post": _op(
+                "Resend the failed or ambiguous notifications matching the filters, newest first (admin)", {
+                    "type": "object", "properties": {"resent": {"type": "integer"},
+                                                     "ids": {"type": "array", "items": {"type": "string"}}}},
+                errors=("403",), body={
+                    "type": "object", "additionalProperties": False, "properties": {
+                        "state": {"enum": ["failed", "ambiguous"]}, "error_code": _FILTER_TEXT,
+                        "since": {"type": "string", "format": "date-time"},
+                        "until": {"type": "string", "format": "date-time"},
+                        "limit": {"type": "integer", "minimum": 1, "maximum": 1000}}})},
             **openapi_webhooks.paths(),
         },
         "components": {

@@ -1,4 +1,5 @@
-"""Routes of the activity view: GET /v1/activity, /v1/notifications/{id}, /v1/stats."""
+"""Routes of the activity view: GET /v1/activity, /v1/notifications/{id}, /v1/stats, and resends
+(POST /v1/notifications/{id}:retry, POST /v1/notifications:retry)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from aiohttp import web
 
 from api.context import context, principal
 from api.errors import not_found
+from api.routes_provider import read_object
 from shared.activity import ActivityFilter, list_activity, notification_detail, stats
 from shared.clock import as_utc
 from shared.errors import ValidationFailed
 from shared.events import recent_events
 from shared.message import check_line
 from shared.models import State
+from shared.resend import MAX_BULK, RESENDABLE, ResendFilter, current_state, matching, resend
 
 routes = web.RouteTableDef()
 _MAX_LIMIT = 200
@@ -103,3 +106,52 @@ def _time(raw: str | None, name: str) -> datetime | None:
     except ValueError:
         raise ValidationFailed(name, "must be an ISO 8601 time, e.g. 2026-01-31T12:00:00Z") from None
     return as_utc(value)
+
+
+_RETRY_FIELDS = frozenset({"state", "error_code", "since", "until", "limit"})
+
+
+@routes.post("/v1/notifications/{id}:retry")
+async def post_retry(request: web.Request) -> web.Response:
+    """Resend one failed or ambiguous notification (admin); a no-op answering the current state otherwise."""
+    who = principal(request, "admin")
+    ctx = context(request)
+    nid = request.match_info["id"]
+    if not _ID.fullmatch(nid) or await ctx.blocking(current_state, ctx.engine, who.tenant_id, nid) is None:
+        raise not_found("notification")
+    moved = await ctx.blocking(lambda: resend(ctx.engine, who.tenant_id, [nid], actor=who.actor))
+    now = await ctx.blocking(current_state, ctx.engine, who.tenant_id, nid)
+    return web.json_response({"id": nid, "resent": bool(moved), **(now or {})})
+
+
+@routes.post("/v1/notifications:retry")
+async def post_retry_bulk(request: web.Request) -> web.Response:
+    """Resend the tenant's failed or ambiguous notifications matching the filters, newest first (admin)."""
+    who = principal(request, "admin")
+    body = await read_object(request, _RETRY_FIELDS)
+    f = retry_filter(body)
+    ctx = context(request)
+    ids = await ctx.blocking(matching, ctx.engine, who.tenant_id, f)
+    moved = await ctx.blocking(lambda: resend(ctx.engine, who.tenant_id, ids, actor=who.actor))
+    return web.json_response({"resent": len(moved), "ids": moved})
+
+
+def retry_filter(body: Mapping[str, object]) -> ResendFilter:
+    """The filters of a bulk resend; ValidationFailed names the bad one."""
+    nulls = sorted(k for k, v in body.items() if v is None)
+    if nulls:  # an absent filter is left out, never null
+        raise ValidationFailed(nulls[0], "must not be null")
+    state = body.get("state")
+    if state is not None and state not in RESENDABLE:
+        raise ValidationFailed("state", f"must be one of {', '.join(RESENDABLE)}")
+    limit = body.get("limit", 100)
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_BULK:
+        raise ValidationFailed("limit", f"must be an integer between 1 and {MAX_BULK}")
+    texts = {}
+    for name in ("error_code", "since", "until"):
+        value = body.get(name)
+        if value is not None and not isinstance(value, str):
+            raise ValidationFailed(name, "must be a string")
+        texts[name] = value
+    return ResendFilter(state=state, error_code=_text(texts["error_code"], "error_code"),
+                        since=_time(texts["since"], "since"), until=_time(texts["until"], "until"), limit=limit)

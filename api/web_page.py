@@ -32,6 +32,7 @@ from shared.clouds import CLOUDS
 from shared.errors import ValidationFailed
 from shared.events import recent_events
 from shared.models import State
+from shared.resend import RESENDABLE, resend
 
 routes = web.RouteTableDef()
 _FIELDS = (("sender_name", "Sender name"), ("sender_address", "Sender email address"),
@@ -243,7 +244,23 @@ async def activity_page(request: web.Request) -> web.Response:
     except ValidationFailed as exc:
         page, error = {"items": [], "next_cursor": None}, f"<p class='error' id='filter-error'>{escape(str(exc))}</p>"
     events = await ctx.blocking(lambda: recent_events(ctx.engine, who.tenant_id, limit=20))
-    return _page("Activity", _filters_html(q) + error + _notifications_html(page, q) + _events_html(events))
+    return _page("Activity", _filters_html(q) + error + _notifications_html(page, q, admin=who.may("admin"))
+                 + _events_html(events))
+
+
+@routes.post("/ui/activity/retry")
+async def activity_retry(request: web.Request) -> web.Response:
+    """The Retry button of a failed or ambiguous notification (admin): resend it, say so, then the activity."""
+    who = principal(request, "admin")
+    nid = str((await request.post()).get("id", ""))[:64]
+    ctx = context(request)
+    moved = await ctx.blocking(lambda: resend(ctx.engine, who.tenant_id, [nid], actor=who.actor))
+    outcome = (f"<p class='ok' id='resent'>Notification {escape(nid)} is queued again.</p>" if moved else
+               f"<p class='error' id='not-resent'>Notification {escape(nid)} was not resent: it is not failed or "
+               "ambiguous (it may be queued or sent already).</p>")
+    page = await ctx.blocking(lambda: list_activity(ctx.engine, who.tenant_id, activity_filter({}), cursor=None,
+                                                    limit=50))
+    return _page("Activity", outcome + _filters_html({}) + _notifications_html(page, {}, admin=True))
 
 
 def _filters_html(q: Any) -> str:
@@ -258,18 +275,27 @@ def _filters_html(q: Any) -> str:
             f"{options}</select></label>{inputs}<button>Filter</button></form>")
 
 
-def _notifications_html(page: dict[str, Any], q: Any) -> str:
+def _notifications_html(page: dict[str, Any], q: Any, *, admin: bool) -> str:
     rows = "".join(
         f"<tr><td>{_when(i['created_at'])}</td><td>{escape(i['state'])}</td><td>{escape(', '.join(i['to']))}"
         f"</td><td>{escape(i['subject'])}</td><td>{escape(i['last_error_code'] or '')}</td><td>"
-        f"{escape(i['diagnosis']['cause'] + ' Fix: ' + i['diagnosis']['fix'] if i['diagnosis'] else '')}</td></tr>"
+        f"{escape(i['diagnosis']['cause'] + ' Fix: ' + i['diagnosis']['fix'] if i['diagnosis'] else '')}</td>"
+        f"<td>{_retry_button(i) if admin else ''}</td></tr>"
         for i in page["items"])
     kept = {n: q[n] for n in ("status", "error_code", "recipient", "since", "until") if q.get(n)}
     more = (f"<p><a id='older' href='/ui/activity?{escape(urlencode({**kept, 'cursor': page['next_cursor']}))}'>"
             "Older</a></p>" if page["next_cursor"] else "")
     empty = "" if page["items"] else "<p id='no-notifications'>No notifications match.</p>"
     return ("<h2>Notifications</h2><table id='notifications'><tr><th>Time</th><th>Status</th><th>Recipient</th>"
-            f"<th>Subject</th><th>Error code</th><th>Diagnosis</th></tr>{rows}</table>{empty}{more}")
+            f"<th>Subject</th><th>Error code</th><th>Diagnosis</th><th></th></tr>{rows}</table>{empty}{more}")
+
+
+def _retry_button(item: dict[str, Any]) -> str:
+    if item["state"] not in RESENDABLE:
+        return ""
+    flag = " (may duplicate)" if item["state"] == State.AMBIGUOUS.value or item["possible_duplicate"] else ""
+    return (f"<form method='post' action='/ui/activity/retry' class='retry'><input type='hidden' name='id' "
+            f"value='{escape(item['id'])}'><button id='retry-{escape(item['id'])}'>Retry{flag}</button></form>")
 
 
 def _events_html(events: list[dict[str, Any]]) -> str:

@@ -59,6 +59,15 @@ _BY_SERVICE_CODE: dict[str, Diagnosis] = {
     "AADSTS700016": Diagnosis(
         "The application (client) ID is not registered in that tenant.",
         "Copy the Application (client) ID from the app's Overview page, and check the tenant ID matches."),
+    "AADSTS65001": Diagnosis(
+        "An administrator has not consented to the app's Mail.Send application permission in this tenant.",
+        "In API permissions, click 'Grant admin consent for <tenant>' (a Global or Privileged Role Administrator)."),
+    "AADSTS7000112": Diagnosis(
+        "The application is disabled in this tenant.",
+        "In Enterprise applications, open the app's Properties and set 'Enabled for users to sign-in' to Yes."),
+    "AADSTS7000229": Diagnosis(
+        "The app has no service principal (enterprise application) in this tenant.",
+        "Have a tenant administrator grant admin consent to the app, which creates its service principal."),
     "AADSTS7000215": Diagnosis(
         "The client secret is wrong; often the secret's ID was pasted instead of its Value.",
         "Create a new client secret and paste its Value (shown only once) into the settings."),

@@ -7,9 +7,14 @@ compare integers the same way on PostgreSQL and SQLite; dashboard times are time
 Notification states:
 
     queued ──claim──> sending ──> sent
-       ^                 │  ├───> failed        (permanent error, attempts or age exhausted)
+       ^                 │  ├───> failed        (permanent error, or transient errors past the maximum age)
        │                 │  ├───> ambiguous     (may have been sent; policy says stop)
+       │                 │  ├───> held ──> queued when a provider version is saved; failed past hold_max_s
        └── retry_wait <──┘  └───> retry_wait    (transient error, throttled, or ambiguous retried once)
+
+A `held` row waits for its tenant's configuration to be fixed (wrong or expired credential, consent,
+Access Policy or RBAC refusal); its `next_attempt_ms` is when the hold expires, its `last_error_code`
+the code that placed it. The dispatcher publishes only queued and retry_wait rows, so never a held one.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class State(StrEnum):
     FAILED = "failed"
     RETRY_WAIT = "retry_wait"
     AMBIGUOUS = "ambiguous"
+    HELD = "held"
 
 
 ACTIVE_STATES = (State.QUEUED.value, State.RETRY_WAIT.value)
@@ -78,6 +84,8 @@ class Notification(SQLModel, table=True):
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     sent_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    # Set when a resend or a hold's release put the row back: the maximum age counts from here, not created_at.
+    age_from: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
     fair_rank: int = Field(sa_column=Column(BigInteger, nullable=False))
     next_attempt_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     # Published and not yet claimed: the broker may have lost it once this passes (queued, retry_wait).

@@ -22,6 +22,7 @@ from shared.certificates import CertificateCredential, client_credential
 from shared.clock import as_utc
 from shared.clouds import Cloud, resolve_cloud
 from shared.errors import ConfigurationError, NoProviderConfigured, ProviderError
+from shared.holds import release_hold
 from shared.models import ProviderConfig, ProviderHistory
 from shared.producer import PLATFORM_TENANT_KEY
 from shared.secretbox import SecretBox
@@ -239,6 +240,9 @@ def _insert_version(
         session.add(ProviderHistory(tenant_id=row.tenant_id, version=row.version, action=action,
                                     changed_fields=changed, actor=row.created_by, created_at=row.created_at,
                                     restored_from=restored_from))
+        session.flush()
+        # Every save, revert and restore comes through here: a held queue goes out with the new version.
+        release_hold(session.connection(), row.tenant_id, actor=row.created_by, version=row.version)
         emit(session.connection(), [provider_saved_event(row, action, changed)])  # webhooks, same transaction
         session.commit()
         return row.version

@@ -73,12 +73,16 @@ class Settings(BaseSettings):
     slot_wait_max_ms: int = 1_500
     slot_requeue_ms: int = 250
 
-    # Retry policy.
+    # Retry policy. Transient failures retry until a row is `max_age_s` old, with full-jitter backoff
+    # doubling from base to cap; `max_attempts` bounds only the ambiguous rule (retry_once).
     max_attempts: int = 8
     max_age_s: float = 24 * 3600.0
     backoff_base_ms: int = 1_000
-    backoff_cap_ms: int = 300_000
+    backoff_cap_ms: int = 600_000
     ambiguous_policy: AmbiguousPolicy = "retry_once"
+    # A configuration error (credential, consent, Access Policy, RBAC) holds a tenant's notifications this
+    # long, waiting for a provider save; past it they fail with the code that placed the hold.
+    hold_max_s: float = 72 * 3600.0
     token_refresh_margin_s: float = 300.0
 
     metrics_port: int | None = None

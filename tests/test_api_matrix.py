@@ -61,6 +61,8 @@ MATRIX: dict[str, tuple[Cell, Cell, int, int, int, int]] = {
     "POST /v1/notifications":         (SENDERS,    Q422,        401,  401,    401,    401),
     "POST /v1/notifications:batch":   (SENDERS,    Q422,        401,  401,    401,    401),
     "GET /v1/notifications/{id}":     (ALL_200,    (404, 404, 404, 403), 401, 401, 401, 401),
+    "POST /v1/notifications/{id}:retry": (ADMIN_ONLY, ADMIN_ONLY_OTHER, 401, 401, 401, 401),
+    "POST /v1/notifications:retry":   (ADMIN_ONLY, Q422,        401,  401,    401,    401),
     "GET /v1/webhooks":               (ADMIN_ONLY, Q422,        401,  401,    401,    401),
     "POST /v1/webhooks":              ((201, 403, 403, 403), Q422, 401, 401, 401,    401),
     "GET /v1/webhooks/{id}":          (ADMIN_ONLY, ADMIN_ONLY_OTHER, 401, 401, 401,  401),
@@ -87,6 +89,7 @@ MATRIX: dict[str, tuple[Cell, Cell, int, int, int, int]] = {
     "POST /ui/email-provider/test":   (PAGE_ADMIN, PAGE_ADMIN,  303,  303,    303,    303),
     "POST /ui/email-provider/restore": (PAGE_ADMIN, PAGE_ADMIN, 303,  303,    303,    303),
     "GET /ui/activity":               (PAGE_ALL,   PAGE_ALL,    303,  303,    303,    303),
+    "POST /ui/activity/retry":        (PAGE_ADMIN, PAGE_ADMIN,  303,  303,    303,    303),
     "GET /ui/email-provider/setup":   (PAGE_ALL,   PAGE_ALL,    303,  303,    303,    303),
     "GET /static/page.js":            PUBLIC,  # public, like the login form
     "GET /ui/webhooks":               (PAGE_ADMIN, PAGE_ADMIN,  303,  303,    303,    303),
@@ -110,12 +113,14 @@ BODIES: dict[str, dict[str, Any]] = {  # what each endpoint is sent: JSON for /v
     "PATCH /v1/webhooks/{id}": {"json": {"description": "changed"}},
     "POST /v1/keys": {"json": {"role": "viewer"}},
     "PATCH /v1/keys/{id}": {"json": {"expires_at": "2099-01-01T00:00:00Z"}},
+    "POST /v1/notifications:retry": {"json": {"state": "failed", "limit": 10}},
     "POST /ui/email-provider": {"data": PROVIDER},
     "POST /ui/email-provider/test": {"data": {"to": "ana@example.org"}},
     "POST /ui/webhooks": {"data": {"url": "https://hooks.acme.example/new"}},
     "POST /ui/webhooks/{id}": {"data": {"action": "rotate"}},
     "POST /ui/keys": {"data": {"role": "viewer"}},
     "POST /ui/email-provider/restore": {"data": {"version": "1"}},
+    "POST /ui/activity/retry": {"data": {"id": "0" * 32}},
 }
 
 

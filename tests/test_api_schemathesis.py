@@ -57,6 +57,8 @@ MIN_CASES = {
     "POST /v1/keys": 80,
     "PATCH /v1/keys/{id}": 60,
     "DELETE /v1/keys/{id}": 30,
+    "POST /v1/notifications/{id}:retry": 40,
+    "POST /v1/notifications:retry": 80,
 }
 MAX_EXAMPLES = {label: max(2 * n, 20) for label, n in MIN_CASES.items()}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,

@@ -19,8 +19,10 @@ from shared.models import State
 from shared.settings import Settings
 from transport.graph import GraphResponse, parse_retry_after
 from worker.retry_policy import (
+    HOLD_CODES,
     Attempted,
     Decision,
+    HoldExpired,
     Requeued,
     Stage,
     WorkerLost,
@@ -126,8 +128,10 @@ def test_decide_success_is_sent_now_keeping_ambiguous_count() -> None:
 
 
 @pytest.mark.parametrize("error", [
-    PermanentError("denied", status=403, code="ErrorAccessDenied"),
-    TokenError("bad secret", code="AADSTS7000215"),
+    PermanentError("bad recipient", status=400, code="ErrorInvalidRecipients"),
+    PermanentError("too big", status=413, code="ErrorMessageSizeExceeded"),
+    PermanentError("no such user", status=404, code="ErrorInvalidUser"),
+    TokenError("tenant not found", code="AADSTS90002"),
 ])
 def test_decide_permanent_fails_on_first_attempt(error: PermanentError) -> None:
     d = _decide(error, attempts=1)
@@ -136,11 +140,43 @@ def test_decide_permanent_fails_on_first_attempt(error: PermanentError) -> None:
     assert d.next_attempt_ms == NOW_MS
 
 
+@pytest.mark.parametrize("error", [
+    TokenError("invalid client secret", code="AADSTS7000215"),
+    TokenError("client secret expired", code="AADSTS7000222"),
+    TokenError("app not found", code="AADSTS700016"),
+    TokenError("consent missing", code="AADSTS65001"),
+    TokenError("app disabled", code="AADSTS7000112"),
+    PermanentError("denied [RAOP]", status=403, code="ErrorAccessDenied"),
+    PermanentError("send as denied", status=403, code="ErrorSendAsDenied"),
+    PermanentError("not enabled", status=404, code="MailboxNotEnabledForRESTAPI"),
+])
+def test_decide_configuration_error_holds_until_hold_max(error: PermanentError) -> None:
+    d = _decide(error, attempts=1, settings=_settings(hold_max_s=7_200.0))
+
+    assert d.state is State.HELD
+    assert d.next_attempt_ms == NOW_MS + 7_200_000
+    assert d.label == attempt_label(Attempted(error)) and d.code is None  # the service's code stands
+
+
+def test_hold_codes_each_have_a_diagnosis() -> None:
+    from shared.diagnosis import diagnose
+
+    assert [c for c in sorted(HOLD_CODES) if diagnose(c, "") is None] == []
+
+
+def test_decide_hold_expired_fails_keeping_the_rows_code() -> None:
+    d = decide(HoldExpired(), attempts=0, ambiguous_count=0, age_s=0.0, now_ms=NOW_MS,
+               settings=_settings(hold_max_s=3_600.0))
+
+    assert (d.state, d.next_attempt_ms, d.label, d.code) == (State.FAILED, NOW_MS, None, None)
+    assert d.message and "1 h" in d.message
+
+
 def test_decide_token_endpoint_transient_error_retries() -> None:
     d = _decide(TransientError("Entra ID error", code="TokenServiceError"), attempts=1)
 
     assert d.state is State.RETRY_WAIT
-    assert NOW_MS + BASE_MS // 2 <= d.next_attempt_ms <= NOW_MS + BASE_MS
+    assert NOW_MS < d.next_attempt_ms <= NOW_MS + BASE_MS
 
 
 @pytest.mark.parametrize(("header", "expected_delay_ms"), [("2", 2_001), ("2.128", 2_129), ("0", 1)])
@@ -170,7 +206,7 @@ def test_decide_without_retry_after_uses_seeded_backoff() -> None:
     expected = compute_backoff(3, base_ms=BASE_MS, cap_ms=CAP_MS, rng=random.Random(42))
     assert d.state is State.RETRY_WAIT
     assert d.next_attempt_ms == NOW_MS + expected
-    assert BASE_MS * 4 // 2 <= expected <= BASE_MS * 4
+    assert 1 <= expected <= BASE_MS * 4
 
 
 def test_decide_authentication_expired_retries() -> None:
@@ -179,14 +215,40 @@ def test_decide_authentication_expired_retries() -> None:
     assert d.state is State.RETRY_WAIT
 
 
-def test_decide_transient_is_capped_by_max_attempts() -> None:
-    error = TransientError("down", status=503)
+@pytest.mark.parametrize("error", [
+    TransientError("down", status=503, code="HTTP503"),
+    TransientError("refused", code="ConnectionRefused"),
+    TransientError("Entra ID error", code="TokenServiceError"),
+    Throttled("slow down", status=429, code="ApplicationThrottled"),
+    AuthenticationExpired("expired", status=401, code="InvalidAuthenticationToken"),
+])
+@pytest.mark.parametrize("attempts", [4, 8, 50, 10_000])
+def test_decide_transient_retries_past_any_attempt_count_within_max_age(error: DeliveryError, attempts: int) -> None:
+    d = _decide(error, attempts=attempts, age_s=59.9)
 
-    below = _decide(error, attempts=3)
-    at_cap = _decide(error, attempts=4)
+    assert d.state is State.RETRY_WAIT
+    assert NOW_MS < d.next_attempt_ms <= NOW_MS + CAP_MS
 
-    assert below.state is State.RETRY_WAIT
-    assert at_cap.state is State.FAILED
+
+def test_decide_transient_backoff_is_capped_at_any_attempt_count() -> None:
+    settings = _settings(backoff_cap_ms=600_000, max_age_s=86_400.0)
+    delays = [_decide(TransientError("down", status=503), attempts=n, age_s=3_600.0, settings=settings,
+                      seed=n).next_attempt_ms - NOW_MS for n in range(1, 200)]
+
+    assert all(1 <= delay <= 600_000 for delay in delays)
+    assert max(delays) > 300_000  # the cap, not the attempt count, bounds the wait
+
+
+def test_decide_transient_fails_past_max_age_keeping_its_own_code() -> None:
+    d = _decide(TransientError("down", status=503, code="HTTP503"), attempts=2, age_s=60.0)
+
+    assert (d.state, d.label, d.code) == (State.FAILED, "retry", None)
+
+
+def test_settings_default_to_time_based_retries() -> None:
+    s = Settings()
+
+    assert (s.max_age_s, s.backoff_cap_ms) == (86_400.0, 600_000)
 
 
 def test_decide_transient_is_capped_by_max_age() -> None:
@@ -294,7 +356,7 @@ def test_compute_backoff_doubles_within_jitter_band() -> None:
 
     for attempt, delay in enumerate(delays, start=1):
         ceiling = BASE_MS * 2 ** (attempt - 1)
-        assert ceiling // 2 <= delay <= ceiling
+        assert 1 <= delay <= ceiling
 
 
 def test_compute_backoff_is_capped() -> None:
@@ -302,11 +364,19 @@ def test_compute_backoff_is_capped() -> None:
 
     delays = [compute_backoff(a, base_ms=BASE_MS, cap_ms=CAP_MS, rng=rng) for a in (5, 6, 10, 100, 10_000)]
 
-    assert all(CAP_MS // 2 <= d <= CAP_MS for d in delays)
+    assert all(1 <= d <= CAP_MS for d in delays)
 
 
 def test_compute_backoff_attempt_zero_counts_as_first() -> None:
-    assert BASE_MS // 2 <= compute_backoff(0, base_ms=BASE_MS, cap_ms=CAP_MS, rng=random.Random(0)) <= BASE_MS
+    assert 1 <= compute_backoff(0, base_ms=BASE_MS, cap_ms=CAP_MS, rng=random.Random(0)) <= BASE_MS
+
+
+def test_compute_backoff_is_full_jitter_reaching_below_half_the_ceiling() -> None:
+    rng = random.Random(4)
+
+    delays = [compute_backoff(10, base_ms=BASE_MS, cap_ms=CAP_MS, rng=rng) for _ in range(200)]
+
+    assert min(delays) < CAP_MS // 4 and max(delays) > CAP_MS * 3 // 4
 
 
 def test_compute_backoff_is_deterministic_with_seeded_rng() -> None:

@@ -19,6 +19,7 @@ from emulator.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_SENDER, DEMO_
 from shared.models import DeliveryAttempt, Notification, State
 from shared.producer import Producer
 from shared.providers import save_graph_provider
+from shared.resend import resend
 from shared.settings import Settings
 from tenantmail.embedded import start_redis
 from tests.stack import new_encryption_key, wait_until
@@ -125,6 +126,22 @@ def test_sender_fails_a_requeued_row_past_its_maximum_age(make_harness: Any, red
     [attempt] = h.attempts(nid)
     assert (row.state, row.last_error_code, row.attempts) == (State.FAILED.value, "MaxAgeExceeded", 1)
     assert (attempt.outcome, attempt.error_code) == ("failed", "MaxAgeExceeded")
+
+
+def test_sender_counts_the_maximum_age_of_a_resent_row_from_its_resend(make_harness: Any, redis_url: str) -> None:
+    h = make_harness(redis_url, max_age_s=60.0)
+    [nid] = h.enqueue(1)
+    with h.runtime.engine.begin() as conn:  # given: a row an hour old, failed, and no slot to be had
+        conn.execute(update(_N).where(_N.c.id == nid).values(created_at=datetime.now(UTC) - timedelta(hours=1),
+                                                               state=State.FAILED.value))
+    resend(h.runtime.engine, TENANT, [nid], actor="test")
+    mailbox_key = h.runtime.resolver.resolve_many([TENANT])[TENANT].mailbox_key
+    h.runtime.run(h.runtime.throttle.block(mailbox_key, 60_000))
+
+    h.send([nid])
+
+    [row] = h.rows([nid])
+    assert (row.state, row.attempts) == (State.RETRY_WAIT.value, 0)  # waits: its age counts from the resend
 
 
 def test_sender_stops_a_lane_at_a_429_and_requeues_its_rest(make_harness: Any, redis_url: str) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import structlog
 
 from shared.clock import as_utc
+from shared.holds import place_hold
 from shared.metrics import metrics
 from shared.models import TERMINAL_STATES, State
 from worker.delivery import Sender
@@ -55,6 +56,7 @@ def _deliver(runtime: Runtime, ids: Sequence[str]) -> dict[str, int]:
             # Still sending: keep the claim alive so the sweeper never mistakes us for dead.
             renew_leases(runtime.engine, [r.id for r in rows], claimed_by, s.send_lease_ms)
     write_outcomes(runtime.engine, outcomes, claimed_by)
+    _hold_tenants(runtime, outcomes)
     # Once an outcome is recorded the row's fate is in the database; its send mark is no longer needed.
     runtime.submit(runtime.marks.clear([o.row.id for o in outcomes if o.state is not State.SENDING]))
     _observe_latency(outcomes, time.time())
@@ -63,6 +65,15 @@ def _deliver(runtime: Runtime, ids: Sequence[str]) -> dict[str, int]:
         counts[o.state.value] = counts.get(o.state.value, 0) + 1
     log.debug("batch.done", claimed=len(rows), asked=len(ids), **counts)
     return counts
+
+
+def _hold_tenants(runtime: Runtime, outcomes: Sequence[RowOutcome]) -> None:
+    """A row the policy held holds the rest of its tenant's queue (shared.holds)."""
+    held = {o.row.tenant_id: o for o in outcomes if o.state is State.HELD and o.attempts}
+    for tenant_id, o in held.items():
+        last = o.attempts[-1]
+        place_hold(runtime.engine, runtime.settings, tenant_id, code=last.error_code or "",
+                   message=last.error_message, until_ms=o.next_attempt_ms, version=o.provider_version)
 
 
 def _observe_latency(outcomes: Sequence[RowOutcome], now: float) -> None:

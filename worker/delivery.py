@@ -309,7 +309,7 @@ class Sender:
                 records: tuple[AttemptRecord, ...]) -> RowOutcome:
         now = time.time()
         d = decide(event, attempts=row.attempts + len(records), ambiguous_count=row.ambiguous_count,
-                   age_s=now - row.created_at.timestamp(), now_ms=int(now * 1000), settings=self._settings)
+                   age_s=now - row.age_start.timestamp(), now_ms=int(now * 1000), settings=self._settings)
         if d.code is not None and d.label is not None:  # the policy says why itself (MaxAgeExceeded)
             records += (AttemptRecord(started_at=datetime.now(UTC), outcome=d.label, error_code=d.code,
                                       error_message=d.message),)

@@ -2,10 +2,14 @@
 
     202                                    -> sent
     401 InvalidAuthenticationToken         -> AuthenticationExpired (new token, resend once)
-    429 / 503 / 500 / 502 / connect error  -> retry with Retry-After, else exponential backoff
+    429 / 503 / 500 / 502 / connect error  -> retry with Retry-After, else capped exponential backoff,
+                                              until `max_age_s` (no attempt count ends them)
     504 / timeout / reset after sending    -> ambiguous: `ambiguous_policy` decides
-    ErrorAccessDenied, ErrorInvalidUser, MailboxNotEnabledForRESTAPI, ErrorInvalidRecipients,
-    ErrorSendAsDenied, ErrorMessageSizeExceeded, other 4xx, AADSTS token errors -> failed, never retried
+    AADSTS7000215/7000222/700016/65001/7000112/…, ErrorAccessDenied, ErrorSendAsDenied,
+    MailboxNotEnabledForRESTAPI (the tenant's configuration is broken)
+                                           -> held until a provider save, failed past `hold_max_s`
+    ErrorInvalidUser, ErrorInvalidRecipients, ErrorMessageSizeExceeded, other 4xx, other AADSTS token
+    errors                                 -> failed, never retried
 
 The platform default's SMTP relay (transport.smtp maps its replies into the same tree):
 
@@ -14,17 +18,21 @@ The platform default's SMTP relay (transport.smtp maps its replies into the same
     5xx, AUTH refused                      -> failed, never retried
     connection lost once DATA began        -> ambiguous: `ambiguous_policy` decides
 
-`compute_backoff` is pure; attempts are capped by `max_attempts` and by `max_age_s`.
+`compute_backoff` is pure (full jitter under a cap). Transient failures (throttling included) retry
+until the row is `max_age_s` old: an outage of Graph or Entra ID of any length shorter than that fails
+nothing. Only the ambiguous rule still counts attempts (`max_attempts`).
 
 Outcome policy: `decide()` is the one place that maps what happened to a row (an `Event`) to its
 next state, when it is due again and how the attempt is labelled. Delivery, the relay path and the
-sweeper all ask it; none of them decides on its own. New rules (holds, breakers, quotas) go here.
+sweeper all ask it; none of them decides on its own. Holds and time-based retries live here;
+new rules (breakers, quotas) go here too.
 
     Attempted(error)          a token was asked for or a request went out; `error` None = accepted
     Requeued(delay_ms)        the row never left (no slot in time, mailbox blocked, Redis down):
                               retry_wait after the delay, no attempt spent; failed past the maximum age
     WorkerLost(evidence)      the sweeper found its worker dead; the send marks say how far it got:
                               never started -> queued; accepted -> sent; maybe sent -> ambiguous rule
+    HoldExpired()             the sweeper found a held row past `hold_max_s`: failed, its code kept
 """
 
 from __future__ import annotations
@@ -51,12 +59,27 @@ from worker.sendmarks import Evidence
 
 _TRANSIENT_STATUSES = {408, 429, 500, 502, 503}
 _AMBIGUOUS_STATUSES = {504}
+# Configuration errors: every notification of the tenant would fail the same way until an admin fixes
+# the app, its credential, its consent or the mailbox's permissions, so they wait instead of failing.
+HOLD_CODES = frozenset({
+    "AADSTS7000215",  # invalid client secret (often the secret's ID pasted instead of its Value)
+    "AADSTS7000222",  # client secret expired
+    "AADSTS700027",   # certificate assertion refused (expired or unknown certificate)
+    "AADSTS700016",   # application not found in the tenant
+    "AADSTS65001",    # admin consent missing
+    "AADSTS7000112",  # application disabled
+    "AADSTS7000229",  # no service principal for the app in the tenant
+    "AADSTS500011",   # resource principal (Graph) not found in the tenant
+    "ErrorAccessDenied", "ErrorSendAsDenied", "MailboxNotEnabledForRESTAPI",
+    Code.RBAC_SCOPE_DENIED.value, Code.RBAC_PROPAGATING.value,
+})
 
 
 def compute_backoff(attempt: int, *, base_ms: int, cap_ms: int, rng: random.Random | None = None) -> int:
-    """Full-jitter exponential backoff in ms for the given 1-based attempt number."""
+    """Full-jitter exponential backoff in ms for the given 1-based attempt number: uniform in
+    [1, min(cap, base * 2^(attempt-1))], so retries of many rows after one outage spread out."""
     ceiling = min(cap_ms, base_ms * (2 ** max(0, min(attempt - 1, 30))))
-    return int((rng or random).uniform(ceiling / 2, ceiling))
+    return max(1, int((rng or random).uniform(0, ceiling)))
 
 
 def classify(resp: GraphResponse) -> DeliveryError | None:
@@ -106,7 +129,12 @@ class WorkerLost:
     evidence: Evidence
 
 
-Event = Attempted | Requeued | WorkerLost
+@dataclass(frozen=True, slots=True)
+class HoldExpired:
+    """A held row's configuration was not fixed within `hold_max_s`."""
+
+
+Event = Attempted | Requeued | WorkerLost | HoldExpired
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -145,15 +173,21 @@ def decide(
         return _requeued(event, ambiguous_count, age_s, now_ms, settings)
     if isinstance(event, WorkerLost):
         return _worker_lost(event, attempts, ambiguous_count, now_ms, settings)
+    if isinstance(event, HoldExpired):
+        return Decision(state=State.FAILED, next_attempt_ms=now_ms, ambiguous_count=ambiguous_count,
+                        message=f"held {settings.hold_max_s / 3600:g} h without the configuration being fixed")
     error = event.error
     label = attempt_label(event)
     if error is None:
         return Decision(state=State.SENT, next_attempt_ms=now_ms, ambiguous_count=ambiguous_count, label=label)
     if isinstance(error, AmbiguousOutcome):
         return _ambiguous(label, attempts, ambiguous_count, age_s, now_ms, settings, rng)
+    if isinstance(error, PermanentError) and error.code in HOLD_CODES:
+        return Decision(state=State.HELD, next_attempt_ms=now_ms + int(settings.hold_max_s * 1000),
+                        ambiguous_count=ambiguous_count, label=label)
     if isinstance(error, PermanentError) or not isinstance(error, TransientError | AuthenticationExpired):
         return Decision(state=State.FAILED, next_attempt_ms=now_ms, ambiguous_count=ambiguous_count, label=label)
-    if attempts >= settings.max_attempts or age_s >= settings.max_age_s:
+    if age_s >= settings.max_age_s:  # time-based: however many attempts a transient failure took
         return Decision(state=State.FAILED, next_attempt_ms=now_ms, ambiguous_count=ambiguous_count, label=label)
     return Decision(state=State.RETRY_WAIT, next_attempt_ms=now_ms + retry_delay_ms(error, attempts, settings, rng),
                     ambiguous_count=ambiguous_count, label=label)

@@ -63,6 +63,12 @@ class ClaimedRow:
     ambiguous_count: int
     possible_duplicate: bool
     created_at: datetime
+    age_from: datetime | None = None  # a resend or a hold's release; the maximum age counts from here
+
+    @property
+    def age_start(self) -> datetime:
+        """Where the retry policy's maximum age counts from."""
+        return self.age_from or self.created_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +114,7 @@ def claim(engine: Engine, ids: Sequence[str], claimed_by: str, lease_ms: int, no
                 dispatch_lease_until_ms=None,
                 updated_at=datetime.now(UTC))
         .returning(_N.c.id, _N.c.tenant_id, _N.c.payload, _N.c.attempts, _N.c.ambiguous_count,
-                   _N.c.possible_duplicate, _N.c.created_at)
+                   _N.c.possible_duplicate, _N.c.created_at, _N.c.age_from)
     )
     with engine.begin() as conn:
         return [ClaimedRow(*r) for r in conn.execute(stmt).all()]

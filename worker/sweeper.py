@@ -4,7 +4,8 @@ A row stays `sending` only while its worker renews the send lease. Once the leas
 send marks (`worker.sendmarks`) say how far the send got, `worker.retry_policy.decide` says what
 follows (`WorkerLost(evidence)`), and the outcomes are written with `worker.store.write_outcomes`
 as a batch writes its own, onto rows still held by the dead worker whose lease is still expired.
-Run by the dispatcher's leader once a second.
+Run by the dispatcher's leader once a second. It also fails held rows whose hold ran out
+(`HoldExpired`), keeping the code that placed the hold.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 
 from shared.models import Notification, State
 from shared.settings import Settings
-from worker.retry_policy import WorkerLost, decide
+from worker.retry_policy import HoldExpired, WorkerLost, decide
 from worker.sendmarks import Evidence, classify
 from worker.store import AttemptRecord, ClaimedRow, RowOutcome, write_outcomes
 
@@ -37,6 +38,7 @@ class Sweeper:
 
     def sweep(self, now_ms: int) -> int:
         """Recover rows whose worker lease expired by `now_ms`; returns how many were found."""
+        self.expire_holds(now_ms)
         with self._engine.connect() as conn:
             lost = conn.execute(
                 select(_N.c.id, _N.c.tenant_id, _N.c.claimed_by, _N.c.ambiguous_count, _N.c.attempts,
@@ -56,6 +58,19 @@ class Sweeper:
         log.warning("sweeper.recovered", requeued=counts[Evidence.NEVER_STARTED],
                     ambiguous=counts[Evidence.MAYBE_SENT], sent=counts[Evidence.ACCEPTED])
         return len(lost)
+
+    def expire_holds(self, now_ms: int) -> int:
+        """Fail held rows whose hold ran out by `now_ms`, keeping their code; returns how many."""
+        d = decide(HoldExpired(), attempts=0, ambiguous_count=0, age_s=0.0, now_ms=now_ms, settings=self._s)
+        with self._engine.begin() as conn:
+            expired = conn.execute(
+                update(_N).where(_N.c.state == State.HELD.value, _N.c.next_attempt_ms <= now_ms)
+                .values(state=d.state.value, next_attempt_ms=d.next_attempt_ms, last_error_message=d.message,
+                        updated_at=datetime.now(UTC))
+            ).rowcount or 0
+        if expired:
+            log.warning("sweeper.holds_expired", failed=expired)
+        return expired
 
     def _outcome(self, r: Any, evidence: Evidence, now_ms: int) -> RowOutcome:
         row = ClaimedRow(r.id, r.tenant_id, {}, r.attempts, r.ambiguous_count, r.possible_duplicate, r.created_at)

@@ -1,0 +1,81 @@
+"""A broken configuration holds a tenant's queue; a provider save releases it. Real workers, the emulator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from emulator.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_SENDER, DEMO_TENANT_ID
+from shared.events import recent_events
+from shared.holds import HELD_EVENT, RELEASED_EVENT
+from shared.models import Notification
+from shared.providers import save_graph_provider
+from tests.stack import Stack, wait_until
+
+ADMIN = "it-admin@example.org"
+NOTIFICATIONS = 8
+
+
+def _configure(stack: Stack, secret: str) -> int:
+    return save_graph_provider(stack.engine, stack.box, "acme", sender_address=DEMO_SENDER, sender_name="Governance",
+                               azure_tenant=DEMO_TENANT_ID, client_id=DEMO_CLIENT_ID, client_secret=secret,
+                               admin_contact_email=ADMIN)
+
+
+def _held(stack: Stack, ids: list[str]) -> bool:
+    return set(stack.states(ids).values()) == {"held"}
+
+
+def test_wrong_secret_holds_the_queue_and_a_provider_save_sends_each_once(make_stack: Any, emulator: Any) -> None:
+    # given: a tenant whose saved secret is the secret's ID, not its Value
+    stack = make_stack()
+    _configure(stack, "the-secret-id-not-its-value")
+    ids = [stack.producer.enqueue("acme", {"to": [f"user{i}@example.org"], "subject": f"Review {i}",
+                                           "body": "Please review."}) for i in range(NOTIFICATIONS)]
+    stack.start_workers(1, concurrency=4)
+
+    # when: the workers meet AADSTS7000215
+    wait_until(lambda: _held(stack, ids), timeout_s=60, what="every notification held")
+
+    # then: nothing failed or was sent; the admin was told once, by an event and an email
+    rows = [stack.notification(nid) for nid in ids]
+    assert {r["last_error_code"] for r in rows} == {"AADSTS7000215"}
+    token_attempts = sum(len(stack.attempts(nid)) for nid in ids)
+    assert 1 <= token_attempts < NOTIFICATIONS * 2
+    [mail] = wait_until(lambda: [m for m in emulator.smtp_messages() if m["rcpt_tos"] == [ADMIN]],
+                        what="the hold email to the admin")
+    assert "AADSTS7000215" in str(mail) and emulator.outbox() == []
+    held_events = [e for e in recent_events(stack.engine, "acme") if e["kind"] == HELD_EVENT]
+    assert [e["code"] for e in held_events] == ["AADSTS7000215"]
+
+    # when: the admin saves the right secret
+    _configure(stack, DEMO_CLIENT_SECRET)
+
+    # then: every held notification is sent, once each, and the release is on record
+    assert set(stack.wait_terminal(ids).values()) == {"sent"}
+    outbox = [m["x_headers"].get("X-Tenantmail-Notification-Id") for m in emulator.outbox()]
+    assert sorted(outbox) == sorted(ids)
+    kinds = [e["kind"] for e in recent_events(stack.engine, "acme") if e["kind"] in (HELD_EVENT, RELEASED_EVENT)]
+    assert kinds == [RELEASED_EVENT, HELD_EVENT]
+    assert len([m for m in emulator.smtp_messages() if m["rcpt_tos"] == [ADMIN]]) == 1
+    print(f"hold: {NOTIFICATIONS} notifications, {token_attempts} failed token attempts before the hold, "
+          f"1 email, then {len(outbox)} sent")
+
+
+def test_an_expired_hold_fails_its_rows_with_the_original_code(make_stack: Any, emulator: Any) -> None:
+    # given: holds that last a moment
+    stack = make_stack(TENANTMAIL_HOLD_MAX_S="0.5")
+    _configure(stack, "the-secret-id-not-its-value")
+    ids = [stack.producer.enqueue("acme", {"to": [f"user{i}@example.org"], "subject": "hi"}) for i in range(3)]
+
+    # when: the workers hold them and nobody fixes the configuration
+    stack.start_workers(1)
+
+    # then: the sweeper fails them with the code that held them
+    assert set(stack.wait_terminal(ids).values()) == {"failed"}
+    n = Notification.__table__  # type: ignore[attr-defined]
+    with stack.engine.connect() as conn:
+        codes = set(conn.execute(select(n.c.last_error_code).where(n.c.id.in_(ids))).scalars())
+    assert codes == {"AADSTS7000215"}
+    assert emulator.outbox() == []
