@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tenantmail launcher: creates .venv on first use (pip install -e '.[dev]'), then runs
 #   ./tm demo          the embedded stack sending sample notifications (the main command)
-#   ./tm test [args]   the whole check: ruff, mypy, then pytest (args go to pytest)
+#   ./tm test [args]   the whole check: ruff, mypy, lint-imports, hadolint, promtool, then pytest (args go to pytest)
 #   ./tm <command>     any `tenantmail` subcommand (worker, dispatcher, migrate, emulator, activity)
 set -euo pipefail
 cd "$(dirname "$0")"
