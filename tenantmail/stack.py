@@ -156,14 +156,16 @@ class ProcessStack:
         with self.engine.connect() as conn:
             return int(conn.scalar(select(func.count()).where(_N.c.state.in_(TERMINAL_STATES))) or 0)
 
-    def wait_terminal(self, ids: list[str], timeout_s: float = 60.0) -> dict[str, str]:
-        """Wait until every notification is sent, failed or ambiguous; returns their states."""
+    def wait_terminal(self, ids: list[str], timeout_s: float = 60.0,
+                      settled: tuple[str, ...] = TERMINAL_STATES) -> dict[str, str]:
+        """Wait until every notification is in a `settled` state (by default sent, failed or ambiguous);
+        returns their states."""
         def done() -> dict[str, str] | None:
             dead = [p for p in self.workers() if p.poll() is not None]
             if dead and len(dead) == len(self.workers()):
                 raise AssertionError(f"every worker exited\n{self.logs(tail_chars=4000)}")
             states = self.states(ids)
-            return states if len(states) == len(ids) and all(s in TERMINAL_STATES for s in states.values()) else None
+            return states if len(states) == len(ids) and all(s in settled for s in states.values()) else None
         try:
             return wait_until(done, timeout_s=timeout_s, what=f"{len(ids)} notifications to finish")  # type: ignore[no-any-return]
         except AssertionError as exc:

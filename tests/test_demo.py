@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -27,5 +28,6 @@ def test_demo_runs_without_redis_server_on_the_path(tmp_path: Path) -> None:
     # then it delivers through its own Redis-compatible server and the emulator
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "emulator outbox: 5 message(s) accepted by Graph, 1 by the SMTP relay" in done.stdout
+    assert re.search(r"^contoso-ceo +held +1 ", done.stdout, re.M), done.stdout  # held for its admin, not failed
     assert "Traceback" not in done.stderr
     assert (tmp_path / "var" / "tenantmail.db").exists()
