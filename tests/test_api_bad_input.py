@@ -33,6 +33,8 @@ WRITE_ENDPOINTS: dict[str, dict[str, Any] | None] = {
     "POST /v1/email-provider/test": {"to": "ana@example.org"},
     "POST /v1/notifications": MESSAGE,
     "POST /v1/notifications:batch": {"items": [MESSAGE]},
+    "POST /v1/notifications:retry": None,
+    "POST /v1/notifications/{id}:retry": None,
     "POST /v1/webhooks": {"url": "https://hooks.acme.example/h"},
     "PATCH /v1/webhooks/{id}": {"description": "d"},
     "DELETE /v1/webhooks/{id}": None,
