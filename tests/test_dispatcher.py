@@ -3,15 +3,19 @@ a real database and a real Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as redis_async
 from sqlalchemy import Engine, select, update
 
 from shared.db import make_engine
@@ -20,8 +24,9 @@ from shared.producer import Producer
 from shared.settings import Settings
 from tests.stack import ROOT, wait_until
 from worker.dispatcher import Dispatcher
-from worker.sendmarks import ACCEPTED_MARK, EPOCH_KEY, mark_key
-from worker.store import claim
+from worker.sendmarks import ACCEPTED_MARK, EPOCH_KEY, SendMarks, mark_key
+from worker.store import AttemptRecord, RowOutcome, claim, write_outcomes
+from worker.throttle import MailboxThrottle, Slot
 
 _N = Notification.__table__  # type: ignore[attr-defined]
 _A = DeliveryAttempt.__table__  # type: ignore[attr-defined]
@@ -246,6 +251,57 @@ def test_dispatcher_sweep_requeues_lost_row_never_sent(env: Env) -> None:
     assert (row.state, row.send_lease_until_ms, row.claimed_by) == (State.QUEUED.value, None, None)
     assert row.possible_duplicate is False and row.attempts == 0 and row.ambiguous_count == 0
     assert row.next_attempt_ms <= sweep_ms
+    assert _attempts(env, nid) == []
+
+
+def test_dispatcher_sweep_fences_a_requeued_row_off_from_the_slow_worker_that_still_holds_it(
+        env: Env, redis_url: str) -> None:
+    # given: a row claimed by a worker that is slow, not dead: its lease ran out before its send began
+    [nid] = _enqueue(env, "acme", 1)
+    env.redis.set(EPOCH_KEY, EPOCH)
+    sweep_ms = _claim_expired(env, [nid])
+    old_claim = f"host:123/{EPOCH}"
+
+    # when: the sweeper puts it back in the queue, and another batch claims it
+    env.make()[0].sweeper.sweep(sweep_ms)
+    new_claim = f"host:456/{EPOCH}"
+    assert [c.id for c in claim(env.engine, [nid], new_claim, 60_000, _now_ms())] == [nid]
+
+    # then: the slow worker can start it neither through Graph nor through the relay; the new claim can
+    async def starts() -> tuple[Slot, bool, Slot, bool]:
+        r = redis_async.Redis.from_url(redis_url)
+        try:
+            throttle, marks = MailboxThrottle(r, limit=4, lease_ms=10_000), SendMarks(r)
+            lane = uuid.uuid4().hex
+            assert (await throttle.try_acquire("app:mbx@contoso.example", lane)).granted
+            old_graph = await throttle.begin_send("app:mbx@contoso.example", lane, nid, claim=old_claim)
+            old_relay = await marks.mark_started(nid, claim=old_claim)
+            new_graph = await throttle.begin_send("app:mbx@contoso.example", lane, nid, claim=new_claim)
+            after = await marks.mark_started(nid, claim=old_claim)  # the new claim's mark replaced the fence
+            return old_graph, old_relay, new_graph, after
+        finally:
+            await r.aclose()
+    old_graph, old_relay, new_graph, after = asyncio.run(starts())
+    assert (old_graph.granted, old_graph.fenced, old_relay) == (False, True, False)
+    assert (new_graph.granted, new_graph.fenced) == (True, False)
+    assert after is True
+
+
+def test_dispatcher_sweep_outcome_of_a_row_another_claim_holds_writes_no_attempt(env: Env) -> None:
+    # given: a row the sweeper took from a slow worker and another batch claimed
+    [nid] = _enqueue(env, "acme", 1)
+    env.redis.set(EPOCH_KEY, EPOCH)
+    sweep_ms = _claim_expired(env, [nid])
+    env.make()[0].sweeper.sweep(sweep_ms)
+    [row] = claim(env.engine, [nid], f"host:456/{EPOCH}", 60_000, _now_ms())
+
+    # when: the slow worker writes an outcome for it after all
+    record = AttemptRecord(started_at=datetime.now(UTC), outcome="sent", http_status=202)
+    written = write_outcomes(env.engine, [RowOutcome(row, State.SENT, 0, (record,), False, 0)], f"host:123/{EPOCH}")
+
+    # then: nothing of it lands: the row is the new claim's, with no attempt row
+    assert written == 0
+    assert (_row(env, nid).state, _row(env, nid).claimed_by) == (State.SENDING.value, f"host:456/{EPOCH}")
     assert _attempts(env, nid) == []
 
 

@@ -6,6 +6,7 @@ import concurrent.futures
 import os
 import socket
 import time
+import uuid
 from collections.abc import Sequence
 
 import structlog
@@ -24,7 +25,7 @@ log = structlog.get_logger(__name__)
 
 
 def worker_name() -> str:
-    """host:pid, as recorded in claimed_by and on attempt rows."""
+    """host:pid, the start of claimed_by and of the worker recorded on attempt rows."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -39,13 +40,14 @@ def deliver_batch(runtime: Runtime, ids: Sequence[str]) -> dict[str, int]:
 
 def _deliver(runtime: Runtime, ids: Sequence[str]) -> dict[str, int]:
     s = runtime.settings
-    # Send marks are trusted only within the Redis epoch the rows were claimed in.
-    claimed_by = f"{worker_name()}/{current_epoch(runtime.redis_sync)}"
+    # Send marks are trusted only within the Redis epoch the rows were claimed in; the batch id makes
+    # the claim this batch's alone, so the sweeper can fence a row off from it (worker.sendmarks).
+    claimed_by = f"{worker_name()}:{uuid.uuid4().hex[:8]}/{current_epoch(runtime.redis_sync)}"
     rows = claim(runtime.engine, ids, claimed_by, s.send_lease_ms, int(time.time() * 1000))
     if not rows:
         return {}
     providers = runtime.resolver.resolve_many(r.tenant_id for r in rows)
-    sender = Sender(runtime.graph, runtime.tokens, runtime.throttle, runtime.marks, s, runtime.smtp)
+    sender = Sender(runtime.graph, runtime.tokens, runtime.throttle, runtime.marks, s, runtime.smtp, claim=claimed_by)
     pending = runtime.submit(sender.send_all(rows, providers))
     renew_every_s = s.send_lease_ms / 3000
     while True:

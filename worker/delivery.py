@@ -66,7 +66,8 @@ class Sender:
     """Delivers claimed rows through their tenants' providers."""
 
     def __init__(self, graph: GraphClient, tokens: TokenProvider, throttle: MailboxThrottle, marks: SendMarks,
-                 settings: Settings, smtp: SmtpRelayClient | None = None) -> None:
+                 settings: Settings, smtp: SmtpRelayClient | None = None, *, claim: str = "") -> None:
+        self._claim = claim  # the batch's claimed_by: the sweeper fences rows off from it (worker.sendmarks)
         self._graph = graph
         self._tokens = tokens
         self._throttle = throttle
@@ -117,7 +118,8 @@ class Sender:
                                  sender_name=provider.sender_name, reply_to=provider.reply_to,
                                  notification_id=row.id)
         # The sweeper must count a row of a worker that dies from here on as possibly sent.
-        await self._marks.mark_started(row.id)
+        if not await self._marks.mark_started(row.id, claim=self._claim):
+            return self._lost(row)
         progress.append("sending")
         t0 = time.perf_counter()
         try:
@@ -210,7 +212,9 @@ class Sender:
             raise  # nothing asked of Entra ID: the row goes back without spending an attempt
         except (TokenError, TransientError) as exc:
             return self._attempted(row, provider, exc, started=started, stage=Stage.TOKEN), _GO
-        slot = await self._throttle.begin_send(provider.mailbox_key, lane_id, row.id)
+        slot = await self._throttle.begin_send(provider.mailbox_key, lane_id, row.id, claim=self._claim)
+        if slot.fenced:
+            return self._lost(row), _GO
         if slot.granted and (blocked_ms := self._throttle.local_block_ms(provider.mailbox_key)):
             # a 429 reached this process while Redis answered
             slot = Slot(granted=False, wait_ms=blocked_ms, blocked=True)
@@ -287,6 +291,13 @@ class Sender:
             await self._throttle.release(mailbox_key, lease_id)
         except Exception:
             log.warning("throttle.release_failed", mailbox=mailbox_key, exc_info=True)
+
+    @staticmethod
+    def _lost(row: ClaimedRow) -> RowOutcome:
+        """The sweeper took the row back while it waited here (this worker looked dead): it is not
+        sent, and nothing is written for it (`write_outcomes` skips rows left `sending`)."""
+        log.warning("send.claim_lost", notification_id=row.id, tenant_id=row.tenant_id)
+        return RowOutcome(row, State.SENDING, 0, (), row.possible_duplicate, row.ambiguous_count)
 
     def _unexpected(self, row: ClaimedRow, provider: Provider, exc: Exception, *, left: bool) -> RowOutcome:
         """The top boundary of a send: Redis down before the request left sends the row back

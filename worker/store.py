@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
 import structlog
-from sqlalchemy import Connection, CursorResult, Engine, and_, bindparam, delete, insert, select, text, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, insert, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError, OperationalError
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
@@ -172,11 +172,38 @@ def write_outcomes(engine: Engine, outcomes: Sequence[RowOutcome], claimed_by: s
 
 def _write_outcomes(engine: Engine, outcomes: Sequence[RowOutcome], claimed_by: str,
                     lease_expired_by_ms: int | None) -> int:
+    # A row left `sending` is one this batch lost to the sweeper before sending it: nothing to write.
+    outcomes = [o for o in outcomes if o.state is not State.SENDING]
     if not outcomes:
         return 0
     now = datetime.now(UTC)
     updates = [_update_params(o, now) for o in outcomes]
-    attempts = [_attempt_params(o, a, i, claimed_by) for o in outcomes for i, a in enumerate(o.attempts)]
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # One statement per table for the whole batch instead of one per row: most of the
+            # worker's database time at full throughput.
+            matched = _pg_update_outcomes(conn, updates, now, claimed_by, lease_expired_by_ms)
+        else:
+            matched = _update_outcomes(conn, updates, now, claimed_by, lease_expired_by_ms)
+        # Attempts and webhook events only for rows still ours: a row the sweeper took back (or
+        # another claim finished) keeps the record its new owner writes, not a second one.
+        ours = [o for o in outcomes if o.row.id in matched]
+        attempts = [_attempt_params(o, a, i, claimed_by) for o in ours for i, a in enumerate(o.attempts)]
+        if attempts:
+            if conn.dialect.name == "postgresql":
+                _pg_insert_attempts(conn, attempts)
+            else:
+                conn.execute(insert(_A), attempts)
+        emit_outcome_events(conn, ours)  # webhooks: in this transaction (worker.webhook_events)
+    if len(matched) < len(updates):
+        log.warning("outcomes.lost_claims", expected=len(updates), matched=len(matched), worker=claimed_by)
+    return len(matched)
+
+
+def _update_outcomes(conn: Connection, updates: Sequence[dict[str, Any]], now: datetime,
+                     claimed_by: str, lease_expired_by_ms: int | None) -> set[str]:
+    """The outcome updates one row at a time (SQLite: local, and UPDATE ... RETURNING has no
+    executemany); returns the ids still ours."""
     guard = [_N.c.id == bindparam("b_id"), _N.c.state == State.SENDING.value,
              _N.c.claimed_by == bindparam("b_claimed_by")]
     if lease_expired_by_ms is not None:
@@ -193,25 +220,9 @@ def _write_outcomes(engine: Engine, outcomes: Sequence[RowOutcome], claimed_by: 
                 last_error_message=bindparam("last_error_message"),
                 graph_request_id=bindparam("graph_request_id"), sent_at=bindparam("sent_at"),
                 provider_version=bindparam("provider_version"), sender=bindparam("sender"), updated_at=now)
+        .returning(_N.c.id)
     )
-    for u in updates:
-        u["b_claimed_by"] = claimed_by
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            # One statement per table for the whole batch instead of one per row: most of the
-            # worker's database time at full throughput.
-            result = _pg_update_outcomes(conn, updates, now, claimed_by, lease_expired_by_ms)
-            if attempts:
-                _pg_insert_attempts(conn, attempts)
-        else:
-            result = conn.execute(stmt, updates)
-            if attempts:
-                conn.execute(insert(_A), attempts)
-        emit_outcome_events(conn, outcomes, now)  # webhooks: in this transaction (worker.webhook_events)
-    matched = result.rowcount if result.rowcount is not None and result.rowcount >= 0 else len(updates)
-    if matched < len(updates):
-        log.warning("outcomes.lost_claims", expected=len(updates), matched=matched, worker=claimed_by)
-    return matched
+    return {nid for u in updates for nid in conn.execute(stmt, u | {"b_claimed_by": claimed_by}).scalars()}
 
 
 def _pg_arrays(table: Any, rows: Sequence[dict[str, Any]], names: Sequence[str]) -> tuple[str, dict[str, Any]]:
@@ -229,16 +240,18 @@ def _pg_source(table: Any, names: tuple[str, ...]) -> str:
 
 
 def _pg_update_outcomes(conn: Connection, updates: Sequence[dict[str, Any]], now: datetime,
-                        claimed_by: str, lease_expired_by_ms: int | None) -> CursorResult[Any]:
-    names = [n for n in updates[0] if n != "b_claimed_by"]
+                        claimed_by: str, lease_expired_by_ms: int | None) -> set[str]:
+    names = list(updates[0])
     source, params = _pg_arrays(_N, updates, names)
     sets = ", ".join(f"{n} = v.{n}" for n in names if n != "b_id")
     expired = "" if lease_expired_by_ms is None else " AND n.send_lease_until_ms <= :expired_by"
-    return conn.execute(text(
+    result = conn.execute(text(
         f"UPDATE notification AS n SET {sets}, send_lease_until_ms = NULL, dispatch_lease_until_ms = NULL, "
         f"claimed_by = NULL, updated_at = :now "
-        f"FROM {source} WHERE n.id = v.b_id AND n.state = 'sending' AND n.claimed_by = :claimed_by{expired}"
+        f"FROM {source} WHERE n.id = v.b_id AND n.state = 'sending' AND n.claimed_by = :claimed_by{expired} "
+        f"RETURNING n.id"
     ), params | {"now": now, "claimed_by": claimed_by, "expired_by": lease_expired_by_ms})
+    return set(result.scalars())
 
 
 def _pg_insert_attempts(conn: Connection, attempts: Sequence[dict[str, Any]]) -> None:

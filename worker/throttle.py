@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from transport.redis_errors import redis_boundary
-from worker.sendmarks import MARK_TTL_S, STARTED_MARK, mark_key
+from worker.sendmarks import MARK_TTL_S, STARTED_MARK, fence_mark, mark_key
 
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -39,6 +39,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local blocked = tonumber(redis.call('GET', KEYS[2]) or '0')
 if blocked > now then return {0, blocked - now, 1} end
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return {0, 0, 2} end
+if redis.call('GET', KEYS[4]) == ARGV[6] then return {0, 0, 4} end
 local pace = tonumber(ARGV[3])
 if pace > 0 then
   local nxt = tonumber(redis.call('GET', KEYS[3]) or '0')
@@ -67,6 +68,7 @@ class Slot:
     granted: bool
     wait_ms: int = 0
     blocked: bool = False
+    fenced: bool = False  # the sweeper gave the row back to the queue: this claim must not send it
 
 
 class MailboxThrottle:
@@ -113,12 +115,14 @@ class MailboxThrottle:
             ok, wait_ms, reason = await self._acquire(keys=keys, args=[lease_id, self._lease_ms, self._limit])
         return Slot(granted=bool(ok), wait_ms=int(wait_ms), blocked=reason == 1)
 
-    async def begin_send(self, mailbox_key: str, lease_id: str, notification_id: str) -> Slot:
+    async def begin_send(self, mailbox_key: str, lease_id: str, notification_id: str, *, claim: str = "") -> Slot:
         """Right before a send on a held slot: check the mailbox is not blocked, apply pacing,
         renew the slot's lease and set the notification's send mark, in one round trip.
 
-        Not granted when blocked (`blocked`), when pacing asks to wait (`wait_ms`), or when the
-        slot's lease was lost (then `wait_ms` is 0 and the caller must acquire again).
+        Not granted when blocked (`blocked`), when pacing asks to wait (`wait_ms`), when the
+        sweeper fenced the row off from this `claim` (`fenced`: the row is no longer this
+        worker's to send), or when the slot's lease was lost (then `wait_ms` is 0 and the
+        caller must acquire again).
         """
         if blocked_ms := self.local_block_ms(mailbox_key):
             return Slot(granted=False, wait_ms=blocked_ms, blocked=True)
@@ -126,8 +130,9 @@ class MailboxThrottle:
                 f"tm:mbx:{mailbox_key}:pace", mark_key(notification_id)]
         with redis_boundary("mailbox slots"):
             ok, wait_ms, reason = await self._mark(
-                keys=keys, args=[lease_id, self._lease_ms, self._pacing_ms, MARK_TTL_S, STARTED_MARK])
-        return Slot(granted=bool(ok), wait_ms=int(wait_ms), blocked=reason == 1)
+                keys=keys, args=[lease_id, self._lease_ms, self._pacing_ms, MARK_TTL_S, STARTED_MARK,
+                                 fence_mark(claim)])
+        return Slot(granted=bool(ok), wait_ms=int(wait_ms), blocked=reason == 1, fenced=reason == 4)
 
     async def acquire(self, mailbox_key: str, lease_id: str, *, max_wait_ms: int) -> Slot:
         """Wait up to max_wait_ms for a slot; a Retry-After block returns at once (never slept out)."""

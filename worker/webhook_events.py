@@ -1,36 +1,29 @@
 """The notification.* webhook events of a batch's outcomes, written in the outcome transaction.
 
-Only final outcomes (sent, failed, ambiguous) are events, and only those this write recorded: a row
-whose claim was lost (its `updated_at` is not this write's) is someone else's to report.
+Only final outcomes (sent, failed, ambiguous) are events, and `write_outcomes` passes only the rows
+its update matched: a row whose claim was lost is someone else's to report.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
-from shared.models import TERMINAL_STATES, Notification
+from shared.models import TERMINAL_STATES
 from shared.webhooks import Event, emit, subscribed_tenants
 
 if TYPE_CHECKING:
     from worker.store import RowOutcome
 
-_N = Notification.__table__  # type: ignore[attr-defined]
-
-
-def emit_outcome_events(conn: Connection, outcomes: Sequence[RowOutcome], now: datetime) -> None:
+def emit_outcome_events(conn: Connection, outcomes: Sequence[RowOutcome]) -> None:
     """Inside write_outcomes' transaction: one event per final outcome of a tenant with an endpoint."""
     final = {o.row.id: o for o in outcomes if o.state.value in TERMINAL_STATES}
     tenants = subscribed_tenants(conn, (o.row.tenant_id for o in final.values()))
     final = {nid: o for nid, o in final.items() if o.row.tenant_id in tenants}
-    if not final:
-        return
-    recorded = set(conn.scalars(select(_N.c.id).where(_N.c.id.in_(sorted(final)), _N.c.updated_at == now)))
-    emit(conn, [Event(o.row.tenant_id, f"notification.{o.state.value}", _data(o))
-                for nid, o in final.items() if nid in recorded])
+    if final:
+        emit(conn, [Event(o.row.tenant_id, f"notification.{o.state.value}", _data(o)) for o in final.values()])
 
 
 def _data(o: RowOutcome) -> dict[str, object]:
