@@ -38,7 +38,7 @@ from benchmarks.private_pg import PrivatePostgres, private_postgres
 from shared.models import DeliveryAttempt, Notification
 from shared.producer import EnqueueItem, Producer
 from shared.redis_client import sync_client
-from worker.sendmarks import mark_key
+from worker.sendmarks import FENCE_PREFIX, mark_key
 
 _N = Notification.__table__  # type: ignore[attr-defined]
 _A = DeliveryAttempt.__table__  # type: ignore[attr-defined]
@@ -221,10 +221,11 @@ class ChaosRun:
             try:
                 with self.bench.engine.connect() as conn:
                     ids = list(conn.scalars(select(_N.c.id).where(
-                        _N.c.state == "sending", _N.c.claimed_by.like(f"%:{pid}/%"))))
+                        _N.c.state == "sending", _N.c.claimed_by.like(f"%:{pid}:%/%"))))  # host:pid:batch/epoch
             except OperationalError:
                 ids = []
-            started = sum(v is not None for v in self.redis.mget([mark_key(i) for i in ids])) if ids else 0
+            marks = self.redis.mget([mark_key(i) for i in ids]) if ids else []
+            started = sum(v is not None and not _text(v).startswith(FENCE_PREFIX) for v in marks)
             found = {"sending_rows": len(ids), "sends_started": started}
             if started:
                 break
@@ -274,8 +275,11 @@ class ChaosRun:
     def _settle(self, ids: set[str]) -> float | None:
         deadline = time.monotonic() + self.size.settle_timeout_s
         while time.monotonic() < deadline:
-            if self.bench.terminal_count() >= len(ids):
-                return self._elapsed()
+            try:
+                if self.bench.terminal_count() >= len(ids):
+                    return self._elapsed()
+            except OperationalError:  # a pooled connection the PostgreSQL restart ended: the next one is new
+                pass
             time.sleep(0.5)
         return None
 
@@ -436,3 +440,7 @@ def main(args: argparse.Namespace) -> int:
     sys.stdout.write(json.dumps(result, default=str) + "\n" if args.json else text_report(result))
     print(f"wrote {path} (worker logs in {stem}-logs/)", file=sys.stderr)
     return 0 if result["ok"] else 1
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
