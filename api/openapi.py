@@ -64,6 +64,9 @@ _DOMAIN_CHECKS = {"type": ["object", "null"], "description": "SPF, DKIM (Graph s
 _SETUP_GUIDE = {"type": "object", "required": ["client_id", "senders", "cloud", "steps"], "properties": {
     "client_id": {"type": "string"}, "senders": {"type": "array", "items": {"type": "string"}},
     "cloud": {"enum": sorted(CLOUDS)}, "portal": {"type": "string"}, "graph_host": {"type": "string"},
+    "enterprise_app_object_id": {"type": ["string", "null"], "description": "the app's service principal object id "
+                                 "when read from Graph at the last save, else null (step register says how to "
+                                 "find it)"},
     "steps": {"type": "array", "items": {"type": "object", "required": ["id", "title", "text", "commands"],
                                          "properties": {"id": {"type": "string"}, "title": {"type": "string"},
                                                         "text": {"type": "array", "items": {"type": "string"}},

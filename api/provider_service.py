@@ -20,7 +20,7 @@ from api.context import ApiContext
 from api.credentials import Credentials, acquire_token
 from api.errors import ApiError, not_found
 from api.keys import Principal
-from api.onboarding import domain_report
+from api.onboarding import domain_report, remember_enterprise_app
 from api.provider_input import ProviderInput, parse_provider
 from shared.certificates import CertificateCredential, parse_certificate_pem
 from shared.clock import as_utc
@@ -109,6 +109,7 @@ async def save(ctx: ApiContext, who: Principal, body: object, *, expected_versio
                         certificate.pem if certificate else secret or "",
                         "certificate" if certificate else "secret")
     token = await _checked(ctx, who, creds)
+    await remember_enterprise_app(ctx, who.tenant_id, creds, token)
     if secret is not None and expires_at is None:
         expires_at = await _expiry_from_graph(ctx, creds, token, secret)
         source = "graph" if expires_at else None
@@ -139,9 +140,9 @@ async def restore(ctx: ApiContext, who: Principal, version: int, *,
         except ConfigurationError:
             raise ApiError(422, "version_unusable", f"version {version}: its credential can no longer be "
                            "decrypted (encryption key retired); save the credential again", field="version") from None
-        await _checked(ctx, who, Credentials(source.azure_tenant or "", source.client_id or "",
-                                             resolve_cloud(source.cloud, ctx.settings), credential,
-                                             source.credential_type or "secret"))
+        creds = Credentials(source.azure_tenant or "", source.client_id or "",
+                            resolve_cloud(source.cloud, ctx.settings), credential, source.credential_type or "secret")
+        await remember_enterprise_app(ctx, who.tenant_id, creds, await _checked(ctx, who, creds))
     new = await _stored(ctx, lambda: restore_version(ctx.engine, ctx.box, source, created_by=who.actor,
                                                      expected_version=expected_version))
     _log.info("provider.restored", version=new, restored_from=version)

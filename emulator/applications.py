@@ -1,4 +1,5 @@
-"""Graph route: GET /v1.0/applications(appId='{appId}') — an app registration's credentials.
+"""Graph routes: GET /v1.0/applications(appId='{appId}') — an app registration's credentials — and
+GET /v1.0/servicePrincipals(appId='{appId}') — its enterprise application (service principal) in the tenant.
 
 What tenantmail reads to learn a client secret's expiry when the admin did not enter it. Each
 secret is listed with `hint` (its first 3 characters), `keyId`, `displayName`, `startDateTime` and
@@ -6,6 +7,12 @@ secret is listed with `hint` (its first 3 characters), `keyId`, `displayName`, `
 `endDateTime`, `type` and `usage`. The token must carry `Application.Read.All` (or
 `Application.ReadWrite.All`) in `roles`, else 403 `Authorization_RequestDenied`; an unknown app is 404
 `Request_ResourceNotFound` (Microsoft Graph directory error shapes).
+
+The service principal's `id` is the enterprise application's object id, which Exchange's
+`New-ServicePrincipal -ObjectId` needs (not the app registration's). Microsoft documents that "a service
+principal can retrieve its own application and service principal details without being granted any
+application permissions" (serviceprincipal-get); with `directory_self_read` on, the app may read its own
+objects without a role (off by default: the stricter answer, which tenantmail must handle).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -33,12 +41,21 @@ _KEY_NAMESPACE = uuid.UUID("0b5e3f0e-8a52-4f43-9a3c-1f0c2d4e5a6b")
 
 async def get_application(request: web.Request) -> web.Response:
     """Answer GET /v1.0/applications(appId='…'), honouring `$select`."""
+    return _answer(request, application_resource)
+
+
+async def get_service_principal(request: web.Request) -> web.Response:
+    """Answer GET /v1.0/servicePrincipals(appId='…'), honouring `$select`."""
+    return _answer(request, service_principal_resource)
+
+
+def _answer(request: web.Request, resource: Callable[[App], dict[str, Any]]) -> web.Response:
     emu: Emulator = request.app[EMULATOR_KEY]
     request_id = emu.ids.new()
     client_request_id = request.headers.get("client-request-id") or request_id
     request[NOTE_KEY].update(request_id=request_id)
     try:
-        body = _application(emu, request)
+        body = resource(_app(emu, request))
     except GraphReply as reply:
         return graph_error(reply.problem, request_id=request_id, client_request_id=client_request_id,
                            now=emu.clock.now(), **reply.fields)
@@ -49,28 +66,37 @@ async def get_application(request: web.Request) -> web.Response:
     return web.Response(status=200, headers=headers, body=orjson.dumps(body))
 
 
-def _application(emu: Emulator, request: web.Request) -> dict[str, Any]:
+def _app(emu: Emulator, request: web.Request) -> App:
     check = emu.tokens.check(request.headers.get("Authorization"), emu.clock.now())
     if check.problem is not None:
         raise GraphReply(_TOKEN_PROBLEMS[check.problem])
     claims = check.claims or {}
-    if not READ_ROLES & set(claims.get("roles") or ()):
+    app_id = request.match_info["app_id"].lower()
+    itself = emu.config.directory_self_read and str(claims.get("appid") or claims.get("azp") or "").lower() == app_id
+    if not itself and not READ_ROLES & set(claims.get("roles") or ()):
         raise GraphReply("directory_denied")
     tenant = emu.directory.tenant(str(claims.get("tid", "")))
-    app_id = request.match_info["app_id"].lower()
     app = tenant.apps.get(app_id) if tenant is not None else None
     if app is None:
         raise GraphReply("directory_not_found", ident=app_id)
-    return application_resource(app)
+    return app
+
+
+def _directory_object(collection: str, object_id: str, app: App) -> dict[str, Any]:
+    return {"@odata.context": f"https://graph.microsoft.com/v1.0/$metadata#{collection}/$entity", "id": object_id,
+            "appId": app.client_id, "displayName": app.display_name}
+
+
+def service_principal_resource(app: App) -> dict[str, Any]:
+    """The Graph `servicePrincipal` resource of an app's enterprise application in the tenant."""
+    return {**_directory_object("servicePrincipals", app.service_principal_id, app),
+            "servicePrincipalType": "Application", "accountEnabled": True}
 
 
 def application_resource(app: App) -> dict[str, Any]:
     """The Graph `application` resource of an app registration (credentials without their values)."""
     return {
-        "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#applications/$entity",
-        "id": app.object_id,
-        "appId": app.client_id,
-        "displayName": app.display_name,
+        **_directory_object("applications", app.object_id, app),
         "passwordCredentials": [
             {"customKeyIdentifier": None, "displayName": s.id or None, "endDateTime": _iso(s.expires_at),
              "hint": s.value[:3], "keyId": str(uuid.uuid5(_KEY_NAMESPACE, f"{app.client_id}/{s.id}/{s.value}")),

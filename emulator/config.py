@@ -15,6 +15,7 @@ MUTABLE_FIELDS = frozenset(
         "rbac_denied_code",
         "rbac_denied_message",
         "no_permissions_in_token",
+        "directory_self_read",
         "token_lifetime_s",
         "refresh_in_s",
         "mailbox_concurrency",
@@ -90,6 +91,9 @@ class EmulatorConfig:
     # A token with no application permission at all and no RBAC grant: 403 ErrorAccessDenied (False) or
     # 401 NoPermissionsInAccessToken (True; listed in error-code lists, UNVERIFIED for sendMail).
     no_permissions_in_token: bool = False
+    # Graph's applications and servicePrincipals routes: Microsoft documents that an app may read its own
+    # objects without any application permission (serviceprincipal-get); off = Application.Read.All needed.
+    directory_self_read: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def updated(self, changes: dict[str, Any]) -> EmulatorConfig:

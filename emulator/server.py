@@ -103,6 +103,7 @@ class Emulator:
         r.add_post("/{tenant}/oauth2/v2.0/token", entra.token)
         r.add_post(r"/v1.0/users/{user}/{action:(microsoft\.graph\.)?[sS]end[mM]ail}", graph.send_mail)
         r.add_get("/v1.0/applications(appId='{app_id}')", applications.get_application)
+        r.add_get("/v1.0/servicePrincipals(appId='{app_id}')", applications.get_service_principal)
         return app
 
     async def start(self) -> None:
@@ -171,6 +172,8 @@ def _route_name(path: str) -> str:
         return "sendMail"
     if "/applications(" in path:
         return "applications"
+    if "/servicePrincipals(" in path:
+        return "servicePrincipals"
     if "discovery" in path or "well-known" in path:
         return "discovery"
     return "other"

@@ -33,7 +33,9 @@ class Code(StrEnum):
     WORKER_LOST = "WorkerLost"
     MAX_AGE_EXCEEDED = "MaxAgeExceeded"
     INTERNAL_ERROR = "InternalError"
-    # Exchange RBAC for Applications: which kind of ErrorAccessDenied (chosen by shared.access_diagnosis)
+    # Which kind of ErrorAccessDenied (chosen by shared.access_diagnosis): an Application Access Policy,
+    # or Exchange RBAC for Applications
+    ACCESS_POLICY_DENIED = "AccessPolicyDenied"
     RBAC_SCOPE_DENIED = "RbacScopeDenied"
     RBAC_PROPAGATING = "RbacPropagating"
     MAIL_SEND_TENANT_WIDE = "MailSendTenantWide"

@@ -197,12 +197,14 @@ _BY_CODE.update({
         "Run Test-ServicePrincipalAuthorization -Identity <client id> -Resource <sender>: no row means no "
         "assignment (New-ManagementRoleAssignment -App <client id> -Role \"Application Mail.Send\" "
         "-CustomResourceScope <scope>); InScope False means widen the scope's recipient filter or use a sender "
-        "inside it; InScope True means the change is still propagating (up to 2 hours)."),
+        "inside it; InScope True means the change is still propagating (up to 2 hours). Held notifications go "
+        "out when the settings are saved again."),
     Code.RBAC_PROPAGATING: Diagnosis(
         "The app's Exchange RBAC for Applications grant was changed recently and Exchange still caches the old "
         "one (30 minutes for an idle app, up to 2 hours for an active one).",
         "Check with Test-ServicePrincipalAuthorization -Identity <client id> -Resource <sender> (it bypasses the "
-        "cache): InScope True means wait and Send test again; InScope False means fix the scope."),
+        "cache): InScope True means wait and Send test again, then save the settings to send what is held; "
+        "InScope False means fix the scope."),
     Code.MAIL_SEND_TENANT_WIDE: Diagnosis(
         "Mail.Send is consented tenant-wide in Entra ID: Exchange RBAC for Applications grants add to it, so an "
         "RBAC scope restricts nothing and the app can send as any mailbox.",
@@ -232,6 +234,7 @@ _POLICY = Diagnosis(
     "The sender mailbox is outside the app's Application Access Policy.",
     "Add the sender to the policy's mail-enabled security group (or use a sender inside it), then check with "
     "Test-ApplicationAccessPolicy -Identity <sender> -AppId <client id>; changes can take an hour to apply.")
+_BY_CODE[Code.ACCESS_POLICY_DENIED] = _POLICY  # the worker records the refusal under this code
 
 
 def diagnose(code: str | None, message: str | None = None) -> Diagnosis | None:

@@ -52,6 +52,7 @@ class ResolvedProvider:
     cloud: Cloud
     credential: str = field(repr=False)
     credential_type: str = "secret"
+    saved_at: datetime | None = None  # when this version was saved (Exchange may still be applying a change)
 
     @property
     def token_key(self) -> str:
@@ -310,6 +311,7 @@ class ProviderResolver:
                 sender_name=row.sender_name, reply_to=row.reply_to, azure_tenant=row.azure_tenant,
                 client_id=row.client_id, cloud=resolve_cloud(row.cloud, self._settings),
                 credential=self._box.decrypt(row.secret_enc), credential_type=row.credential_type or "secret",
+                saved_at=as_utc(row.created_at) if row.created_at else None,
             )
         except ProviderError as exc:
             return exc

@@ -4,20 +4,33 @@ correctly scoped sender; sender-domain checks against a real DNS server on loopb
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from emulator.demo import DEMO_CEO, DEMO_CLIENT_ID, DEMO_SENDER, DEMO_TENANT_ID
 from emulator.directory import derived_id
+from shared.settings import Settings
 from shared.setup_guide import ENTERPRISE_APP_OBJECT_ID
 from tests.api_harness import ApiServer
 from tests.dns_server import DROP_DOMAIN, SERVFAIL_DOMAIN, DnsServer
 from tests.emulator.test_exchange_rbac import _without_entra_mail_send
 from tests.test_api_provider import form
+from tests.test_api_redis_down import PrivateRedis
 
 # What the admin copies from Entra > Enterprise applications > the app > Object ID.
 ENTERPRISE_APP = derived_id("enterprise-application", DEMO_CLIENT_ID)
+
+
+@pytest.fixture
+def stoppable_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A Redis of this test alone, which it may stop midway."""
+    server = PrivateRedis(tmp_path / "redis")
+    yield server
+    server.stop()
 
 
 def _steps(api: ApiServer, **query: Any) -> dict[str, dict[str, Any]]:
@@ -71,6 +84,57 @@ def test_the_guides_rbac_commands_give_a_sender_scoped_to_itself(api: ApiServer,
     assert refused["result"] == "failed" and refused["code"] == "ErrorAccessDenied"
     assert "Test-ServicePrincipalAuthorization" in refused["diagnosis"]["fix"]
     assert emulator.outbox(mailbox=DEMO_CEO) == []
+
+
+def test_the_guide_fills_in_the_enterprise_app_read_from_graph_and_its_commands_work_as_shown(
+        api: ApiServer, emulator: Any) -> None:
+    # Given an app without Mail.Send that may read its own service principal (Application.Read.All)
+    _without_entra_mail_send(emulator, roles=["Application.Read.All"])
+    assert api.client("acme").put("/v1/email-provider", json=form()).status_code == 200
+
+    guide = api.client("acme", "viewer").get("/v1/email-provider/setup").json()
+    steps = {s["id"]: s for s in guide["steps"]}
+
+    # Then step 4 carries the enterprise application's object id, not a placeholder nor the registration's
+    assert guide["enterprise_app_object_id"] == ENTERPRISE_APP
+    assert steps["rbac"]["commands"][1] == (f'New-ServicePrincipal -AppId "{DEMO_CLIENT_ID}" -ObjectId '
+                                            f'"{ENTERPRISE_APP}" -DisplayName "tenantmail sender"')
+    assert not any("<" in c for c in steps["rbac"]["commands"]) and steps["register"]["commands"] == []
+    assert derived_id("app-registration", DEMO_CLIENT_ID) not in repr(guide)
+    # and the commands, pasted exactly as shown, give a sender scoped to itself
+    assert _apply(emulator, steps["rbac"]["commands"])[-1][0]["InScope"] is True
+    assert _send_test(api)["result"] == "sent"
+    assert any(r.get("route") == "servicePrincipals" for r in emulator.requests_log())
+
+
+def test_without_a_readable_service_principal_the_guide_says_where_to_find_it(api: ApiServer,
+                                                                               emulator: Any) -> None:
+    # The demo app holds Mail.Send only: Graph refuses its service principal (403 Authorization_RequestDenied)
+    assert api.client("acme").put("/v1/email-provider", json=form()).status_code == 200
+    guide = api.client("acme", "viewer").get("/v1/email-provider/setup").json()
+    steps = {s["id"]: s for s in guide["steps"]}
+
+    assert guide["enterprise_app_object_id"] is None
+    assert f'-ObjectId "{ENTERPRISE_APP_OBJECT_ID}"' in steps["rbac"]["commands"][1]
+    assert steps["register"]["commands"] == ['Connect-MgGraph -Scopes "Application.Read.All"',
+                                             f"(Get-MgServicePrincipal -Filter \"appId eq '{DEMO_CLIENT_ID}'\").Id"]
+    text = " ".join(steps["register"]["text"])
+    assert "Enterprise applications" in text and "All applications" in text and "not the app registration" in text
+    refused = [r for r in emulator.requests_log() if r.get("route") == "servicePrincipals"]
+    assert refused and refused[-1]["status"] == 403
+
+
+def test_the_emulator_lets_an_app_read_its_own_service_principal_when_configured(emulator: Any) -> None:
+    url = f"{emulator.graph_base_url}/servicePrincipals(appId='{DEMO_CLIENT_ID}')"
+    token = emulator.mint_token(tid=DEMO_TENANT_ID, appid=DEMO_CLIENT_ID, roles=["Mail.Send"])
+    with requests.Session() as http:
+        http.trust_env, http.verify = False, str(emulator.ca_path)
+        ask = lambda: http.get(url, params={"$select": "id"}, headers={"Authorization": f"Bearer {token}"},  # noqa: E731
+                               timeout=30)
+        assert ask().json()["error"]["code"] == "Authorization_RequestDenied"
+        emulator.set_config(directory_self_read=True)  # as Microsoft documents for an app's own objects
+        assert ask().json() == {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#servicePrincipals/"
+                                "$entity", "id": ENTERPRISE_APP}
 
 
 def test_the_guides_access_policy_commands_scope_the_sender(api: ApiServer, emulator: Any) -> None:
@@ -163,3 +227,35 @@ def test_domain_checks_are_cached(api: ApiServer, dns_server: DnsServer) -> None
     again = viewer.get("/v1/email-provider").json()["domain_checks"]
 
     assert again == first and dns_server.asked("nested.example") == asked
+
+
+def test_domain_checks_are_shared_between_api_processes_through_redis(
+        make_api: Callable[[Settings], ApiServer], api_settings: Settings, dns_server: DnsServer) -> None:
+    # Given two API servers on one Redis (each with its own in-process cache)
+    first, second = make_api(api_settings), make_api(api_settings)
+    first.client("acme").put("/v1/email-provider", json=form(sender_address="alerts@nested.example"))
+    report = first.client("acme", "viewer").get("/v1/email-provider").json()["domain_checks"]
+    asked = dns_server.asked("nested.example")
+
+    # When the other one shows the configuration
+    again = second.client("acme", "viewer").get("/v1/email-provider").json()["domain_checks"]
+
+    # Then it shows the same report without asking DNS again
+    assert again == report and dns_server.asked("nested.example") == asked
+
+
+def test_domain_checks_fail_open_when_redis_is_down(make_api: Callable[[Settings], ApiServer],
+                                                    api_settings: Settings, dns_server: DnsServer,
+                                                    stoppable_redis: PrivateRedis) -> None:
+    private_redis = stoppable_redis
+    api = make_api(api_settings.model_copy(update={"redis_url": private_redis.url}))
+    admin = api.client("acme")
+    assert admin.put("/v1/email-provider", json=form(sender_address="alerts@nested.example")).status_code == 200
+    private_redis.stop()
+
+    document = admin.get("/v1/email-provider").json()  # looked up once, kept in the process
+    asked = dns_server.asked("nested.example")
+    assert {r["check"] for r in document["domain_checks"]["results"]} == {"spf", "dkim", "dmarc"}
+    assert admin.get("/v1/email-provider").json()["domain_checks"] == document["domain_checks"]
+    assert dns_server.asked("nested.example") == asked
+    assert admin.get("/v1/email-provider/setup").status_code == 200  # the guide's Redis read fails open too

@@ -226,6 +226,13 @@ def test_browser_walks_the_setup_guide_sees_the_dns_results_and_restores_a_versi
     expect(rbac).to_contain_text("PrimarySmtpAddress -eq 'alerts@broken.example'")
     expect(page.locator("#step-permission")).to_contain_text("cancels the scope")
     expect(page.locator("#step-propagation")).to_contain_text("30 minutes to 2 hours")
+    # the demo app may not read its service principal: step 1 says where its Object ID is, with the lookup to copy
+    register = page.locator("#step-register")
+    expect(register).to_contain_text("not the app registration's Object ID")
+    expect(register.locator("pre.command").nth(1)).to_have_text(
+        f"(Get-MgServicePrincipal -Filter \"appId eq '{DEMO_CLIENT_ID}'\").Id")
+    expect(register.locator("button.copy")).to_have_count(2)
+    expect(rbac).to_contain_text('-ObjectId "<ENTERPRISE_APP_OBJECT_ID>"')
     command = rbac.locator("pre.command").nth(3)
     rbac.locator("button.copy").nth(3).click()
     expect(rbac.locator("button.copy").nth(3)).to_have_text("Copied")
@@ -242,11 +249,30 @@ def test_browser_walks_the_setup_guide_sees_the_dns_results_and_restores_a_versi
     expect(page.locator("#step-rbac")).to_contain_text("ops@contoso.example")
     screenshot("setup-guide-usgov")
 
-    # Restore version 1: its domain passes every check
+    # The history says who changed what and when
     page.goto(api.base_url + "/ui/email-provider")
+    history = page.locator("#history tr")
+    expect(history).to_have_count(3)  # header + versions 2 and 1
+    expect(history.nth(1)).to_contain_text("sender_address")
+    expect(history.nth(1)).to_contain_text("in force")
+    expect(history.nth(2)).to_contain_text("client_secret")
+    assert re.search(r"\d{4}-\d{2}-\d{2}", history.nth(1).inner_text())
+    actor = history.nth(1).locator("td").nth(3).inner_text()
+    assert actor.strip(), "the history names who saved"
+
+    # Restore version 1: its domain passes every check, and the history records the restore
     page.locator("#restore-1").click()
     expect(page.locator("#restored")).to_contain_text("Restored version 1 as version 3")
     for check in ("spf", "dkim", "dmarc"):
         expect(page.locator(f"#domain-{check}")).to_contain_text("PASS")
     expect(page.locator("#current")).to_contain_text(DEMO_SENDER)
+    expect(page.locator("#history tr").nth(1)).to_contain_text("restored of version 1")
     screenshot("restored")
+
+    # A second admin's restore from a page loaded before that save is told, not applied over it
+    page.goto(api.base_url + "/ui/email-provider")
+    assert admin.put("/v1/email-provider", json={**provider, "sender_name": "Another admin"}).ok  # version 4
+    page.locator("#restore-2").click()
+    expect(page.locator("#restore-error")).to_contain_text("version 4 is in force now")
+    expect(page.locator("#current")).to_contain_text("version 4")
+    screenshot("restore-conflict")

@@ -6,6 +6,7 @@ import pytest
 
 from emulator.entra_errors import CATALOGUE as ENTRA
 from emulator.graph_errors import CATALOGUE as GRAPH
+from shared.access_diagnosis import access_code
 from shared.codes import Code
 from shared.diagnosis import diagnose
 
@@ -87,3 +88,35 @@ def test_diagnose_older_400_for_a_request_over_4_mb_as_too_large() -> None:
     d = diagnose("BadRequest", "The maximum request length supported is 4MB.")
     assert d is not None and d == diagnose("RequestEntityTooLarge") and "3 MB" in d.fix
     assert diagnose("BadRequest", "Unable to read JSON request payload.") != d
+
+
+_RAOP = "Access to OData is disabled: [RAOP] : Blocked by tenant configured AppOnly AccessPolicy settings."
+_DENIED = "Access is denied. Check credentials and try again."
+
+
+@pytest.mark.parametrize(("message", "roles", "age_s", "expected"), [
+    (_RAOP, ["Mail.Send"], None, Code.ACCESS_POLICY_DENIED),     # the policy marker decides, whatever the roles
+    (_RAOP, [], 10.0, Code.ACCESS_POLICY_DENIED),
+    (_DENIED, [], 3 * 3600.0, Code.RBAC_SCOPE_DENIED),           # no Mail.Send: only RBAC could have let it send
+    (_DENIED, ["Application.Read.All"], None, Code.RBAC_SCOPE_DENIED),
+    (_DENIED, [], 60.0, Code.RBAC_PROPAGATING),                  # saved within Exchange's 2 h cache time
+    (_DENIED, ["Mail.Send"], 60.0, None),                        # Mail.Send in the token: Graph's code stands
+    (_DENIED, None, 60.0, None),                                 # roles unknown: nothing more to say
+])
+def test_access_code_tells_policy_scope_and_propagation_apart(message: str, roles: list[str] | None,
+                                                               age_s: float | None, expected: Code | None) -> None:
+    assert access_code("ErrorAccessDenied", message, token_roles=roles, config_age_s=age_s) == expected
+
+
+def test_access_code_leaves_other_codes_alone() -> None:
+    assert access_code("ErrorSendAsDenied", _DENIED, token_roles=[], config_age_s=1.0) is None
+
+
+@pytest.mark.parametrize(("code", "check", "other"), [
+    (Code.ACCESS_POLICY_DENIED, "Test-ApplicationAccessPolicy", "Test-ServicePrincipalAuthorization"),
+    (Code.RBAC_SCOPE_DENIED, "Test-ServicePrincipalAuthorization", "Test-ApplicationAccessPolicy"),
+    (Code.RBAC_PROPAGATING, "Test-ServicePrincipalAuthorization", "Test-ApplicationAccessPolicy"),
+])
+def test_each_recorded_access_code_names_its_own_powershell_check(code: Code, check: str, other: str) -> None:
+    d = diagnose(code)
+    assert d is not None and check in d.fix and other not in d.fix

@@ -69,7 +69,7 @@ def test_access_denied_is_recorded_with_code_held_and_not_retried(make_stack: An
     attempts = stack.attempts(nid)
     assert len(attempts) == 1
     assert attempts[0]["http_status"] == 403
-    assert attempts[0]["error_code"] == "ErrorAccessDenied"
+    assert attempts[0]["error_code"] == "AccessPolicyDenied"  # Graph's ErrorAccessDenied, told apart by [RAOP]
     assert "[RAOP]" in attempts[0]["error_message"]
     assert attempts[0]["request_id"]
     assert emulator.outbox() == []

@@ -75,6 +75,14 @@ def test_classify_401_is_authentication_expired_with_fields() -> None:
         401, "InvalidAuthenticationToken", "req-1", "crid-1")
 
 
+def test_classify_401_no_permissions_in_token_is_permanent_not_a_token_to_renew() -> None:
+    # No new token can carry a permission the app was never given: held like the other access errors
+    err = classify(_resp(401, "NoPermissionsInAccessToken"))
+
+    assert type(err) is PermanentError and err.code == "NoPermissionsInAccessToken"
+    assert _decide(err, attempts=1).state is State.HELD
+
+
 def test_classify_429_is_throttled_carrying_retry_after() -> None:
     err = classify(_resp(429, "ApplicationThrottled", retry_after="2.128"))
 
@@ -149,6 +157,9 @@ def test_decide_permanent_fails_on_first_attempt(error: PermanentError) -> None:
     PermanentError("denied [RAOP]", status=403, code="ErrorAccessDenied"),
     PermanentError("send as denied", status=403, code="ErrorSendAsDenied"),
     PermanentError("not enabled", status=404, code="MailboxNotEnabledForRESTAPI"),
+    PermanentError("ErrorAccessDenied: [RAOP]", status=403, code="AccessPolicyDenied"),
+    PermanentError("ErrorAccessDenied: denied", status=403, code="RbacScopeDenied"),
+    PermanentError("ErrorAccessDenied: denied", status=403, code="RbacPropagating"),
 ])
 def test_decide_configuration_error_holds_until_hold_max(error: PermanentError) -> None:
     d = _decide(error, attempts=1, settings=_settings(hold_max_s=7_200.0))

@@ -20,12 +20,14 @@ from datetime import UTC, datetime
 
 import structlog
 
+from shared.access_diagnosis import access_code
 from shared.codes import Code
 from shared.errors import (
     AmbiguousOutcome,
     AuthenticationExpired,
     DeliveryError,
     NoProviderConfigured,
+    PermanentError,
     ProviderError,
     RedisUnavailable,
     Throttled,
@@ -39,6 +41,7 @@ from shared.models import State
 from shared.providers import PlatformProvider, Provider, ResolvedProvider
 from shared.settings import Settings
 from transport.graph import GraphClient
+from transport.graph_apps import token_roles
 from transport.smtp import SmtpRelayClient
 from transport.tokens import TokenProvider
 from worker import liveness
@@ -272,13 +275,16 @@ class Sender:
                                    mailbox=provider.sender_address))
             return exc
         error = classify(resp)
+        code, message = resp.code, resp.message
+        if (precise := _precise_access_error(error, token, provider)) is not None:
+            error, code, message = precise, precise.code, precise.message
         outcome = attempt_label(Attempted(error))
         metrics.sends.labels(outcome, resp.code or "").inc()
         metrics.graph_latency.observe(resp.latency_ms / 1000)
         records.append(AttemptRecord(
             started_at=started, outcome=outcome,
-            latency_ms=resp.latency_ms, http_status=resp.status, error_code=resp.code,
-            error_message=resp.message, request_id=resp.request_id,
+            latency_ms=resp.latency_ms, http_status=resp.status, error_code=code,
+            error_message=message, request_id=resp.request_id,
             client_request_id=resp.client_request_id, retry_after_s=resp.retry_after_s,
             mailbox=provider.sender_address,
         ))
@@ -347,6 +353,22 @@ class Sender:
 
     def _requeue(self, row: ClaimedRow, provider: Provider, delay_ms: int) -> RowOutcome:
         return self._finish(row, provider, Requeued(delay_ms), ())
+
+
+def _precise_access_error(error: DeliveryError | None, token: str,
+                          provider: ResolvedProvider) -> PermanentError | None:
+    """A 403 ErrorAccessDenied under the code Send test would diagnose it with (an Access Policy, an RBAC
+    scope, a propagating RBAC change: `shared.access_diagnosis`), from the token's roles and the version's
+    save time, without another Graph request; None when there is nothing more precise to say. Graph's code
+    stays in the message; the outcome (held) is the same."""
+    if error is None or error.code != "ErrorAccessDenied":
+        return None
+    age_s = (datetime.now(UTC) - provider.saved_at).total_seconds() if provider.saved_at else None
+    code = access_code(error.code, error.message, token_roles=token_roles(token), config_age_s=age_s)
+    if code is None:
+        return None
+    return PermanentError(f"{error.code}: {error.message}", status=error.status, code=code,
+                          request_id=error.request_id, client_request_id=error.client_request_id)
 
 
 def _record(started: datetime, event: Attempted, *, latency_ms: float | None = None,

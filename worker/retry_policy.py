@@ -5,8 +5,9 @@
     429 / 503 / 500 / 502 / connect error  -> retry with Retry-After, else capped exponential backoff,
                                               until `max_age_s` (no attempt count ends them)
     504 / timeout / reset after sending    -> ambiguous: `ambiguous_policy` decides
-    AADSTS7000215/7000222/700016/65001/7000112/…, ErrorAccessDenied, ErrorSendAsDenied,
-    MailboxNotEnabledForRESTAPI (the tenant's configuration is broken)
+    AADSTS7000215/7000222/700016/65001/7000112/…, ErrorAccessDenied (recorded as AccessPolicyDenied,
+    RbacScopeDenied or RbacPropagating when the token tells which), 401 NoPermissionsInAccessToken,
+    ErrorSendAsDenied, MailboxNotEnabledForRESTAPI (the tenant's configuration is broken)
                                            -> held until a provider save, failed past `hold_max_s`
     ErrorInvalidUser, ErrorInvalidRecipients, ErrorMessageSizeExceeded, other 4xx, other AADSTS token
     errors                                 -> failed, never retried
@@ -71,7 +72,8 @@ HOLD_CODES = frozenset({
     "AADSTS7000229",  # no service principal for the app in the tenant
     "AADSTS500011",   # resource principal (Graph) not found in the tenant
     "ErrorAccessDenied", "ErrorSendAsDenied", "MailboxNotEnabledForRESTAPI",
-    Code.RBAC_SCOPE_DENIED.value, Code.RBAC_PROPAGATING.value,
+    "NoPermissionsInAccessToken",  # 401, but no new token can help: no application permission at all
+    Code.ACCESS_POLICY_DENIED.value, Code.RBAC_SCOPE_DENIED.value, Code.RBAC_PROPAGATING.value,
 })
 
 
@@ -89,7 +91,7 @@ def classify(resp: GraphResponse) -> DeliveryError | None:
     kwargs = dict(status=resp.status, code=resp.code, request_id=resp.request_id,
                   client_request_id=resp.client_request_id, retry_after_s=resp.retry_after_s)
     message = resp.message or f"HTTP {resp.status}"
-    if resp.status == 401:
+    if resp.status == 401 and resp.code != "NoPermissionsInAccessToken":
         return AuthenticationExpired(message, **kwargs)  # type: ignore[arg-type]
     if resp.status == 429:
         return Throttled(message, **kwargs)  # type: ignore[arg-type]
