@@ -7,26 +7,16 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import insert, select, update
 
+from shared import models
 from shared.db import make_engine
-from shared.models import (
-    DeliveryAttempt,
-    Notification,
-    NotificationRecipient,
-    State,
-    WebhookAttempt,
-    WebhookDelivery,
-    WebhookEvent,
-)
 from shared.producer import Producer
 from shared.settings import Settings
 from worker.store import purge_finished
 
-_N = Notification.__table__  # type: ignore[attr-defined]
-_A = DeliveryAttempt.__table__  # type: ignore[attr-defined]
-_R = NotificationRecipient.__table__  # type: ignore[attr-defined]
-_WE = WebhookEvent.__table__  # type: ignore[attr-defined]
-_WD = WebhookDelivery.__table__  # type: ignore[attr-defined]
-_WA = WebhookAttempt.__table__  # type: ignore[attr-defined]
+State = models.State
+_N, _A, _R, _WE, _WD, _WA = (m.__table__ for m in (  # type: ignore[attr-defined]
+    models.Notification, models.DeliveryAttempt, models.NotificationRecipient, models.WebhookEvent,
+    models.WebhookDelivery, models.WebhookAttempt))
 
 
 def test_purge_removes_old_finished_rows_and_their_attempts_only(database_url: str) -> None:
