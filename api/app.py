@@ -13,14 +13,19 @@ from aiohttp import web
 from sqlalchemy import Engine
 
 from api import (
+    activity_export,
     metrics,
     middleware,
     openapi,
+    page_activity,
+    page_layout,
     routes_activity,
     routes_keys,
     routes_notifications,
     routes_provider,
+    routes_stats,
     routes_webhooks,
+    security,
     web_page,
     web_webhooks,
 )
@@ -44,23 +49,27 @@ def create_app(
             raise ConfigurationError("REDIS_URL is required by the API (rate limits)")
         # Short timeouts and one retry: a producer's request waits little for a Redis that is gone.
         redis = async_client(settings.redis_url, timeout_s=2.0, retries=1)
+    security.hide_server_version()
     api_metrics = metrics.ApiMetrics(engine)
     ctx = ApiContext(settings=settings, engine=engine, box=box or SecretBox.from_settings(settings), redis=redis,
                      executor=ThreadPoolExecutor(max_workers=16, thread_name_prefix="tm-api"),
                      producer=Producer(engine, settings), dns=DnsLookup(settings),
                      domain_cache=DomainCheckCache(settings.domain_check_cache_s),
                      ratelimit_fail_open=api_metrics.ratelimit_fail_open)
-    app = web.Application(middlewares=[metrics.measure, middleware.errors, middleware.auth,
-                                       middleware.known_query],
+    # security.headers is outermost: every answer, errors and redirects included, carries the headers.
+    app = web.Application(middlewares=[security.headers, metrics.measure, middleware.errors, middleware.auth,
+                                       security.csrf, middleware.known_query],
                           client_max_size=settings.api_max_body_bytes,
                           # The setup guide takes up to 10 `sender` addresses in its query: a request line
                           # longer than aiohttp's 8190 bytes must reach our validation (422), not a plain 400.
                           handler_args={"max_line_size": 65536})
     app[CONTEXT] = ctx
     app[metrics.METRICS] = api_metrics
-    for table in (routes_provider.routes, routes_activity.routes, routes_notifications.routes, web_page.routes):
+    for table in (routes_provider.routes, routes_activity.routes, routes_notifications.routes, web_page.routes,
+                  page_layout.routes):
         app.add_routes(table)
-    for table in (routes_webhooks.routes, routes_keys.routes, web_webhooks.routes):  # issue 16
+    for table in (routes_webhooks.routes, routes_keys.routes, web_webhooks.routes,  # issue 16
+                  routes_stats.routes, activity_export.routes, page_activity.routes):
         app.add_routes(table)
     app.router.add_get("/v1/openapi.json", openapi.handler)
     app.router.add_get("/healthz", _health)

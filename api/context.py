@@ -14,7 +14,8 @@ from prometheus_client import Counter
 from sqlalchemy import Engine
 
 from api.errors import ApiError
-from api.keys import Principal
+from api.keys import ALL_TENANTS, Principal
+from shared.errors import ValidationFailed
 from shared.producer import Producer
 from shared.secretbox import SecretBox
 from shared.settings import Settings
@@ -60,4 +61,7 @@ def principal(request: web.Request, permission: str = "read") -> Principal:
         raise ApiError(401, "unauthenticated", "an API key is required (Authorization: Bearer tm_…)")
     if not who.may(permission):
         raise ApiError(403, "forbidden", f"the {who.role} role may not do this ({permission} needed)")
+    if who.tenant_id == ALL_TENANTS and permission != "platform":  # a platform viewer naming no tenant
+        raise ValidationFailed("X-Tenant-Id", "is required with a platform_viewer key, except for the "
+                                              "cross-tenant time series")
     return who

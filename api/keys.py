@@ -5,6 +5,10 @@ services, created from the CLI) is bound to a list of tenants or to all of them,
 tenant it acts for on each request (`X-Tenant-Id`); it may read and enqueue, never administer.
 The key is shown once, when created. Lookups go by the public id and compare digests in constant
 time; an expired or revoked key is refused. `last_used_at` is written at most once a minute per key.
+
+A `platform_viewer` key (the platform's own operators' dashboards, created from the CLI) is bound like
+a service key; it reads only. Without `X-Tenant-Id` it may read the cross-tenant time series (the
+`platform` permission) and nothing else; naming a tenant of its list it reads that tenant as a viewer.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from shared.clock import as_utc
 from shared.errors import ValidationFailed
 from shared.models import ApiKey
 
-ROLES = ("admin", "sender", "viewer", "service")
+ROLES = ("admin", "sender", "viewer", "service", "platform_viewer")
 TENANT_ROLES = ROLES[:3]
+PLATFORM_ROLES = ROLES[3:]  # bound to a list of tenants (or all), not one
 ALL_TENANTS = "*"
 _KEY_RE = re.compile(r"^tm_([a-z0-9]{12})_([A-Za-z0-9_-]{32,64})$")
 _TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
@@ -34,7 +39,7 @@ _LAST_USED_EVERY = timedelta(seconds=60)
 
 # What each role may do; every role may read its tenant's data.
 _ALLOWED = {"admin": {"read", "send", "admin"}, "sender": {"read", "send"}, "viewer": {"read"},
-            "service": {"read", "send"}}
+            "service": {"read", "send"}, "platform_viewer": {"read", "platform"}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,14 +65,16 @@ class Principal:
         tenants (422 without, 403 outside its list); a tenant key may only name its own (403 otherwise)."""
         if named is not None and not _TENANT_RE.fullmatch(named):
             raise ValidationFailed("X-Tenant-Id", "must be 1-64 characters of letters, digits, . _ : -")
-        if self.role != "service":
+        if self.role not in PLATFORM_ROLES:
             if named is not None and named != self.tenant_id:
                 raise ApiError(403, "forbidden", "this key may only act for its own tenant")
             return self
+        if named is None and self.role == "platform_viewer":
+            return self  # across its tenants: api.context.principal lets it use the `platform` permission only
         if named is None:
             raise ValidationFailed("X-Tenant-Id", "is required with a service key (the tenant to act for)")
         if self.tenants is not None and named not in self.tenants:
-            raise ApiError(403, "forbidden", "this service key may not act for that tenant")
+            raise ApiError(403, "forbidden", f"this {self.role} key may not act for that tenant")
         return Principal(self.key_id, named, self.role, self.tenants)
 
 
@@ -86,11 +93,11 @@ def create_key(engine: Engine, tenant_id: str, role: str, *, label: str | None =
                expires_at: datetime | None = None, tenants: list[str] | None = None) -> str:
     """Create a key and return it; only its digest is stored, so this is the one time it is seen.
 
-    A service key takes `tenants` (None: all tenants) instead of `tenant_id`.
+    A service or platform_viewer key takes `tenants` (None: all tenants) instead of `tenant_id`.
     """
     if role not in ROLES:
         raise ValidationFailed("role", f"must be one of {', '.join(ROLES)}")
-    if role == "service":
+    if role in PLATFORM_ROLES:
         tenant_id = ALL_TENANTS
         tenants = [check_tenant(t, "tenants") for t in tenants] if tenants is not None else None
     else:

@@ -15,7 +15,7 @@ from aiohttp import web
 from api import openapi
 from api.context import PRINCIPAL_KEY, context
 from api.errors import ApiError
-from api.keys import authenticate
+from api.keys import PLATFORM_ROLES, authenticate
 from shared.errors import ValidationFailed
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -61,8 +61,8 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     key = _presented_key(request)
     who = await context(request).blocking(authenticate, context(request).engine, key) if key else None
-    if who is not None and who.role == "service" and request.path.startswith("/ui"):
-        who = None  # the page is for a tenant's own people; service keys work through /v1
+    if who is not None and who.role in PLATFORM_ROLES and request.path.startswith("/ui"):
+        who = None  # the page is for a tenant's own people; service and platform keys work through /v1
     if who is None:
         if request.path.startswith("/ui"):
             raise web.HTTPSeeOther("/ui/login")

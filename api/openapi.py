@@ -113,6 +113,25 @@ _MESSAGE = {"type": "object", "additionalProperties": False,
 
 
 _FILTER_TEXT = {"type": "string", "maxLength": 320}
+_COUNT = {"type": "integer", "minimum": 0}
+_LATENCY = {"type": ["number", "null"], "description": "seconds, nearest-rank, of the finished notifications"}
+_SUMMARY_PROPS = {"enqueued": _COUNT, "sent": _COUNT, "failed": _COUNT, "ambiguous": _COUNT, "waiting": _COUNT,
+                  "waiting_by_state": {"type": "object", "additionalProperties": _COUNT,
+                                       "description": "queued, sending, retry_wait, held"},
+                  "latency_p50_s": _LATENCY, "latency_p95_s": _LATENCY}
+_SUMMARY = {"type": "object", "required": list(_SUMMARY_PROPS), "properties": _SUMMARY_PROPS}
+_TIMESERIES = {"type": "object", "required": ["bucket", "since", "until", "series", "by_sender", "total"],
+               "properties": {
+                   "bucket": {"enum": ["1m", "1h"]}, "since": {"type": "string"}, "until": {"type": "string"},
+                   "series": {"type": "array", "items": {"type": "object", "required": ["start", *_SUMMARY_PROPS],
+                                                         "properties": {"start": {"type": "string"},
+                                                                        **_SUMMARY_PROPS}}},
+                   "by_sender": {"type": "array", "items": {"type": "object", "properties": {
+                       "sender": {"type": ["string", "null"]}, **_SUMMARY_PROPS}}},
+                   "by_tenant": {"type": "array", "description": "a platform viewer's answer across tenants",
+                                 "items": {"type": "object", "properties": {"tenant_id": {"type": "string"},
+                                                                            **_SUMMARY_PROPS}}},
+                   "total": _SUMMARY}}
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -172,6 +191,21 @@ def _versioned(op: dict[str, Any], *, if_match: bool = True) -> dict[str, Any]:
     return op
 
 
+_ACTIVITY_FILTERS = [
+    _q("status", {"enum": [s.value for s in State]}), _q("error_code", _FILTER_TEXT),
+    {**_q("recipient", _FILTER_TEXT), "description": "a to, cc or bcc address, exactly (case and surrounding "
+                                                     "spaces aside)"},
+    _q("since", {"type": "string", "format": "date-time"}), _q("until", {"type": "string", "format": "date-time"}),
+    _q("possible_duplicate", {"type": "boolean"})]
+
+
+def _csv_op() -> dict[str, Any]:
+    op = _op("The notifications matching the filters as CSV, newest first, streamed", {}, params=_ACTIVITY_FILTERS)
+    op["responses"]["200"] = {"description": "text/csv, a header line then one line per notification",
+                              "content": {"text/csv": {"schema": {"type": "string"}}}}
+    return op
+
+
 def document() -> dict[str, Any]:
     """The OpenAPI document."""
     from api import openapi_webhooks  # issue 16's paths; imported here as it imports this module's helpers
@@ -211,10 +245,14 @@ def document() -> dict[str, Any]:
                       "properties": {"to": _ADDRESS}},
                 errors=("403", "429"))},
             "/v1/activity": {"get": _op("Notifications, newest first", page, params=[
-                _q("status", {"enum": [s.value for s in State]}), _q("error_code", _FILTER_TEXT),
-                _q("recipient", _FILTER_TEXT), _q("since", {"type": "string", "format": "date-time"}),
-                _q("until", {"type": "string", "format": "date-time"}), _q("cursor", {"type": "string"}),
+                *_ACTIVITY_FILTERS, _q("cursor", {"type": "string"}),
                 _q("limit", {"type": "integer", "minimum": 1, "maximum": 200})])},
+            "/v1/activity/export": {"get": _csv_op()},
+            "/v1/stats/timeseries": {"get": _op(
+                "Per minute or hour, by enqueue time: sent, failed, ambiguous, waiting, p50/p95 latency; by sender. "
+                "A platform_viewer key without X-Tenant-Id: across its tenants", _TIMESERIES, errors=("403",),
+                params=[_q("bucket", {"enum": ["1m", "1h"]}), _q("since", {"type": "string", "format": "date-time"}),
+                        _q("until", {"type": "string", "format": "date-time"}), _q("sender", _FILTER_TEXT)])},
             "/v1/events": {"get": _op("Config changes, credential check failures and test sends", {
                 "type": "object", "properties": {"items": {"type": "array", "items": {"type": "object"}}}},
                 params=[_q("limit", {"type": "integer", "minimum": 1, "maximum": 200})])},

@@ -76,12 +76,22 @@ def activity_filter(q: Mapping[str, str]) -> ActivityFilter:
     status = q.get("status")
     if status is not None and status not in {s.value for s in State}:
         raise ValidationFailed("status", f"must be one of {', '.join(s.value for s in State)}")
-    return ActivityFilter(status=status, error_code=_text(q.get("error_code"), "error_code"),
-                          recipient=_text(q.get("recipient"), "recipient"),
-                          since=_time(q.get("since"), "since"), until=_time(q.get("until"), "until"))
+    return ActivityFilter(status=status, error_code=parse_text(q.get("error_code"), "error_code"),
+                          recipient=parse_text(q.get("recipient"), "recipient"),
+                          since=parse_time(q.get("since"), "since"), until=parse_time(q.get("until"), "until"),
+                          possible_duplicate=_flag(q.get("possible_duplicate"), "possible_duplicate"))
 
 
-def _text(raw: str | None, name: str) -> str | None:
+def _flag(raw: str | None, name: str) -> bool | None:
+    if raw is None:
+        return None
+    if raw not in ("true", "false"):
+        raise ValidationFailed(name, "must be true or false")
+    return raw == "true"
+
+
+def parse_text(raw: str | None, name: str) -> str | None:
+    """A one-line query text (None when absent or empty); ValidationFailed naming `name` otherwise."""
     # No control characters: PostgreSQL cannot even compare a text holding NUL.
     return check_line(raw, name, _MAX_FILTER_CHARS) or None
 
@@ -98,7 +108,8 @@ def _int(raw: str | None, name: str, default: int, low: int, high: int) -> int:
     return value
 
 
-def _time(raw: str | None, name: str) -> datetime | None:
+def parse_time(raw: str | None, name: str) -> datetime | None:
+    """An ISO 8601 query time in UTC (None when absent); ValidationFailed naming `name` otherwise."""
     if raw is None:
         return None
     try:
@@ -153,5 +164,6 @@ def retry_filter(body: Mapping[str, object]) -> ResendFilter:
         if value is not None and not isinstance(value, str):
             raise ValidationFailed(name, "must be a string")
         texts[name] = value
-    return ResendFilter(state=state, error_code=_text(texts["error_code"], "error_code"),
-                        since=_time(texts["since"], "since"), until=_time(texts["until"], "until"), limit=limit)
+    return ResendFilter(state=state, error_code=parse_text(texts["error_code"], "error_code"),
+                        since=parse_time(texts["since"], "since"), until=parse_time(texts["until"], "until"),
+                        limit=limit)

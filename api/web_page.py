@@ -4,15 +4,14 @@ It follows the product document's Steps 5-6: Email provider > Edit > Customer pr
 Graph > the fields > Save (the error inline, the entered values kept, the previous configuration in
 force) > Send test > View activity. No build step; it works without JavaScript, and a few lines of
 it hide the Graph fields while "Platform default" is chosen. The page authenticates with the API key
-kept in an HttpOnly, SameSite=Strict cookie set by a small login form (SameSite=Strict also keeps
-other sites from posting the forms). It calls the same services as the JSON API.
+kept in an HttpOnly, SameSite=Strict cookie set by a small login form; every form also carries a CSRF
+token (api.security). The shell, styles and static files are api.page_layout's. It calls the same
+services as the JSON API.
 """
 
 from __future__ import annotations
 
-import functools
 from html import escape
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -24,8 +23,11 @@ from api.context import context, principal
 from api.errors import ApiError
 from api.keys import authenticate
 from api.middleware import COOKIE
+from api.page_activity import chart_html, last_day
+from api.page_layout import page, scrollable, when
 from api.page_onboarding import domain_html, guide_html
 from api.routes_activity import activity_filter
+from api.security import CSRF_FIELD
 from api.test_send import send_test
 from shared.activity import list_activity
 from shared.clouds import CLOUDS
@@ -45,34 +47,8 @@ _NOT_ECHOED = frozenset({"client_secret", "certificate_pem"})
 _FORM_FIELDS = frozenset({n for n, _ in _FIELDS} | {"certificate_pem", "cloud"})
 _CLOUD_LABELS = {"global": "Global", "usgov_high": "US Government GCC High", "usgov_dod": "US Government DoD",
                  "china": "China (21Vianet)"}
-_STYLE = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto}label{display:block;"
-          "margin:.5rem 0}input[type=text],input[type=password],input[type=email],input[type=datetime-local],"
-          "select,textarea{width:28rem}textarea{height:6rem}fieldset{margin:.5rem 0}.error{color:#b00020}"
-          ".warn{color:#8a5a00}pre.command{background:#f4f4f4;padding:.4rem;white-space:pre-wrap}"
-          ".ok{color:#0a7d28}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2rem .4rem;"
-          "font-size:.9rem}")
-# No inline script: the page's one script is a file (api/static/page.js), which the policy allows.
-_CSP = "default-src 'self'; script-src 'self'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"
-_STATIC = Path(__file__).resolve().parent / "static"
-
-
-def _page(title: str, body: str) -> web.Response:
-    html = (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)} · tenantmail</title>"
-            f"<style>{_STYLE}</style><script src='/static/page.js' defer></script></head><body>"
-            "<nav>Settings &gt; <a href='/ui/email-provider'>Email provider"
-            f"</a> · <a href='/ui/activity'>View activity</a></nav><h1>{escape(title)}</h1>{body}</body></html>")
-    return web.Response(text=html, content_type="text/html", headers={"Content-Security-Policy": _CSP})
-
-
-@routes.get("/static/page.js")
-async def page_script(_request: web.Request) -> web.Response:
-    """The page's script (public, like the login form): hides the Graph fields, adds Copy buttons."""
-    return web.Response(text=_script(), content_type="text/javascript", headers={"Cache-Control": "max-age=300"})
-
-
-@functools.cache
-def _script() -> str:
-    return (_STATIC / "page.js").read_text(encoding="utf-8")
+_page = page
+_when = when
 
 
 @routes.get("/ui/login")
@@ -177,7 +153,7 @@ async def _history_section(request: web.Request, current: dict[str, Any]) -> str
         f"<td>{_when(i['at'] or '')}</td><td>{_restore_button(i['version'], current['version'], who.may('admin'))}"
         "</td></tr>" for i in items)
     return ("<h2>History</h2><table id='history'><tr><th>Version</th><th>Change</th><th>Fields changed</th>"
-            f"<th>By</th><th>When</th><th></th></tr>{rows}</table>")
+            f"<th>By</th><th>When</th><th>Action</th></tr>{rows}</table>")
 
 
 def _restore_button(version: int, in_force: int, admin: bool) -> str:
@@ -194,7 +170,7 @@ def _restore_button(version: int, in_force: int, admin: bool) -> str:
 async def provider_save(request: web.Request) -> web.Response:
     """Save; on failure the form comes back with the error inline and the entered values (not the credentials)."""
     who = principal(request, "admin")
-    form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+    form = {k: v for k, v in (await request.post()).items() if isinstance(v, str) and k != CSRF_FIELD}
     # The certificate is the alternative to the secret: sent only when filled in.
     form = {k: v for k, v in form.items() if k != "certificate_pem" or v.strip()}
     edited = form.pop("version", "")  # the version the form was opened on: a second admin's save is refused
@@ -244,8 +220,9 @@ async def activity_page(request: web.Request) -> web.Response:
     except ValidationFailed as exc:
         page, error = {"items": [], "next_cursor": None}, f"<p class='error' id='filter-error'>{escape(str(exc))}</p>"
     events = await ctx.blocking(lambda: recent_events(ctx.engine, who.tenant_id, limit=20))
-    return _page("Activity", _filters_html(q) + error + _notifications_html(page, q, admin=who.may("admin"))
-                 + _events_html(events))
+    series = await ctx.blocking(last_day, ctx.engine, who.tenant_id)
+    return _page("Activity", chart_html(series) + _filters_html(q) + error
+                 + _notifications_html(page, q, admin=who.may("admin")) + _events_html(events))
 
 
 @routes.post("/ui/activity/retry")
@@ -264,30 +241,37 @@ async def activity_retry(request: web.Request) -> web.Response:
 
 
 def _filters_html(q: Any) -> str:
-    status = q.get("status", "")
+    status, duplicate = q.get("status", ""), q.get("possible_duplicate", "")
     options = "".join(f"<option value='{s.value}'{' selected' if status == s.value else ''}>{s.value}</option>"
                       for s in State)
+    duplicates = "".join(f"<option value='{v}'{' selected' if duplicate == v else ''}>{label}</option>"
+                         for v, label in (("", "any"), ("true", "yes"), ("false", "no")))
     inputs = "".join(f"<label>{label} <input type='{kind}' name='{n}' value='{escape(q.get(n, ''))}'></label>"
-                     for n, label, kind in (("error_code", "Error code", "text"), ("recipient", "Recipient", "text"),
+                     for n, label, kind in (("error_code", "Error code", "text"),
+                                            ("recipient", "Recipient (exact address)", "text"),
                                             ("since", "From (UTC)", "datetime-local"),
                                             ("until", "To (UTC)", "datetime-local")))
-    return (f"<form method='get' id='filters'><label>Status <select name='status'><option value=''>any</option>"
-            f"{options}</select></label>{inputs}<button>Filter</button></form>")
+    return (f"<h2>Notifications</h2><form method='get' id='filters'><label>Status <select name='status'>"
+            f"<option value=''>any</option>{options}</select></label>{inputs}<label>Possible duplicate <select "
+            f"name='possible_duplicate'>{duplicates}</select></label><button>Filter</button></form>")
 
 
 def _notifications_html(page: dict[str, Any], q: Any, *, admin: bool) -> str:
     rows = "".join(
         f"<tr><td>{_when(i['created_at'])}</td><td>{escape(i['state'])}</td><td>{escape(', '.join(i['to']))}"
-        f"</td><td>{escape(i['subject'])}</td><td>{escape(i['last_error_code'] or '')}</td><td>"
+        f"</td><td><a href='/ui/notifications/{escape(i['id'])}'>{escape(i['subject'] or '(no subject)')}</a></td>"
+        f"<td>{escape(i['last_error_code'] or '')}</td><td>"
         f"{escape(i['diagnosis']['cause'] + ' Fix: ' + i['diagnosis']['fix'] if i['diagnosis'] else '')}</td>"
         f"<td>{_retry_button(i) if admin else ''}</td></tr>"
         for i in page["items"])
-    kept = {n: q[n] for n in ("status", "error_code", "recipient", "since", "until") if q.get(n)}
+    kept = {n: q[n] for n in _FILTERS if q.get(n)}
     more = (f"<p><a id='older' href='/ui/activity?{escape(urlencode({**kept, 'cursor': page['next_cursor']}))}'>"
             "Older</a></p>" if page["next_cursor"] else "")
     empty = "" if page["items"] else "<p id='no-notifications'>No notifications match.</p>"
-    return ("<h2>Notifications</h2><table id='notifications'><tr><th>Time</th><th>Status</th><th>Recipient</th>"
-            f"<th>Subject</th><th>Error code</th><th>Diagnosis</th><th></th></tr>{rows}</table>{empty}{more}")
+    export = f"<p><a id='export' href='/ui/activity/export?{escape(urlencode(kept))}'>Export CSV</a></p>"
+    return scrollable("Notifications", (
+        "<table id='notifications'><tr><th>Time</th><th>Status</th><th>Recipient</th><th>Subject</th><th>Error code"
+        f"</th><th>Diagnosis</th><th>Action</th></tr>{rows}</table>")) + f"{empty}{more}{export}"
 
 
 def _retry_button(item: dict[str, Any]) -> str:
@@ -305,11 +289,6 @@ def _events_html(events: list[dict[str, Any]]) -> str:
         "</td></tr>" for e in events)
     return ("<h2>Settings events and test sends</h2><table id='events'><tr><th>Time</th><th>Event</th><th>Code</th>"
             f"<th>Request id</th><th>Detail</th><th>By</th></tr>{rows}</table>")
-
-
-def _when(iso: str) -> str:
-    """An ISO time as `YYYY-MM-DD HH:MM:SS UTC` (the API's times are UTC)."""
-    return escape(f"{iso[:10]} {iso[11:19]} UTC" if len(iso) >= 19 else iso)
 
 
 def _values_of(current: dict[str, Any]) -> dict[str, str]:
@@ -390,6 +369,7 @@ def _fix(error: ApiError) -> str:
     return f"<br>Fix: {escape(diagnosis['fix'])}" if diagnosis else ""
 
 
+_FILTERS = ("status", "error_code", "recipient", "since", "until", "possible_duplicate")
 _ACTIVITY_LINK = "<p><a id='view-activity' href='/ui/activity'>View activity</a></p>"
 
 

@@ -14,9 +14,10 @@ from aiohttp import web
 from api.context import ApiContext, context, principal
 from api.errors import ApiError, not_found
 from api.keys import TENANT_ROLES, create_key, list_keys, revoke_key
+from api.page_layout import page as _page
 from api.routes_keys import key_id, parse_new_key
 from api.routes_webhooks import endpoint_id, webhooks
-from api.web_page import _page
+from api.security import CSRF_FIELD
 from shared.errors import ValidationFailed
 from shared.webhooks import EVENT_TYPES
 
@@ -25,7 +26,7 @@ _ACTIONS = ("rotate", "enable", "disable", "delete", "replay")
 
 
 async def _form(request: web.Request) -> dict[str, str]:
-    return {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+    return {k: v for k, v in (await request.post()).items() if isinstance(v, str) and k != CSRF_FIELD}
 
 
 def _error(exc: Exception) -> str:
@@ -121,12 +122,12 @@ async def _endpoint_html(ctx: ApiContext, tenant_id: str, eid: str, note: str) -
     state = "enabled" if endpoint["enabled"] else f"disabled: {endpoint['disabled_reason'] or ''}"
     return _page("Webhook endpoint", f"{note}<p id='endpoint'>{escape(endpoint['url'])} · {escape(state)}</p>"
                  f"{actions}<h2>Deliveries</h2><table id='deliveries'><tr><th>Time</th><th>Event</th><th>State</th>"
-                 f"<th>Attempts</th><th>Status</th><th>Error</th><th></th></tr>{rows}</table>")
+                 f"<th>Attempts</th><th>Status</th><th>Error</th><th>Action</th></tr>{rows}</table>")
 
 
 def _button(eid: str, action: str, label: str, delivery_id: str = "") -> str:
     hidden = f"<input type='hidden' name='delivery_id' value='{escape(delivery_id)}'>" if delivery_id else ""
-    return (f"<form method='post' action='/ui/webhooks/{escape(eid)}' style='display:inline'><input type='hidden' "
+    return (f"<form method='post' action='/ui/webhooks/{escape(eid)}' class='inline'><input type='hidden' "
             f"name='action' value='{action}'>{hidden}<button>{escape(label)}</button></form>")
 
 
@@ -175,4 +176,4 @@ async def _keys_html(ctx: ApiContext, tenant_id: str, note: str) -> web.Response
             "Expires (optional, UTC) <input type='datetime-local' name='expires_at'></label><button>Create</button>"
             "</form>")
     return _page("API keys", f"{note}<table id='keys'><tr><th>Id</th><th>Role</th><th>Label</th><th>Created</th>"
-                             f"<th>Expires</th><th>Last used</th><th></th></tr>{rows}</table>{form}")
+                             f"<th>Expires</th><th>Last used</th><th>Action</th></tr>{rows}</table>{form}")

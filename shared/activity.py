@@ -13,15 +13,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, String, and_, cast, func, or_, select
+from sqlalchemy import Engine, and_, func, or_, select
 
 from shared.clock import as_utc
 from shared.diagnosis import diagnose
 from shared.errors import ValidationFailed
-from shared.models import DeliveryAttempt, Notification, State
+from shared.models import DeliveryAttempt, Notification, NotificationRecipient, State
+from shared.recipients import normalize
 
 _N = Notification.__table__  # type: ignore[attr-defined]
 _A = DeliveryAttempt.__table__  # type: ignore[attr-defined]
+_R = NotificationRecipient.__table__  # type: ignore[attr-defined]
 _LIST_COLUMNS = (_N.c.id, _N.c.tenant_id, _N.c.state, _N.c.attempts, _N.c.sender, _N.c.last_status,
                  _N.c.last_error_code, _N.c.last_error_message, _N.c.graph_request_id, _N.c.possible_duplicate,
                  _N.c.created_at, _N.c.updated_at, _N.c.sent_at, _N.c.payload)
@@ -29,22 +31,22 @@ _LIST_COLUMNS = (_N.c.id, _N.c.tenant_id, _N.c.state, _N.c.attempts, _N.c.sender
 
 @dataclass(frozen=True, slots=True)
 class ActivityFilter:
-    """Filters of GET /v1/activity; None means "any"."""
+    """Filters of GET /v1/activity; None means "any". `recipient` matches a to, cc or bcc address exactly,
+    whatever its case and surrounding spaces."""
 
     status: str | None = None
     error_code: str | None = None
     recipient: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    possible_duplicate: bool | None = None
 
 
 def list_activity(engine: Engine, tenant_id: str | None, filters: ActivityFilter, *, cursor: str | None,
                   limit: int) -> dict[str, Any]:
     """One page of the tenant's notifications (every tenant's when `tenant_id` is None: the operator's
     view), newest first, and the cursor of the next page."""
-    query = select(*_LIST_COLUMNS).where(*_conditions(filters))
-    if tenant_id is not None:
-        query = query.where(_N.c.tenant_id == tenant_id)
+    query = select(*_LIST_COLUMNS).where(*_conditions(filters, tenant_id))
     if cursor:
         at, nid = decode_cursor(cursor)
         query = query.where(or_(_N.c.created_at < at, and_(_N.c.created_at == at, _N.c.id < nid)))
@@ -57,14 +59,19 @@ def list_activity(engine: Engine, tenant_id: str | None, filters: ActivityFilter
             "next_cursor": encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None}
 
 
-def _conditions(f: ActivityFilter) -> list[Any]:
-    out: list[Any] = []
+def _conditions(f: ActivityFilter, tenant_id: str | None) -> list[Any]:
+    out: list[Any] = [] if tenant_id is None else [_N.c.tenant_id == tenant_id]
     if f.status:
         out.append(_N.c.state == f.status)
     if f.error_code:
         out.append(_N.c.last_error_code == f.error_code)
-    if f.recipient:
-        out.append(func.lower(cast(_N.c.payload, String)).contains(f.recipient.lower(), autoescape=True))
+    if f.recipient:  # through ix_notification_recipient_lookup (tenant_id, address)
+        matching = select(_R.c.notification_id).where(_R.c.address == normalize(f.recipient))
+        if tenant_id is not None:
+            matching = matching.where(_R.c.tenant_id == tenant_id)
+        out.append(_N.c.id.in_(matching))
+    if f.possible_duplicate is not None:
+        out.append(_N.c.possible_duplicate.is_(f.possible_duplicate))
     if f.since:
         out.append(_N.c.created_at >= f.since)
     if f.until:

@@ -176,15 +176,16 @@ class ProviderConfig(SQLModel, table=True):
 class ApiKey(SQLModel, table=True):
     """An API key: its public prefix, the sha256 of the whole key, one tenant and one role.
 
-    A `service` key is not bound to one tenant: its `tenant_id` is "*" and `tenants` lists the tenants
-    it may act for (null: all of them); each request names one (X-Tenant-Id).
+    A `service` or `platform_viewer` key is not bound to one tenant: its `tenant_id` is "*" and `tenants`
+    lists the tenants it may act for (null: all of them); each request names one (X-Tenant-Id), except a
+    platform viewer's reads of the cross-tenant time series.
     """
 
     __tablename__ = "api_key"
 
     id: str = Field(primary_key=True, max_length=16)  # the public prefix shown in `tm_<id>_…`
     tenant_id: str = Field(max_length=64, index=True)
-    role: str = Field(max_length=16)  # "admin" | "sender" | "viewer" | "service"
+    role: str = Field(max_length=16)  # "admin" | "sender" | "viewer" | "service" | "platform_viewer"
     key_sha256: str = Field(max_length=64)
     label: str | None = Field(default=None, max_length=200)
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
@@ -323,3 +324,15 @@ class WebhookAttempt(SQLModel, table=True):
     error: str | None = Field(default=None, max_length=500)
     latency_ms: float | None = None
     worker: str | None = Field(default=None, max_length=100)
+
+
+class NotificationRecipient(SQLModel, table=True):
+    """One normalized (trimmed, lower-cased) address of a notification's to, cc or bcc, written by the
+    producer with the notification: the activity's recipient filter is an exact, indexed match on it."""
+
+    __tablename__ = "notification_recipient"
+    __table_args__ = (Index("ix_notification_recipient_lookup", "tenant_id", "address"),)
+
+    notification_id: str = Field(primary_key=True, max_length=32)
+    address: str = Field(primary_key=True, max_length=320)
+    tenant_id: str = Field(max_length=64)

@@ -26,7 +26,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from shared.errors import ValidationFailed
 from shared.ids import new_id
 from shared.message import Message, message_to_dict, parse_message
-from shared.models import ACTIVE_STATES, Notification, State
+from shared.models import ACTIVE_STATES, Notification, NotificationRecipient, State
+from shared.recipients import recipients_of
 from shared.settings import Settings
 
 _TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
@@ -35,6 +36,7 @@ _TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 PLATFORM_TENANT_KEY = "__platform__"
 _KEY_MAX = 200
 _TABLE = Notification.__table__  # type: ignore[attr-defined]
+_RECIPIENTS = NotificationRecipient.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,8 @@ class Producer:
                     .where(tuple_(_TABLE.c.tenant_id, _TABLE.c.idempotency_key).in_(keyed))
                 ))
                 ids = [existing.get((r["tenant_id"], r["idempotency_key"]), r["id"]) for r in rows]
+            # Only rows stored now: a repeated idempotency key kept the first notification and its recipients.
+            _store_recipients(conn, [r for r, nid in zip(rows, ids, strict=True) if r["id"] == nid])
         return ids
 
     def enqueue_platform_mail(self, conn: Connection, message: Mapping[str, Any], idempotency_key: str) -> str:
@@ -87,6 +91,8 @@ class Producer:
         conn.execute(self._insert_stmt(), [row])
         existing = conn.execute(select(_TABLE.c.id).where(_TABLE.c.tenant_id == PLATFORM_TENANT_KEY,
                                                           _TABLE.c.idempotency_key == idempotency_key)).scalar()
+        if existing in (None, row["id"]):
+            _store_recipients(conn, [row])
         return str(existing or row["id"])
 
     def _row(self, index: int, item: EnqueueItem, *, platform: bool = False) -> dict[str, Any]:
@@ -128,6 +134,14 @@ class Producer:
         if dialect == "sqlite":
             return sqlite_insert(_TABLE).on_conflict_do_nothing(index_elements=["tenant_id", "idempotency_key"])
         return insert(_TABLE)
+
+
+def _store_recipients(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """The normalized recipients of newly stored notifications (the activity's recipient index)."""
+    values = [{"notification_id": r["id"], "tenant_id": r["tenant_id"], "address": address}
+              for r in rows for address in recipients_of(r["payload"])]
+    if values:
+        conn.execute(insert(_RECIPIENTS), values)
 
 
 def _as_item(index: int, raw: EnqueueItem | tuple[Any, ...]) -> EnqueueItem:

@@ -158,9 +158,11 @@ def _keys_args(parser: argparse.ArgumentParser) -> None:
     create = keys.add_parser("create", help="create a key bound to one tenant and role (or a service key bound to "
                                             "a list of tenants); prints it once")
     create.add_argument("--tenant", default=None, help="the key's tenant (admin, sender, viewer)")
-    create.add_argument("--role", required=True, choices=["admin", "sender", "viewer", "service"])
+    create.add_argument("--role", required=True, choices=["admin", "sender", "viewer", "service",
+                                                                  "platform_viewer"])
     create.add_argument("--tenants", default=None,
-                        help="service keys: the tenants it may act for, comma-separated, or '*' for all")
+                        help="service and platform_viewer keys: the tenants it may act for, comma-separated, "
+                             "or '*' for all")
     create.add_argument("--label", default=None)
     create.add_argument("--expires-at", default=None, help="ISO 8601 time after which the key is refused (UTC)")
     revoke = keys.add_parser("revoke", help="revoke a key by its id (the part after tm_)")
@@ -251,13 +253,13 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _tenants(args: argparse.Namespace) -> list[str] | None:
-    """A service key's tenants (None: all); the other roles take --tenant instead."""
-    if args.role != "service":
+    """A service or platform_viewer key's tenants (None: all); the other roles take --tenant instead."""
+    if args.role not in ("service", "platform_viewer"):
         if not args.tenant or args.tenants:
             raise ConfigurationError("--tenant (and not --tenants) is required for the admin, sender and viewer roles")
         return None
     if args.tenant or not args.tenants:
-        raise ConfigurationError("a service key takes --tenants a,b (or '*' for all tenants), not --tenant")
+        raise ConfigurationError(f"a {args.role} key takes --tenants a,b (or '*' for all tenants), not --tenant")
     return None if args.tenants.strip() == "*" else [t.strip() for t in args.tenants.split(",") if t.strip()]
 
 

@@ -117,3 +117,16 @@ def assert_secret_nowhere(server: ApiServer, secret: str, logs: list[dict[str, A
     r = redis.Redis.from_url(server.settings.redis_url or "")
     for key in r.keys("*"):
         assert needle not in key and needle not in (r.dump(key) or b""), key
+
+
+class PageSession(requests.Session):
+    """A browser-like session of the admin page: its POSTs to /ui carry the CSRF field the page's forms
+    carry (the token of the key in the page's cookie), as a form submitted from the page would."""
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
+        from api.security import CSRF_FIELD, csrf_token
+
+        key = self.cookies.get("tm_key")
+        if str(method).upper() == "POST" and "/ui/" in str(url) and not str(url).endswith("/ui/login") and key:
+            kwargs["data"] = {CSRF_FIELD: csrf_token(key), **dict(kwargs.get("data") or {})}
+        return super().request(method, url, *args, **kwargs)

@@ -26,6 +26,7 @@ import requests
 from sqlalchemy import inspect, text
 
 from api.keys import create_key, revoke_key
+from api.security import CSRF_FIELD, csrf_token
 from emulator.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_SENDER, DEMO_TENANT_ID
 from tests.api_harness import ApiServer, app_routes
 
@@ -45,6 +46,7 @@ ADMIN_ONLY_OTHER: Cell = (404, 403, 403, 403)  # B's resource: the admin may loo
 PAGE_ADMIN: Cell = (200, 403, 403, 303)  # service keys are not for the page: to the login
 PAGE_ALL: Cell = (200, 200, 200, 303)
 PAGE_OTHER: Cell = (404, 403, 403, 303)
+PAGE_OTHER_ALL: Cell = (404, 404, 404, 303)  # B's notification: any role may look and finds nothing
 PUBLIC = (ALL_200, ALL_200, 200, 200, 200, 200)
 #                                     own          other        none  revoked expired malformed
 MATRIX: dict[str, tuple[Cell, Cell, int, int, int, int]] = {
@@ -58,6 +60,8 @@ MATRIX: dict[str, tuple[Cell, Cell, int, int, int, int]] = {
     "GET /v1/activity":               (ALL_200,    Q422,        401,  401,    401,    401),
     "GET /v1/events":                 (ALL_200,    Q422,        401,  401,    401,    401),
     "GET /v1/stats":                  (ALL_200,    Q422,        401,  401,    401,    401),
+    "GET /v1/stats/timeseries":       (ALL_200,    Q422,        401,  401,    401,    401),
+    "GET /v1/activity/export":        (ALL_200,    Q422,        401,  401,    401,    401),
     "POST /v1/notifications":         (SENDERS,    Q422,        401,  401,    401,    401),
     "POST /v1/notifications:batch":   (SENDERS,    Q422,        401,  401,    401,    401),
     "GET /v1/notifications/{id}":     (ALL_200,    (404, 404, 404, 403), 401, 401, 401, 401),
@@ -89,9 +93,13 @@ MATRIX: dict[str, tuple[Cell, Cell, int, int, int, int]] = {
     "POST /ui/email-provider/test":   (PAGE_ADMIN, PAGE_ADMIN,  303,  303,    303,    303),
     "POST /ui/email-provider/restore": (PAGE_ADMIN, PAGE_ADMIN, 303,  303,    303,    303),
     "GET /ui/activity":               (PAGE_ALL,   PAGE_ALL,    303,  303,    303,    303),
+    "GET /ui/activity/export":        (PAGE_ALL,   PAGE_ALL,    303,  303,    303,    303),
+    "GET /ui/notifications/{id}":     (PAGE_ALL,   PAGE_OTHER_ALL, 303, 303,  303,    303),
     "POST /ui/activity/retry":        (PAGE_ADMIN, PAGE_ADMIN,  303,  303,    303,    303),
     "GET /ui/email-provider/setup":   (PAGE_ALL,   PAGE_ALL,    303,  303,    303,    303),
     "GET /static/page.js":            PUBLIC,  # public, like the login form
+    "GET /static/page.css":           PUBLIC,
+    "GET /static/pico.min.css":       PUBLIC,
     "GET /ui/webhooks":               (PAGE_ADMIN, PAGE_ADMIN,  303,  303,    303,    303),
     "POST /ui/webhooks":              (PAGE_ADMIN, PAGE_ADMIN,  303,  303,    303,    303),
     "GET /ui/webhooks/{id}":          (PAGE_ADMIN, PAGE_OTHER,  303,  303,    303,    303),
@@ -194,6 +202,8 @@ def _call(api: ApiServer, endpoint: str, context: str, role: str, key: str | Non
         kwargs["data"] = {"key": key or ""}
     elif key is not None and path.startswith("/ui"):
         session.cookies.set("tm_key", key, path="/ui")
+        if method == "POST":  # the form's CSRF field, as the page gives it to this key's session
+            kwargs["data"] = {**kwargs.get("data", {}), CSRF_FIELD: csrf_token(key)}
     elif key is not None:
         session.headers["Authorization"] = f"Bearer {key}"
     with session:

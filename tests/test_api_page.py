@@ -9,7 +9,7 @@ import requests
 from openapi_spec_validator import validate
 
 from emulator.demo import DEMO_CEO, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_SENDER, DEMO_TENANT_ID
-from tests.api_harness import ApiServer
+from tests.api_harness import ApiServer, PageSession
 
 
 def _walk_refs(node: Any) -> list[str]:
@@ -35,7 +35,7 @@ def test_openapi_document_is_public_valid_and_its_references_resolve(api: ApiSer
 
 
 def _page_session(api: ApiServer, role: str = "admin") -> requests.Session:
-    session = requests.Session()
+    session = PageSession()
     session.trust_env = False
     key = api.key("acme", role)
     response = session.post(api.base_url + "/ui/login", data={"key": key}, timeout=30)

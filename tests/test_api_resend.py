@@ -10,7 +10,7 @@ import requests
 
 from emulator.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_SENDER, DEMO_TENANT_ID
 from shared.settings import Settings
-from tests.api_harness import ApiServer
+from tests.api_harness import ApiServer, PageSession
 from tests.stack import Stack
 
 PROVIDER = {"sender_address": DEMO_SENDER, "azure_tenant": DEMO_TENANT_ID, "client_id": DEMO_CLIENT_ID,
@@ -79,7 +79,7 @@ def test_bulk_resend_of_ambiguous_notifications_flags_them_possible_duplicates(
 
 
 def _page_session(api: ApiServer, role: str) -> requests.Session:
-    session = requests.Session()
+    session = PageSession()
     session.trust_env = False
     assert session.post(api.base_url + "/ui/login", data={"key": api.key("acme", role)}, timeout=30).ok
     return session

@@ -41,6 +41,8 @@ MIN_CASES = {
     "GET /v1/activity": 150,
     "GET /v1/events": 40,
     "GET /v1/stats": 40,
+    "GET /v1/stats/timeseries": 80,
+    "GET /v1/activity/export": 60,
     "POST /v1/notifications": 250,
     "POST /v1/notifications:batch": 150,
     "GET /v1/notifications/{id}": 80,

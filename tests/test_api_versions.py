@@ -13,7 +13,7 @@ import requests
 
 from emulator.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_TENANT_ID, demo_directory
 from shared.providers import current_config
-from tests.api_harness import ApiServer
+from tests.api_harness import ApiServer, PageSession
 from tests.test_api_provider import form
 
 WRONG = "s1~the-secret-id-pasted-instead"
@@ -153,7 +153,7 @@ def test_the_emulator_lists_an_apps_credentials_without_their_values(emulator: A
 
 
 def _page(api: ApiServer) -> requests.Session:
-    session = requests.Session()
+    session = PageSession()
     session.trust_env = False
     assert session.post(api.base_url + "/ui/login", data={"key": api.key("acme", "admin")}, timeout=30).ok
     return session

@@ -1,12 +1,15 @@
 """The product document's Steps 5-6 walked in headless Chromium against the running API, workers and emulator.
 
 Playwright for Python drives Debian's /usr/bin/chromium (no browser download). Screenshots of every
-step go to $TEST_SCREENSHOTS_DIR (default test-artifacts/screenshots/). Without chromium the test
-skips locally and fails in CI.
+step go to $TEST_SCREENSHOTS_DIR (default: the test's tmp dir, `screenshots/`). At every screenshot
+axe-core (tests/assets/axe.min.js, npm `axe-core`, MPL-2.0; a test asset Playwright injects into each
+page, never served by the product) checks the page: no serious or critical violation, and the page
+reported no Content-Security-Policy violation. Without chromium the test skips locally and fails in CI.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -19,9 +22,12 @@ from emulator.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_SENDER, DEMO_
 from shared.settings import Settings
 from tests.api_harness import ApiServer
 from tests.conftest import IN_CI
-from tests.stack import ROOT, Stack
+from tests.stack import Stack
 
 CHROMIUM = Path("/usr/bin/chromium")
+AXE = Path(__file__).resolve().parent / "assets" / "axe.min.js"
+_AXE_RUN = """async () => (await axe.run(document, {resultTypes: ['violations']})).violations.map(
+    v => ({id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.map(n => n.target.join(' ')).slice(0, 5)}))"""
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 WRONG_SECRET = "s1~the-secret-id-pasted-instead-of-its-value"
@@ -47,27 +53,42 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         context = pw.chromium.launch_persistent_context(
             str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         context.set_default_timeout(20_000)
+        context.add_init_script(path=str(AXE))  # through the DevTools protocol: the page's CSP does not apply
+        page = context.pages[0] if context.pages else context.new_page()
+        csp_errors: list[str] = []
+        page.on("console", lambda m: csp_errors.append(m.text) if "Content Security Policy" in m.text else None)
+        page.csp_errors = csp_errors
         try:
-            yield context.pages[0] if context.pages else context.new_page()
+            yield page
         finally:
             context.close()
 
 
 @pytest.fixture
-def screenshot(request: pytest.FixtureRequest, browser: Any) -> Callable[[str], Path]:
-    """Save a full-page screenshot named after the test and the step."""
-    folder = Path(os.environ.get("TEST_SCREENSHOTS_DIR") or ROOT / "test-artifacts" / "screenshots")
+def screenshot(request: pytest.FixtureRequest, browser: Any, tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Save a full-page screenshot named after the test and the step, and check the page with axe-core there:
+    no serious or critical violation, no CSP violation. The axe results of every step go to axe.json beside."""
+    folder = Path(os.environ.get("TEST_SCREENSHOTS_DIR") or tmp_path / "screenshots")
     folder.mkdir(parents=True, exist_ok=True)
     taken: list[Path] = []
+    results: dict[str, Any] = {}
 
     def take(step: str) -> Path:
         path = folder / f"{request.node.name}-{len(taken) + 1:02d}-{step}.png"
         browser.screenshot(path=str(path), full_page=True)
         assert path.stat().st_size > 1000, f"empty screenshot {path}"
         taken.append(path)
+        violations = browser.evaluate(_AXE_RUN)
+        results[f"{len(taken):02d}-{step} {browser.url}"] = violations
+        serious = [v for v in violations if v["impact"] in ("serious", "critical")]
+        assert not serious, f"axe at {step} ({browser.url}): {json.dumps(serious, indent=1)}"
+        assert not browser.csp_errors, f"CSP violations at {step}: {browser.csp_errors}"
         return path
 
-    return take
+    yield take
+    (folder / f"{request.node.name}-axe.json").write_text(json.dumps(results, indent=1))
+    counts = {step: len(v) for step, v in results.items()}
+    print(f"axe: {len(results)} pages, 0 serious or critical; minor/moderate per page: {counts}")
 
 
 def test_browser_walks_steps_5_and_6_of_the_product_document(
@@ -82,6 +103,7 @@ def test_browser_walks_steps_5_and_6_of_the_product_document(
 
     # Given an admin signed in to the page of a tenant on the platform default provider
     page.goto(api.base_url + "/ui/login")
+    screenshot("login")
     page.get_by_label("API key").fill(api.key("contoso", "admin"))
     page.get_by_role("button", name="Sign in").click()
     expect(page).to_have_url(re.compile(r"/ui/email-provider$"))
@@ -188,6 +210,43 @@ def test_browser_walks_steps_5_and_6_of_the_product_document(
     page.get_by_role("button", name="Filter").click()
     expect(page.locator("#no-notifications")).to_be_visible()
     screenshot("activity-filters")
+
+    # The chart of the last 24 hours: this hour's two notifications, one sent and one failed
+    page.goto(api.base_url + "/ui/activity")
+    expect(page.locator("#chart-title")).to_contain_text("Sent (1) and failed (1)")
+    expect(page.locator("#chart rect.bar-sent")).to_have_count(24)
+
+    # The CSV export of what the filters select
+    page.get_by_label("Status").select_option("failed")
+    page.get_by_role("button", name="Filter").click()
+    with page.expect_download() as download:
+        page.locator("#export").click()
+    lines = Path(download.value.path()).read_text().splitlines()
+    assert lines[0].startswith("id,created_at,state,") and len(lines) == 2 and ",failed," in lines[1]
+
+    # A notification's own page: its attempt with Graph's request id, and the diagnosis
+    page.locator("#notifications a", has_text="Review").first.click()
+    expect(page).to_have_url(re.compile(r"/ui/notifications/[0-9a-f]{32}$"))
+    failed_id = page.url.rsplit("/", 1)[1]
+    [attempt] = api.client("contoso", "viewer").get(f"/v1/notifications/{failed_id}").json()["attempts"]
+    expect(page.locator("#attempts")).to_contain_text("ErrorInvalidRecipients")
+    expect(page.locator("#attempts")).to_contain_text(attempt["request_id"])
+    expect(page.locator("#diagnosis")).to_contain_text("Fix:")
+    screenshot("notification")
+
+    # Webhooks and API keys, from the navigation
+    nav = page.get_by_role("navigation", name="Main")
+    nav.get_by_role("link", name="Webhooks").click()
+    page.get_by_label("URL").fill("https://hooks.contoso.example/h")
+    page.get_by_role("button", name="Add").click()
+    expect(page.locator("#shown-once")).to_be_visible()
+    screenshot("webhooks")
+    page.locator("#webhooks a").first.click()
+    expect(page.locator("#endpoint")).to_contain_text("hooks.contoso.example")
+    screenshot("webhook-endpoint")
+    nav.get_by_role("link", name="API keys").click()
+    expect(page.locator("#keys")).to_be_visible()
+    screenshot("api-keys")
 
 
 def test_browser_walks_the_setup_guide_sees_the_dns_results_and_restores_a_version(

@@ -80,3 +80,38 @@ def test_migration_0004_splits_the_lease_by_state_and_back(empty_database_url: s
     assert [tuple(r) for r in split] == [("sending", None, 111), ("queued", 222, None),
                                          ("retry_wait", None, None), ("sent", None, None)]
     assert [tuple(r) for r in merged] == _LEASES
+
+
+def test_migration_0008_backfills_normalized_recipients_and_drops_them_again(empty_database_url: str) -> None:
+    # given notifications stored at 0007, before the recipient index existed
+    settings = Settings(database_url=empty_database_url)
+    config = alembic_config(settings)
+    command.upgrade(config, "0007")
+    payloads = {"n1": '{"to": [{"address": "Ana@Example.org", "name": "Ana"}], "cc": [{"address": "b@example.org"}],'
+                      ' "bcc": [{"address": "ANA@example.org"}], "body": "c@example.org"}',
+                "n2": '{"to": ["d@example.org"]}', "n3": '{"to": []}'}
+    engine = make_engine(settings)
+    try:
+        json_value = "CAST(:payload AS JSON)" if engine.dialect.name == "postgresql" else ":payload"
+        with engine.begin() as conn:
+            for nid, payload in payloads.items():
+                conn.execute(text(
+                    "INSERT INTO notification (id, tenant_id, state, payload, created_at, updated_at, fair_rank, "
+                    "next_attempt_ms, attempts, ambiguous_count, possible_duplicate) VALUES (:id, 't', 'sent', "
+                    f"{json_value}, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 0, 0, 0, 0, false)"),
+                    {"id": nid, "payload": payload})
+
+        # when upgraded to 0008: each distinct to, cc and bcc address, trimmed and lower-cased, not the body's
+        command.upgrade(config, "0008")
+        with engine.connect() as conn:
+            rows = {tuple(r) for r in conn.execute(text(
+                "SELECT notification_id, tenant_id, address FROM notification_recipient"))}
+        # and downgraded again: the table is gone
+        command.downgrade(config, "0007")
+        with engine.connect() as conn:
+            tables = set(conn.dialect.get_table_names(conn))
+    finally:
+        engine.dispose()
+
+    assert rows == {("n1", "t", "ana@example.org"), ("n1", "t", "b@example.org"), ("n2", "t", "d@example.org")}
+    assert "notification_recipient" not in tables and "notification" in tables

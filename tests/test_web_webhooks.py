@@ -6,11 +6,11 @@ import re
 
 import requests
 
-from tests.api_harness import ApiServer
+from tests.api_harness import ApiServer, PageSession
 
 
 def _page_session(api: ApiServer) -> requests.Session:
-    session = requests.Session()
+    session = PageSession()
     session.trust_env = False
     session.cookies.set("tm_key", api.key("acme", "admin"), path="/ui")
     return session

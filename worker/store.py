@@ -23,12 +23,26 @@ from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random
 
 from shared.codes import Code
 from shared.errors import DatabaseUnavailable
-from shared.models import ACTIVE_STATES, TERMINAL_STATES, DeliveryAttempt, Notification, State
+from shared.models import (
+    ACTIVE_STATES,
+    TERMINAL_STATES,
+    DeliveryAttempt,
+    Notification,
+    NotificationRecipient,
+    State,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEvent,
+)
 from worker.webhook_events import emit_outcome_events
 
 log = structlog.get_logger(__name__)
 _N = Notification.__table__  # type: ignore[attr-defined]
 _A = DeliveryAttempt.__table__  # type: ignore[attr-defined]
+_R = NotificationRecipient.__table__  # type: ignore[attr-defined]
+_WE = WebhookEvent.__table__  # type: ignore[attr-defined]
+_WD = WebhookDelivery.__table__  # type: ignore[attr-defined]
+_WA = WebhookAttempt.__table__  # type: ignore[attr-defined]
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -122,8 +136,10 @@ def claim(engine: Engine, ids: Sequence[str], claimed_by: str, lease_ms: int, no
 
 @_db_boundary
 def purge_finished(engine: Engine, older_than_ms: int, *, chunk: int = 5_000) -> int:
-    """Delete sent, failed and ambiguous notifications (and their attempts) created before
-    `older_than_ms`; returns how many notifications went. Works in chunks so it never holds long locks."""
+    """Delete sent, failed and ambiguous notifications (and their attempts and recipients) created before
+    `older_than_ms`, then the webhook events of that age none of whose deliveries is pending (with their
+    deliveries and attempts: a notification.* event names its notification); returns how many notifications
+    went. Works in chunks so it never holds long locks."""
     cutoff = datetime.fromtimestamp(older_than_ms / 1000, UTC)
     total = 0
     while True:
@@ -132,10 +148,27 @@ def purge_finished(engine: Engine, older_than_ms: int, *, chunk: int = 5_000) ->
                 select(_N.c.id).where(_N.c.state.in_(TERMINAL_STATES), _N.c.created_at < cutoff).limit(chunk)
             ).scalars())
             if not ids:
-                return total
+                break
             conn.execute(delete(_A).where(_A.c.notification_id.in_(ids)))
+            conn.execute(delete(_R).where(_R.c.notification_id.in_(ids)))
             conn.execute(delete(_N).where(_N.c.id.in_(ids)))
         total += len(ids)
+    while _purge_webhook_events(engine, cutoff, chunk):
+        pass
+    return total
+
+
+def _purge_webhook_events(engine: Engine, cutoff: datetime, chunk: int) -> int:
+    """One chunk of webhook events created before `cutoff` whose deliveries are all delivered or failed."""
+    pending = select(_WD.c.id).where(_WD.c.event_id == _WE.c.id, _WD.c.state == "pending").exists()
+    with engine.begin() as conn:
+        ids = list(conn.execute(select(_WE.c.id).where(_WE.c.created_at < cutoff, ~pending).limit(chunk)).scalars())
+        if ids:
+            deliveries = select(_WD.c.id).where(_WD.c.event_id.in_(ids))
+            conn.execute(delete(_WA).where(_WA.c.delivery_id.in_(deliveries)))
+            conn.execute(delete(_WD).where(_WD.c.event_id.in_(ids)))
+            conn.execute(delete(_WE).where(_WE.c.id.in_(ids)))
+    return len(ids)
 
 
 def renew_leases(engine: Engine, ids: Sequence[str], claimed_by: str, lease_ms: int) -> bool:

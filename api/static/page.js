@@ -15,13 +15,17 @@
     var button = document.createElement('button');
     button.type = 'button';
     button.className = 'copy';
-    button.textContent = 'Copy';
-    button.setAttribute('aria-label', 'Copy: ' + pre.textContent.slice(0, 60));
+    // The accessible name starts with the visible text, whatever the button says now.
+    var say = function (text) {
+      button.textContent = text;
+      button.setAttribute('aria-label', text + ': ' + pre.textContent.slice(0, 60));
+    };
+    say('Copy');
     button.addEventListener('click', function () {
       navigator.clipboard.writeText(pre.textContent).then(function () {
-        button.textContent = 'Copied';
+        say('Copied');
       }, function () {
-        button.textContent = 'Select the text and copy it';
+        say('Select the text and copy it');
       });
     });
     pre.insertAdjacentElement('afterend', button);
