@@ -18,6 +18,7 @@ from shared.clouds import CLOUDS
 from shared.errors import ValidationFailed
 from shared.message import check_address
 from shared.providers import current_config
+from shared.senders import senders_of
 from shared.setup_guide import setup_guide
 from transport.domain_checks import check_domain
 
@@ -32,7 +33,7 @@ async def guide(ctx: ApiContext, tenant_id: str, query: MultiMapping[str]) -> di
     row = await ctx.blocking(current_config, ctx.engine, tenant_id)
     if row is not None and row.kind == "graph":
         client_id = client_id or row.client_id
-        senders = senders or [str(row.sender_address)]
+        senders = senders or [s.address for s in senders_of(row).values()]  # every named sender in the scope
         cloud = cloud or row.cloud
     return setup_guide(client_id, senders, cloud or "global")
 

@@ -15,7 +15,7 @@ from api.test_send import send_test
 from shared.errors import ValidationFailed
 
 routes = web.RouteTableDef()
-_TEST_FIELDS = frozenset({"to"})
+_TEST_FIELDS = frozenset({"to", "sender"})
 _ETAG = re.compile(r'(?:W/)?"?v?([0-9]{1,9})"?')
 
 
