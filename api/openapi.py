@@ -17,6 +17,9 @@ _ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
                    "field": {"type": ["string", "null"]}, "detail": {"type": "string"},
                    "diagnosis": {"$ref": "#/components/schemas/Diagnosis"}}}}}
 _DIAGNOSIS = {"type": ["object", "null"], "properties": {"cause": {"type": "string"}, "fix": {"type": "string"}}}
+_LIMIT = {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_DAILY_RECIPIENT_LIMIT,
+          "description": "the tenant's external recipients per rolling 24 h across its senders (Exchange's "
+                         "tenant external recipient rate limit, kept ahead); null: not kept"}
 _PROVIDER_IN = {"type": "object", "additionalProperties": False, "properties": {
     "provider": {"enum": list(PROVIDERS)}, "service": {"enum": list(SERVICES)},
     "sender_name": {"type": ["string", "null"], "maxLength": 200},
@@ -34,6 +37,7 @@ _PROVIDER_IN = {"type": "object", "additionalProperties": False, "properties": {
     "admin_contact_email": {"type": ["string", "null"], "format": "idn-email",
                             "description": "who gets the reminders 30 and 7 days before the credential expires"},
     "cloud": {"enum": sorted(CLOUDS)},
+    "daily_external_recipient_limit": _LIMIT,
     "senders": {"type": ["object", "null"], "maxProperties": MAX_SENDERS,
                 "description": "named senders besides the default one (sender_address, sender_name, reply_to), "
                                "all under this app; under `default` only daily_recipient_limit may differ",
@@ -64,6 +68,7 @@ _PROVIDER_OUT = {"type": "object", "properties": {
     "certificate": {"type": ["object", "null"], "properties": {
         "thumbprint": {"type": "string", "description": "SHA-1, hex, as Entra ID shows it"}, **_EXPIRY}},
     "updated_at": {"type": ["string", "null"]}, "updated_by": {"type": ["string", "null"]},
+    "daily_external_recipient_limit": _LIMIT,
     "senders": {"type": "object", "description": "every sender by name, `default` included",
                 "additionalProperties": {"$ref": "#/components/schemas/Sender"}},
     "domain_checks": {"$ref": "#/components/schemas/DomainChecks"}}}
@@ -90,11 +95,24 @@ _TEST_RESULT = {"type": "object", "required": ["result"], "properties": {
     "smtp_status": {"type": "integer"}, "message_id": {"type": "string"},
     "diagnosis": {"$ref": "#/components/schemas/Diagnosis"}, "sender": {"type": "string"},
     "named_sender": {"type": "string"}, "notice": {"$ref": "#/components/schemas/Diagnosis"}}}
+_COUNT = {"type": "integer", "minimum": 0}
+_BUDGET = {"type": "object", "required": ["recipients", "limit", "remaining", "next_free_at"], "properties": {
+    "recipients": _COUNT, "limit": _COUNT, "remaining": _COUNT, "window_s": {"type": "number"},
+    "next_free_at": {"type": "string", "description": "when one more recipient may go (now if remaining > 0)"},
+    "source": {"enum": ["redis", "database"]}}}
+_USAGE = {"type": "object", "required": ["senders", "external"], "properties": {
+    "senders": {"type": "object", "additionalProperties": {"allOf": [_BUDGET, {"type": "object", "properties": {
+        "address": {"type": "string"}, "requests": {"type": "object", "properties": {
+            "used": _COUNT, "limit": _COUNT, "window_s": {"type": "number"}}}}}]}},
+    "external": {"anyOf": [{"type": "null"}, _BUDGET]}}}
 _NOTIFICATION = {"type": "object", "properties": {
     "id": {"type": "string"}, "state": {"enum": [s.value for s in State]}, "attempts": {},
     "to": {"type": "array", "items": {"type": "string"}}, "subject": {"type": "string"},
     "last_error_code": {"type": ["string", "null"]}, "graph_request_id": {"type": ["string", "null"]},
-    "created_at": {"type": "string"}, "diagnosis": {"$ref": "#/components/schemas/Diagnosis"}}}
+    "created_at": {"type": "string"}, "diagnosis": {"$ref": "#/components/schemas/Diagnosis"},
+    "named_sender": {"type": "string"}, "wait_reason": {"type": ["string", "null"],
+                                                         "description": "quota: its sender's budget is spent"},
+    "next_attempt_at": {"type": ["string", "null"], "description": "when a queued or waiting one goes next"}}}
 _NULLABLE_TEXT = {"type": ["string", "null"]}
 _ADDRESS = {"type": "string", "format": "idn-email", "maxLength": 254}
 _RECIPIENT = {"anyOf": [_ADDRESS, {
@@ -219,6 +237,9 @@ def document() -> dict[str, Any]:
                     {**_q("sender", {"type": "array", "items": _ADDRESS, "maxItems": 10}), "style": "form",
                      "explode": True},
                     _q("cloud", {"enum": sorted(CLOUDS)})])},
+            "/v1/email-provider/usage": {"get": _op(
+                "Exchange sending limits used per sender (rolling 24 h recipients, 10-minute requests) and the "
+                "tenant's external budget", _USAGE)},
             "/v1/email-provider/test": {"post": _op(
                 "Send a test message (admin, rate-limited)", _ref("TestResult"),
                 body={"type": "object", "required": ["to"], "additionalProperties": False,

@@ -57,17 +57,36 @@ def form_html(text: str) -> str:
 
 
 def table_html(current: dict[str, Any]) -> str:
-    """The senders in force, as a table (empty for the platform default)."""
+    """The senders in force as a table, with what each used of its daily recipients when the document
+    carries `usage` (api.sender_usage); empty for the platform default."""
     senders = current.get("senders") or {}
     if not senders:
         return ""
+    usage = (current.get("usage") or {}).get("senders") or {}
     rows = "".join(
         f"<tr id='sender-{escape(name)}'><td>{escape(name)}</td><td>{escape(s.get('address') or '')}</td>"
         f"<td>{escape(s.get('display_name') or '')}</td><td>{escape(s.get('reply_to') or '')}</td>"
-        f"<td>{escape(str(s.get('daily_recipient_limit') or 'default'))}</td></tr>"
+        f"<td>{escape(str(s.get('daily_recipient_limit') or 'default'))}</td>{_usage_cells(usage.get(name))}</tr>"
         for name, s in senders.items())
     return ("<table id='senders'><tr><th>Sender</th><th>Address</th><th>Display name</th><th>Reply-to</th>"
-            f"<th>Daily recipient limit</th></tr>{rows}</table>")
+            "<th>Daily recipient limit</th><th>Recipients, last 24 h</th><th>Remaining</th><th>Next free</th>"
+            f"</tr>{rows}</table>{_external_html(current.get('usage') or {})}")
+
+
+def _usage_cells(used: dict[str, Any] | None) -> str:
+    if not used:
+        return "<td></td><td></td><td></td>"
+    free = "now" if used["remaining"] > 0 else escape(str(used["next_free_at"]))
+    return (f"<td class='used'>{used['recipients']} of {used['limit']}</td><td class='remaining'>{used['remaining']}"
+            f"</td><td class='next-free'>{free}</td>")
+
+
+def _external_html(usage: dict[str, Any]) -> str:
+    external = usage.get("external")
+    if not external:
+        return ""
+    return (f"<p id='external-usage'>External recipients, last 24 h: {external['recipients']} of "
+            f"{external['limit']} ({external['remaining']} remaining).</p>")
 
 
 def test_choice_html(current: dict[str, Any] | None, chosen: str = DEFAULT_SENDER) -> str:

@@ -35,7 +35,8 @@ _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4
 _DOMAIN = re.compile(r"^(?=.{3,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$")
 _SECRET_MAX = 1024
 _KEYS = frozenset({"provider", "service", "sender_name", "sender_address", "reply_to", "azure_tenant", "client_id",
-                   "client_secret", "certificate_pem", "secret_expires_at", "cloud", "admin_contact_email", "senders"})
+                   "client_secret", "certificate_pem", "secret_expires_at", "cloud", "admin_contact_email", "senders",
+                   "daily_external_recipient_limit"})
 _SENDER_KEYS = frozenset({"address", "display_name", "reply_to", "daily_recipient_limit"})
 
 
@@ -57,6 +58,7 @@ class ProviderInput:
     client_secret: str | None = field(default=None, repr=False)
     certificate: CertificateCredential | None = None
     senders: tuple[SenderIdentity, ...] = ()  # named senders; a `default` among them carries only its limit
+    daily_external_recipient_limit: int | None = None  # the tenant's, across its senders; None: not kept
 
 
 def parse_provider(data: object) -> ProviderInput | None:
@@ -80,6 +82,8 @@ def parse_provider(data: object) -> ProviderInput | None:
     return ProviderInput(
         sender_name=default.display_name, sender_address=default.address, reply_to=default.reply_to,
         senders=parse_senders(data.get("senders"), default),
+        daily_external_recipient_limit=check_daily_limit(data.get("daily_external_recipient_limit"),
+                                                         "daily_external_recipient_limit"),
         azure_tenant=_azure_tenant(_required(data, "azure_tenant")),
         client_id=_guid(_required(data, "client_id"), "client_id"),
         client_secret=_secret(secret),

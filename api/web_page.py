@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 from multidict import MultiDict
 
-from api import onboarding, provider_service
+from api import onboarding, provider_service, sender_usage
 from api import page_senders as senders
 from api.context import context, principal
 from api.errors import ApiError
@@ -41,7 +41,8 @@ _FIELDS = (("sender_name", "Sender name"), ("sender_address", "Sender email addr
            ("reply_to", "Reply-to address"), ("azure_tenant", "Azure tenant ID"),
            ("client_id", "Application (client) ID"), ("client_secret", "Client secret"),
            ("secret_expires_at", "Secret expiry date (optional, YYYY-MM-DD)"),
-           ("admin_contact_email", "Admin contact email (optional; reminders before the credential expires)"))
+           ("admin_contact_email", "Admin contact email (optional; reminders before the credential expires)"),
+           ("daily_external_recipient_limit", "External recipients per 24 h (optional, Exchange's tenant limit)"))
 # Credentials never come back into the form, whatever happened to the save.
 _NOT_ECHOED = frozenset({"client_secret", "certificate_pem"})
 _FORM_FIELDS = frozenset({n for n, _ in _FIELDS} | {"certificate_pem", "cloud"})
@@ -108,6 +109,7 @@ async def provider_page(request: web.Request) -> web.Response:
     """The configuration in force, Edit, Send test and View activity; with ?edit=1, the edit form."""
     who = principal(request)
     current = await provider_service.view(context(request), who.tenant_id)
+    current["usage"] = await sender_usage.usage(context(request), who.tenant_id)  # the senders table shows it
     body = _current_html(current)
     if request.query.get("edit") and who.may("admin"):
         body += _form_html(_values_of(current), None)

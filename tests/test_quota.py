@@ -3,16 +3,20 @@ against the emulator enforcing the same limits the way Exchange does (202, then 
 
 from __future__ import annotations
 
+import re
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
+import requests
 from sqlalchemy import text
 
 from emulator.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_SENDER, DEMO_TENANT_ID
 from shared.providers import save_graph_provider
 from shared.senders import SenderIdentity
 from tests.stack import Stack, wait_until
+from tests.test_api_provider import form
 from tests.test_senders import SECURITY, _with_mailboxes
 from transport.quota_windows import QuotaWindows, Window
 
@@ -172,3 +176,42 @@ def test_requests_are_paced_under_the_per_10_minute_limit(make_stack: Any, emula
     wait_until(lambda: len(_waiting_for_quota(stack)) == 2, what="two requests held back")
     assert sorted(stack.states(ids).values()).count("sent") == 3
     assert emulator.counters()["throttled_429"] == 0  # Graph never had to refuse one
+
+
+def test_usage_per_sender_on_the_api_and_page_from_redis_or_after_a_loss_the_database(
+        api: Any, make_stack: Any, emulator: Any, redis_url: str) -> None:
+    _with_mailboxes(emulator, SECURITY)
+    admin = api.client("acme")
+    saved = admin.put("/v1/email-provider", json=form(
+        senders={"security": {"address": SECURITY, "daily_recipient_limit": 3}}, daily_external_recipient_limit=50))
+    assert saved.status_code == 200 and saved.json()["daily_external_recipient_limit"] == 50, saved.text
+    ids = [admin.post("/v1/notifications", json=_msg(i, sender="security")).json()["id"] for i in range(4)]
+    stack = make_stack(TENANTMAIL_ENCRYPTION_KEYS=str(api.settings.encryption_keys))
+    stack.start_workers(1)
+    [waiting] = wait_until(lambda: _waiting_for_quota(stack), what="the fourth notification waiting")
+
+    usage = admin.get("/v1/email-provider/usage").json()
+    security = usage["senders"]["security"]
+    assert (security["recipients"], security["limit"], security["remaining"], security["source"]) == (3, 3, 0, "redis")
+    next_free = datetime.fromisoformat(security["next_free_at"])
+    assert next_free > datetime.now(UTC) + timedelta(hours=23)
+    assert abs(next_free.timestamp() * 1000 - waiting["next_attempt_ms"]) < 1000  # the row waits exactly that long
+    detail = admin.get(f"/v1/notifications/{waiting['id']}").json()
+    assert (detail["state"], detail["wait_reason"], detail["named_sender"]) == ("retry_wait", "quota", "security")
+    assert abs(datetime.fromisoformat(detail["next_attempt_at"]).timestamp() * 1000 - waiting["next_attempt_ms"]) < 1
+    assert security["requests"]["used"] == 3
+    default = usage["senders"]["default"]
+    assert (default["recipients"], default["remaining"], default["limit"]) == (0, 10_000, 10_000)
+    assert (usage["external"]["recipients"], usage["external"]["remaining"]) == (3, 47)
+
+    redis.Redis.from_url(redis_url).flushall()
+    lost = admin.get("/v1/email-provider/usage").json()["senders"]["security"]
+    assert (lost["recipients"], lost["remaining"], lost["source"]) == (3, 0, "database")
+    assert sorted(stack.states(ids).values()) == ["retry_wait", "sent", "sent", "sent"]
+
+    page = requests.Session()
+    page.trust_env = False
+    page.post(api.base_url + "/ui/login", data={"key": api.key("acme", "viewer")}, timeout=30)
+    html = page.get(api.base_url + "/ui/email-provider", timeout=30).text
+    assert re.search(r"<tr id='sender-security'>.*<td class='used'>3 of 3</td><td class='remaining'>0</td>", html)
+    assert "id='external-usage'" in html
