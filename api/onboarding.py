@@ -25,6 +25,7 @@ from shared.clouds import CLOUDS
 from shared.errors import ValidationFailed
 from shared.message import check_address
 from shared.providers import current_config
+from shared.senders import senders_of
 from shared.setup_guide import setup_guide
 from transport.domain_checks import check_domain
 from transport.graph_apps import enterprise_app_id
@@ -42,7 +43,7 @@ async def guide(ctx: ApiContext, tenant_id: str, query: MultiMapping[str]) -> di
     enterprise_app: str | None = None
     if row is not None and row.kind == "graph":
         client_id = client_id or row.client_id
-        senders = senders or [str(row.sender_address)]
+        senders = senders or [s.address for s in senders_of(row).values()]  # every named sender in the scope
         cloud = cloud or row.cloud
         if client_id is not None and client_id == row.client_id:
             found = await read_json(ctx.redis, _enterprise_app_key(tenant_id, str(row.azure_tenant), client_id))

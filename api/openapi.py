@@ -9,6 +9,7 @@ from aiohttp import web
 from api.provider_input import PROVIDERS, SERVICES
 from shared.clouds import CLOUDS
 from shared.models import State
+from shared.senders import MAX_DAILY_RECIPIENT_LIMIT, MAX_SENDERS, SENDER_NAME
 
 _ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["code", "message"],
@@ -16,6 +17,9 @@ _ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
                    "field": {"type": ["string", "null"]}, "detail": {"type": "string"},
                    "diagnosis": {"$ref": "#/components/schemas/Diagnosis"}}}}}
 _DIAGNOSIS = {"type": ["object", "null"], "properties": {"cause": {"type": "string"}, "fix": {"type": "string"}}}
+_LIMIT = {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_DAILY_RECIPIENT_LIMIT,
+          "description": "the tenant's external recipients per rolling 24 h across its senders (Exchange's "
+                         "tenant external recipient rate limit, kept ahead); null: not kept"}
 _PROVIDER_IN = {"type": "object", "additionalProperties": False, "properties": {
     "provider": {"enum": list(PROVIDERS)}, "service": {"enum": list(SERVICES)},
     "sender_name": {"type": ["string", "null"], "maxLength": 200},
@@ -32,7 +36,20 @@ _PROVIDER_IN = {"type": "object", "additionalProperties": False, "properties": {
                                                                      "notAfter is used instead)"},
     "admin_contact_email": {"type": ["string", "null"], "format": "idn-email",
                             "description": "who gets the reminders 30 and 7 days before the credential expires"},
-    "cloud": {"enum": sorted(CLOUDS)}}}
+    "cloud": {"enum": sorted(CLOUDS)},
+    "daily_external_recipient_limit": _LIMIT,
+    "senders": {"type": ["object", "null"], "maxProperties": MAX_SENDERS,
+                "description": "named senders besides the default one (sender_address, sender_name, reply_to), "
+                               "all under this app; under `default` only daily_recipient_limit may differ",
+                "propertyNames": {"pattern": SENDER_NAME.pattern},
+                "additionalProperties": {"$ref": "#/components/schemas/Sender"}}}}
+_SENDER = {"type": "object", "additionalProperties": False, "properties": {
+    "address": {"type": "string", "format": "idn-email", "description": "required except under `default`"},
+    "display_name": {"type": ["string", "null"], "maxLength": 200},
+    "reply_to": {"type": ["string", "null"], "format": "idn-email"},
+    "daily_recipient_limit": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_DAILY_RECIPIENT_LIMIT,
+                              "description": "recipients per rolling 24 h from this mailbox; null: the "
+                                             "platform's default (Exchange Online's 10,000)"}}}
 # {"provider": "platform"} reverts to the platform default; its other (known) fields are then not used.
 _PLATFORM_IN = {"type": "object", "required": ["provider"], "properties": {"provider": {"const": "platform"}}}
 _EXPIRY = {"expires_at": {"type": ["string", "null"], "description": "null: unknown, so no reminders"},
@@ -51,6 +68,9 @@ _PROVIDER_OUT = {"type": "object", "properties": {
     "certificate": {"type": ["object", "null"], "properties": {
         "thumbprint": {"type": "string", "description": "SHA-1, hex, as Entra ID shows it"}, **_EXPIRY}},
     "updated_at": {"type": ["string", "null"]}, "updated_by": {"type": ["string", "null"]},
+    "daily_external_recipient_limit": _LIMIT,
+    "senders": {"type": "object", "description": "every sender by name, `default` included",
+                "additionalProperties": {"$ref": "#/components/schemas/Sender"}},
     "domain_checks": {"$ref": "#/components/schemas/DomainChecks"}}}
 _DOMAIN_CHECKS = {"type": ["object", "null"], "description": "SPF, DKIM (Graph senders) and DMARC of the sender's "
                   "domain, through the server's resolver, cached; null without a sender domain",
@@ -77,12 +97,25 @@ _TEST_RESULT = {"type": "object", "required": ["result"], "properties": {
     "code": {"type": "string"}, "message": {"type": "string"}, "http_status": {"type": ["integer", "null"]},
     "smtp_status": {"type": "integer"}, "message_id": {"type": "string"},
     "diagnosis": {"$ref": "#/components/schemas/Diagnosis"}, "sender": {"type": "string"},
-    "notice": {"$ref": "#/components/schemas/Diagnosis"}}}
+    "named_sender": {"type": "string"}, "notice": {"$ref": "#/components/schemas/Diagnosis"}}}
+_COUNT = {"type": "integer", "minimum": 0}
+_BUDGET = {"type": "object", "required": ["recipients", "limit", "remaining", "next_free_at"], "properties": {
+    "recipients": _COUNT, "limit": _COUNT, "remaining": _COUNT, "window_s": {"type": "number"},
+    "next_free_at": {"type": "string", "description": "when one more recipient may go (now if remaining > 0)"},
+    "source": {"enum": ["redis", "database"]}}}
+_USAGE = {"type": "object", "required": ["senders", "external"], "properties": {
+    "senders": {"type": "object", "additionalProperties": {"allOf": [_BUDGET, {"type": "object", "properties": {
+        "address": {"type": "string"}, "requests": {"type": "object", "properties": {
+            "used": _COUNT, "limit": _COUNT, "window_s": {"type": "number"}}}}}]}},
+    "external": {"anyOf": [{"type": "null"}, _BUDGET]}}}
 _NOTIFICATION = {"type": "object", "properties": {
     "id": {"type": "string"}, "state": {"enum": [s.value for s in State]}, "attempts": {},
     "to": {"type": "array", "items": {"type": "string"}}, "subject": {"type": "string"},
     "last_error_code": {"type": ["string", "null"]}, "graph_request_id": {"type": ["string", "null"]},
-    "created_at": {"type": "string"}, "diagnosis": {"$ref": "#/components/schemas/Diagnosis"}}}
+    "created_at": {"type": "string"}, "diagnosis": {"$ref": "#/components/schemas/Diagnosis"},
+    "named_sender": {"type": "string"}, "wait_reason": {"type": ["string", "null"],
+                                                         "description": "quota: its sender's budget is spent"},
+    "next_attempt_at": {"type": ["string", "null"], "description": "when a queued or waiting one goes next"}}}
 _NULLABLE_TEXT = {"type": ["string", "null"]}
 _ADDRESS = {"type": "string", "format": "idn-email", "maxLength": 254}
 _RECIPIENT = {"anyOf": [_ADDRESS, {
@@ -109,6 +142,8 @@ _MESSAGE = {"type": "object", "additionalProperties": False,
                 "importance": {"type": ["string", "null"], "description": "low, normal or high (any case)"},
                 "headers": {"anyOf": [{"type": "null"}, _HEADER_MAP, _HEADER_LIST]},
                 "attachments": {"type": ["array", "null"], "maxItems": 100, "items": _ATTACHMENT},
+                "sender": {"type": ["string", "null"], "description": "one of the tenant's named senders; "
+                           "absent: default; a name the tenant does not have is 422"},
                 "idempotency_key": {"type": ["string", "null"], "maxLength": 200}}}
 
 
@@ -239,10 +274,14 @@ def document() -> dict[str, Any]:
                     {**_q("sender", {"type": "array", "items": _ADDRESS, "maxItems": 10}), "style": "form",
                      "explode": True},
                     _q("cloud", {"enum": sorted(CLOUDS)})])},
+            "/v1/email-provider/usage": {"get": _op(
+                "Exchange sending limits used per sender (rolling 24 h recipients, 10-minute requests) and the "
+                "tenant's external budget", _USAGE)},
             "/v1/email-provider/test": {"post": _op(
                 "Send a test message (admin, rate-limited)", _ref("TestResult"),
                 body={"type": "object", "required": ["to"], "additionalProperties": False,
-                      "properties": {"to": _ADDRESS}},
+                      "properties": {"to": _ADDRESS, "sender": {
+                          "type": ["string", "null"], "description": "the named sender to test; absent: default"}}},
                 errors=("403", "429"))},
             "/v1/activity": {"get": _op("Notifications, newest first", page, params=[
                 *_ACTIVITY_FILTERS, _q("cursor", {"type": "string"}),
@@ -288,7 +327,8 @@ def document() -> dict[str, Any]:
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer", "description": "tm_<id>_<secret>"}},
             "schemas": {"Error": _ERROR, "Diagnosis": _DIAGNOSIS, "ProviderIn": {"anyOf": [_PLATFORM_IN, _PROVIDER_IN]},
                         "ProviderOut": _PROVIDER_OUT, "TestResult": _TEST_RESULT, "Notification": _NOTIFICATION,
-                        "Message": _MESSAGE, "DomainChecks": _DOMAIN_CHECKS, "SetupGuide": _SETUP_GUIDE,
+                        "Message": _MESSAGE, "Sender": _SENDER, "DomainChecks": _DOMAIN_CHECKS,
+                        "SetupGuide": _SETUP_GUIDE,
                         **openapi_webhooks.SCHEMAS},
         },
     }

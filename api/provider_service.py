@@ -38,6 +38,7 @@ from shared.providers import (
     save_graph_provider,
     set_platform_default,
 )
+from shared.senders import senders_of
 from transport.graph_apps import READ_APPS_ROLE, expiry_of, secret_dates, token_roles
 
 _N = Notification.__table__  # type: ignore[attr-defined]
@@ -72,6 +73,8 @@ async def _document(ctx: ApiContext, tenant_id: str) -> dict[str, Any]:
         "sender_name": row.sender_name, "sender_address": row.sender_address, "reply_to": row.reply_to,
         "azure_tenant": row.azure_tenant, "client_id": row.client_id, "cloud": row.cloud,
         "admin_contact_email": row.admin_contact_email,
+        "senders": {name: sender.stored() for name, sender in senders_of(row).items()},
+        "daily_external_recipient_limit": row.daily_external_recipient_limit,
         "credential_type": "certificate" if certificate else "secret",
         "client_secret": None if certificate else {"last4": row.secret_last4, **expiry},
         "certificate": {"thumbprint": row.cert_thumbprint, **expiry} if certificate else None,
@@ -118,6 +121,7 @@ async def save(ctx: ApiContext, who: Principal, body: object, *, expected_versio
         client_id=form.client_id, client_secret=None if certificate else secret, certificate=certificate,
         sender_name=form.sender_name, reply_to=form.reply_to, cloud=form.cloud,
         secret_expires_at=expires_at, expiry_source=source, admin_contact_email=form.admin_contact_email,
+        senders=form.senders, daily_external_recipient_limit=form.daily_external_recipient_limit,
         created_by=who.actor, expected_version=expected_version))
     _log.info("provider.saved", version=version, client_id=form.client_id, cloud=form.cloud,
               credential_type=creds.credential_type, thumbprint=certificate.thumbprint if certificate else None,

@@ -8,14 +8,14 @@ from typing import Any
 
 from aiohttp import web
 
-from api import onboarding, provider_service
+from api import onboarding, provider_service, sender_usage
 from api.context import context, principal
 from api.errors import ApiError
 from api.test_send import send_test
 from shared.errors import ValidationFailed
 
 routes = web.RouteTableDef()
-_TEST_FIELDS = frozenset({"to"})
+_TEST_FIELDS = frozenset({"to", "sender"})
 _ETAG = re.compile(r'(?:W/)?"?v?([0-9]{1,9})"?')
 
 
@@ -112,6 +112,14 @@ async def get_setup(request: web.Request) -> web.Response:
     Policy, with its app id, sender(s) and cloud (or those given in the query)."""
     who = principal(request)
     return web.json_response(await onboarding.guide(context(request), who.tenant_id, request.query))
+
+
+@routes.get("/v1/email-provider/usage")
+async def get_usage(request: web.Request) -> web.Response:
+    """Per sender: recipients in the rolling 24 h, limit, remaining and when the next one is free; requests
+    in the 10-minute window; the tenant's external budget when set."""
+    who = principal(request)
+    return web.json_response(await sender_usage.usage(context(request), who.tenant_id))
 
 
 @routes.post("/v1/email-provider/test")

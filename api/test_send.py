@@ -3,7 +3,8 @@
 The result is `sent` with Graph's request-id (or, on the platform default, the SMTP relay's reply
 and the Message-ID), or `failed` with the code and its diagnosis (ErrorAccessDenied "[RAOP]" →
 outside the Application Access Policy, SMTP550 → the relay refused it, and so on). Rate-limited
-per tenant so the endpoint cannot be used as a relay.
+per tenant so the endpoint cannot be used as a relay. `sender` picks one of the tenant's named
+senders (default: `default`), so each can be checked on its own.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from shared.ids import new_id
 from shared.message import Message, check_address, graph_request_body, parse_message
 from shared.mime import smtp_envelope
 from shared.providers import PlatformProvider, ProviderResolver, ResolvedProvider, current_config
+from shared.senders import DEFAULT_SENDER, check_sender_name
 from transport.graph import GraphClient
 from transport.graph_apps import token_roles
 from transport.smtp import SmtpRelayClient
@@ -40,9 +42,11 @@ async def send_test(ctx: ApiContext, who: Principal, body: object) -> dict[str, 
     if not isinstance(body, dict):
         raise ValidationFailed("body", "must be a JSON object")
     to = check_address(body.get("to"), "to")
-    await ratelimit.hit(ctx.redis, "test_send", who.tenant_id, limit=ctx.settings.api_test_sends_per_minute)
+    name = DEFAULT_SENDER if body.get("sender") in (None, "") else check_sender_name(body["sender"], "sender")
     resolver = ProviderResolver(ctx.engine, ctx.box, ctx.settings)
-    provider = (await ctx.blocking(resolver.resolve_many, [who.tenant_id]))[who.tenant_id]
+    resolved = (await ctx.blocking(resolver.resolve_many, [who.tenant_id]))[who.tenant_id]
+    provider = resolved if isinstance(resolved, ProviderError) else _named(resolved, name)
+    await ratelimit.hit(ctx.redis, "test_send", who.tenant_id, limit=ctx.settings.api_test_sends_per_minute)
     if isinstance(provider, ProviderError):
         return _failed("NoProviderConfigured", str(provider))
     try:
@@ -57,7 +61,8 @@ async def send_test(ctx: ApiContext, who: Principal, body: object) -> dict[str, 
         smtp_status = exc.status if isinstance(provider, PlatformProvider) else None
         outcome = _failed(exc.code or "DeliveryError", exc.message, request_id=exc.request_id,
                           smtp_status=smtp_status)
-    outcome.update(sender=provider.sender_address, provider="platform" if provider.kind == "platform" else "customer")
+    outcome.update(sender=provider.sender_address, named_sender=name,
+                   provider="platform" if provider.kind == "platform" else "customer")
     await ctx.blocking(lambda: record_event(
         ctx.engine, who.tenant_id, "test_sent" if outcome["result"] == "sent" else "test_failed",
         code=outcome.get("code"), request_id=outcome.get("request_id"),
@@ -65,6 +70,13 @@ async def send_test(ctx: ApiContext, who: Principal, body: object) -> dict[str, 
     _log.info("provider.test_send", result=outcome["result"], code=outcome.get("code"),
               request_id=outcome.get("request_id"))
     return outcome
+
+
+def _named(provider: ResolvedProvider | PlatformProvider, name: str) -> ResolvedProvider | PlatformProvider:
+    named = provider.for_sender(name)
+    if named is None or (isinstance(named, PlatformProvider) and name != DEFAULT_SENDER):
+        raise ValidationFailed("sender", f"the tenant has no sender named {name!r}")
+    return named
 
 
 def _test_message(to: str) -> Message:

@@ -18,7 +18,8 @@ from urllib.parse import urlencode
 from aiohttp import web
 from multidict import MultiDict
 
-from api import onboarding, provider_service
+from api import onboarding, provider_service, sender_usage
+from api import page_senders as senders
 from api.context import context, principal
 from api.errors import ApiError
 from api.keys import authenticate
@@ -35,13 +36,15 @@ from shared.errors import ValidationFailed
 from shared.events import recent_events
 from shared.models import State
 from shared.resend import RESENDABLE, resend
+from shared.senders import DEFAULT_SENDER
 
 routes = web.RouteTableDef()
 _FIELDS = (("sender_name", "Sender name"), ("sender_address", "Sender email address"),
            ("reply_to", "Reply-to address"), ("azure_tenant", "Azure tenant ID"),
            ("client_id", "Application (client) ID"), ("client_secret", "Client secret"),
            ("secret_expires_at", "Secret expiry date (optional, YYYY-MM-DD)"),
-           ("admin_contact_email", "Admin contact email (optional; reminders before the credential expires)"))
+           ("admin_contact_email", "Admin contact email (optional; reminders before the credential expires)"),
+           ("daily_external_recipient_limit", "External recipients per 24 h (optional, Exchange's tenant limit)"))
 # Credentials never come back into the form, whatever happened to the save.
 _NOT_ECHOED = frozenset({"client_secret", "certificate_pem"})
 _FORM_FIELDS = frozenset({n for n, _ in _FIELDS} | {"certificate_pem", "cloud"})
@@ -82,11 +85,12 @@ async def provider_page(request: web.Request) -> web.Response:
     """The configuration in force, Edit, Send test and View activity; with ?edit=1, the edit form."""
     who = principal(request)
     current = await provider_service.view(context(request), who.tenant_id)
+    current["usage"] = await sender_usage.usage(context(request), who.tenant_id)  # the senders table shows it
     body = _current_html(current)
     if request.query.get("edit") and who.may("admin"):
         body += _form_html(_values_of(current), None)
     elif who.may("admin"):
-        body += "<p><a id='edit' href='/ui/email-provider?edit=1'>Edit</a></p>" + _test_form()
+        body += "<p><a id='edit' href='/ui/email-provider?edit=1'>Edit</a></p>" + _test_form(current)
     else:
         body += _ACTIVITY_LINK
     guide = await onboarding.guide(context(request), who.tenant_id, MultiDict())
@@ -133,7 +137,7 @@ async def provider_restore(request: web.Request) -> web.Response:
         fix = _fix(exc) if isinstance(exc, ApiError) else ""
         outcome = (f"<div class='error' id='restore-error' role='alert'>Not restored: {escape(text)}{fix}<br>The "
                    "configuration in force is unchanged.</div>")
-    return _page("Email provider", outcome + _current_html(current) + _test_form()
+    return _page("Email provider", outcome + _current_html(current) + _test_form(current)
                  + await _history_section(request, current))
 
 
@@ -177,7 +181,10 @@ async def provider_save(request: web.Request) -> web.Response:
     ctx = context(request)
     try:
         expected = _int_field(edited, "version") if edited else None
-        current = await provider_service.save(ctx, who, form, expected_version=expected)
+        body: dict[str, Any] = dict(form)
+        if senders.SENDERS_FIELD in form:
+            body[senders.SENDERS_FIELD] = senders.senders_from_form(form[senders.SENDERS_FIELD])
+        current = await provider_service.save(ctx, who, body, expected_version=expected)
     except (ApiError, ValidationFailed) as exc:
         error = exc if isinstance(exc, ApiError) else ApiError(422, "validation_failed", str(exc), field=exc.field)
         current = await provider_service.view(ctx, who.tenant_id)
@@ -187,23 +194,25 @@ async def provider_save(request: web.Request) -> web.Response:
         return _page("Email provider", _current_html(current) + _form_html(kept, error)
                      + await _history_section(request, current))
     return _page("Email provider", "<p class='ok' id='saved'>Saved; the credentials were accepted by Entra ID.</p>"
-                 + _current_html(current) + _test_form())
+                 + _current_html(current) + _test_form(current))
 
 
 @routes.post("/ui/email-provider/test")
 async def provider_test(request: web.Request) -> web.Response:
     """Send test and show its outcome."""
     who = principal(request, "admin")
-    to = str((await request.post()).get("to", ""))
+    posted = await request.post()
+    to, sender = str(posted.get("to", "")), str(posted.get("sender", "") or DEFAULT_SENDER)
     ctx = context(request)
     try:
-        result = await send_test(ctx, who, {"to": to})
+        result = await send_test(ctx, who, {"to": to, "sender": sender})
     except ValidationFailed as exc:
         result = {"result": "failed", "code": "validation_failed", "message": str(exc)}
     except ApiError as exc:
         result = {"result": "failed", "code": exc.code, "message": exc.message}
     current = await provider_service.view(ctx, who.tenant_id)
-    return _page("Email provider", _result_html(result) + _current_html(current) + _test_form(to, opened=True))
+    return _page("Email provider", _result_html(result) + _current_html(current)
+                 + _test_form(current, to, sender, opened=True))
 
 
 @routes.get("/ui/activity")
@@ -298,6 +307,7 @@ def _values_of(current: dict[str, Any]) -> dict[str, str]:
     values["cloud"] = str(current.get("cloud") or "global")
     values["provider"] = str(current.get("provider") or "platform")
     values["version"] = str(current.get("version", ""))
+    values[senders.SENDERS_FIELD] = senders.form_text(current)
     return values
 
 
@@ -328,7 +338,8 @@ def _current_html(c: dict[str, Any]) -> str:
             f"{escape(c['azure_tenant'])}</li><li>Application (client) ID: {escape(c['client_id'])}</li><li>Cloud: "
             f"{escape(_CLOUD_LABELS.get(c['cloud'], c['cloud']))}</li><li>{held} expires "
             f"{escape(credential.get('expires_at') or '?')}</li><li>Admin contact for reminders: "
-            f"{escape(c.get('admin_contact_email') or 'none')}</li></ul></div>" + domain_html(c.get("domain_checks")))
+            f"{escape(c.get('admin_contact_email') or 'none')}</li></ul>{senders.table_html(c)}</div>"
+            + domain_html(c.get("domain_checks")))
 
 
 def _form_html(values: dict[str, str], error: ApiError | None) -> str:
@@ -354,8 +365,16 @@ def _form_html(values: dict[str, str], error: ApiError | None) -> str:
             f"<fieldset><legend>Provider</legend>{radios}</fieldset><fieldset id='customer-fields'>"
             "<label>Email service <select name='service'><option value='microsoft_graph'>Microsoft Graph</option>"
             "</select></label>" + "".join(field(n, label) for n, label in _FIELDS) + certificate
-            + f"<label>Cloud <select name='cloud'>{clouds}</select></label>{_field_error(error, 'cloud')}</fieldset>"
+            + f"<label>Cloud <select name='cloud'>{clouds}</select></label>{_field_error(error, 'cloud')}"
+            + senders.form_html(values.get(senders.SENDERS_FIELD, "")) + _senders_error(error) + "</fieldset>"
             "<button>Save</button> <a href='/ui/email-provider'>Cancel</a></form>")
+
+
+def _senders_error(error: ApiError | None) -> str:
+    # Every senders.* field error shows under the one textarea.
+    if error is None or not (error.field or "").startswith(senders.SENDERS_FIELD):
+        return ""
+    return f"<div class='error' id='error-senders'>{escape(error.message)}</div>"
 
 
 def _field_error(error: ApiError | None, name: str) -> str:
@@ -373,10 +392,12 @@ _FILTERS = ("status", "error_code", "recipient", "since", "until", "possible_dup
 _ACTIVITY_LINK = "<p><a id='view-activity' href='/ui/activity'>View activity</a></p>"
 
 
-def _test_form(to: str = "", *, opened: bool = False) -> str:
+def _test_form(current: dict[str, Any], to: str = "", sender: str = DEFAULT_SENDER, *,
+               opened: bool = False) -> str:
     return (f"<details id='send-test'{' open' if opened else ''}><summary>Send test</summary><form method='post' "
             "action='/ui/email-provider/test'><label>Send a test message to <input type='email' name='to' "
-            f"value='{escape(to)}'></label><button>Send test</button></form></details>" + _ACTIVITY_LINK)
+            f"value='{escape(to)}'></label>{senders.test_choice_html(current, sender)}<button>Send test</button>"
+            "</form></details>" + _ACTIVITY_LINK)
 
 
 def _result_html(r: dict[str, Any]) -> str:

@@ -22,6 +22,8 @@ MUTABLE_FIELDS = frozenset(
         "concurrency_retry_after",
         "requests_per_10min",
         "recipients_per_day",
+        "recipient_window_s",
+        "external_recipients_per_day",
         "max_request_bytes",
         "max_internet_headers",
         "unauthorized_client_status",
@@ -56,6 +58,11 @@ class EmulatorConfig:
     concurrency_retry_after: str | None = "1"
     requests_per_10min: int = 10_000
     recipients_per_day: int = 10_000
+    # The rolling window both recipient limits count in (Exchange: 24 h; settable so tests use seconds).
+    recipient_window_s: float = 86_400.0
+    # Exchange's tenant external recipient rate limit (TERRL) for every tenant; None: not enforced. Its
+    # real value depends on licences (UNVERIFIED): set it per test.
+    external_recipients_per_day: int | None = None
     max_request_bytes: int = 4 * 1024 * 1024
     max_internet_headers: int = 5
     unauthorized_client_status: int = 400

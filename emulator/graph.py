@@ -142,7 +142,7 @@ async def _validated_record(
         "message": checked.message,
         "save_to_sent_items": checked.save_to_sent_items,
         "x_headers": checked.x_headers,
-        "recipients": len(checked.recipients),
+        "recipients": len({a.lower() for a in checked.recipients}),  # Exchange counts each once
         "recipient_addresses": checked.recipients,
         "from": checked.from_address or box.address,
         "size_bytes": len(raw),
@@ -260,9 +260,16 @@ def _commit(
     client_request_id: str,
 ) -> None:
     now = emu.clock.now()
-    would_bounce = emu.limits.add_recipients(box.address, record["recipients"])
+    distinct = {a.lower() for a in record["recipient_addresses"]}
+    external = sum(1 for a in distinct if a.rsplit("@", 1)[-1] not in tenant.domains)
+    over_mailbox = emu.limits.add_recipients(box.address, record["recipients"])
+    over_tenant = emu.limits.add_external(tenant.id, external)
+    would_bounce = over_mailbox or over_tenant
     if would_bounce:
         emu.inspection.counters.would_bounce += 1
+    # The NDR Exchange would send: 5.7.233 for the tenant's external limit (reference); the mailbox
+    # limit's exact code is not documented there, so it is named, not numbered.
+    ndr = "550 5.7.233" if over_tenant else ("RecipientRateLimitExceeded" if over_mailbox else None)
     emu.inspection.outbox.append(
         {
             "request_id": request_id,
@@ -273,6 +280,7 @@ def _commit(
             "received_at": dt.datetime.fromtimestamp(now, dt.UTC).isoformat().replace("+00:00", "Z"),
             "received_at_epoch_s": now,
             "would_bounce": would_bounce,
+            "ndr": ndr,
             **record,
         }
     )

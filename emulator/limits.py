@@ -1,4 +1,9 @@
-"""Per (app, mailbox) throttles like Exchange Online's: concurrency, request rate, daily recipients."""
+"""Per (app, mailbox) throttles like Exchange Online's: concurrency, request rate, daily recipients, and
+the tenant-wide external recipient rate limit (TERRL).
+
+The recipient limits answer the way Exchange does: the request is accepted (202) and the message would
+bounce later with a non-delivery report, which the outbox records (`would_bounce`, `ndr`). Recipients
+are counted once per message however many of to, cc and bcc name them."""
 
 from __future__ import annotations
 
@@ -9,7 +14,6 @@ from collections.abc import Callable
 from emulator.config import EmulatorConfig
 
 WINDOW_S = 600.0
-DAY_S = 86_400.0
 
 Key = tuple[str, str]  # (app id, canonical mailbox address)
 
@@ -86,12 +90,22 @@ class Limits:
         self.in_flight[key] -= 1
 
     def add_recipients(self, mailbox: str, count: int) -> bool:
-        """Count recipients sent by `mailbox`; True when the 24-hour total is over the limit
+        """Count recipients sent by `mailbox`; True when the rolling total is over the limit
         (Exchange accepts the message and would bounce it with an NDR)."""
+        return self._add(mailbox, count) > self._config().recipients_per_day
+
+    def add_external(self, tenant_id: str, count: int) -> bool:
+        """Count external recipients of `tenant_id`; True when over the tenant's external limit
+        (accepted, then an NDR 550 5.7.233)."""
+        limit = self._config().external_recipients_per_day
+        total = self._add(f"tenant:{tenant_id}", count)
+        return limit is not None and count > 0 and total > limit
+
+    def _add(self, key: str, count: int) -> int:
         now = self._now()
-        log = self._recipients[mailbox]
-        while log and log[0][0] <= now - DAY_S:
-            self._recipient_totals[mailbox] -= log.popleft()[1]
+        log = self._recipients[key]
+        while log and log[0][0] <= now - self._config().recipient_window_s:
+            self._recipient_totals[key] -= log.popleft()[1]
         log.append((now, count))
-        self._recipient_totals[mailbox] += count
-        return self._recipient_totals[mailbox] > self._config().recipients_per_day
+        self._recipient_totals[key] += count
+        return self._recipient_totals[key]

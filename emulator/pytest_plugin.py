@@ -45,4 +45,6 @@ _DEFAULTS = {
     "concurrency_retry_after": "1",
     "requests_per_10min": 10_000,
     "recipients_per_day": 10_000,
+    "recipient_window_s": 86_400.0,
+    "external_recipients_per_day": None,
 }

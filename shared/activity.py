@@ -18,7 +18,7 @@ from sqlalchemy import Engine, and_, func, or_, select
 from shared.clock import as_utc
 from shared.diagnosis import diagnose
 from shared.errors import ValidationFailed
-from shared.models import DeliveryAttempt, Notification, NotificationRecipient, State
+from shared.models import ACTIVE_STATES, DeliveryAttempt, Notification, NotificationRecipient, State
 from shared.recipients import normalize
 
 _N = Notification.__table__  # type: ignore[attr-defined]
@@ -26,7 +26,8 @@ _A = DeliveryAttempt.__table__  # type: ignore[attr-defined]
 _R = NotificationRecipient.__table__  # type: ignore[attr-defined]
 _LIST_COLUMNS = (_N.c.id, _N.c.tenant_id, _N.c.state, _N.c.attempts, _N.c.sender, _N.c.last_status,
                  _N.c.last_error_code, _N.c.last_error_message, _N.c.graph_request_id, _N.c.possible_duplicate,
-                 _N.c.created_at, _N.c.updated_at, _N.c.sent_at, _N.c.payload)
+                 _N.c.created_at, _N.c.updated_at, _N.c.sent_at, _N.c.payload, _N.c.wait_reason,
+                 _N.c.next_attempt_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +112,12 @@ def stats(engine: Engine, tenant_id: str, *, window_s: int) -> dict[str, Any]:
 
 def _item(r: dict[str, Any]) -> dict[str, Any]:
     payload = r.pop("payload") or {}
+    next_attempt_ms = r.pop("next_attempt_ms")
     out = {k: _json(v) for k, v in r.items()}
+    # When a waiting notification goes next (a quota wait says when its sender's budget has room).
+    out["next_attempt_at"] = (datetime.fromtimestamp(next_attempt_ms / 1000, UTC).isoformat()
+                              if r["state"] in ACTIVE_STATES else None)
+    out["named_sender"] = payload.get("sender", "default")
     out["subject"] = payload.get("subject", "")
     out["to"] = [t["address"] if isinstance(t, dict) else t for t in payload.get("to", [])]
     diagnosis = diagnose(r["last_error_code"], r["last_error_message"]) if r["state"] != State.SENT.value else None

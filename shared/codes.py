@@ -29,6 +29,8 @@ class Code(StrEnum):
     # the tenant's provider
     PROVIDER_ERROR = "ProviderError"
     NO_PROVIDER_CONFIGURED = "NoProviderConfigured"
+    UNKNOWN_SENDER = "UnknownSender"
+    RECIPIENT_LIMIT_TOO_LOW = "RecipientLimitTooLow"
     # decided by the outcome policy or the sweeper
     WORKER_LOST = "WorkerLost"
     MAX_AGE_EXCEEDED = "MaxAgeExceeded"

@@ -172,6 +172,12 @@ _BY_CODE: dict[Code, Diagnosis] = {
     Code.TOKEN_SERVICE_ERROR: Diagnosis(
         "Entra ID's token endpoint failed or answered with something other than JSON.",
         "Nothing to do: it is retried; if it lasts, check a proxy is not rewriting the login host's answers."),
+    Code.UNKNOWN_SENDER: Diagnosis(
+        "The notification names a sender the tenant's provider no longer has (removed after it was queued).",
+        "Add the sender back under the provider's senders and resend it, or resend it from another sender."),
+    Code.RECIPIENT_LIMIT_TOO_LOW: Diagnosis(
+        "The message has more distinct recipients than its sender's daily recipient limit allows in all.",
+        "Raise the sender's daily_recipient_limit, or split the message; it was not sent."),
     Code.PROVIDER_ERROR: Diagnosis(
         "The tenant's saved provider settings cannot be used (they no longer decrypt or parse).",
         "Save the tenant's provider settings again; check TENANTMAIL_ENCRYPTION_KEYS still holds the key "

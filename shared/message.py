@@ -11,8 +11,9 @@
 
 Limits, all enforced by `parse_message` (the why in brackets):
 
-- recipients in to + cc + bcc: 1 .. MAX_RECIPIENTS (500) [Exchange Online default per message];
-  reply_to: at most MAX_REPLY_TO (10) [Graph documents no limit; a sane bound].
+- recipients in to + cc + bcc: 1 .. MAX_RECIPIENTS (500) distinct addresses (one named in two fields,
+  or twice, counts once, as Exchange counts it) [Exchange Online default per message]; each list at most
+  MAX_RECIPIENTS entries; reply_to: at most MAX_REPLY_TO (10) [Graph documents no limit; a sane bound].
 - address: email_validator syntax with an ASCII local part, no quoting, no IP literal, at most 254
   characters; a domain in Unicode is stored in its ASCII (punycode) form [Graph rejects recipients
   it cannot resolve]. `.test` domains are accepted for test tenants.
@@ -32,6 +33,9 @@ Limits, all enforced by `parse_message` (the why in brackets):
 - the whole sendMail request: at most MAX_REQUEST_BYTES (4 MiB), sized with the longest sender
   name, address and notification id `graph_request_body` accepts [Graph answers 413 above it].
 
+- sender: the name of one of the tenant's senders (shared.senders: 1-32 of a-z, 0-9, `_`, `-`,
+  starting with a letter); absent means `default`. Whether the tenant has it is the producer's check.
+
 `null` for an optional field means the field is absent.
 """
 
@@ -40,7 +44,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -49,6 +53,7 @@ import orjson
 from email_validator import EmailNotValidError, validate_email
 
 from shared.errors import ValidationFailed
+from shared.senders import DEFAULT_SENDER, check_sender_name
 
 MAX_RECIPIENTS = 500
 MAX_REPLY_TO = 10
@@ -71,7 +76,8 @@ BODY_TYPES = ("text", "html")
 IMPORTANCES = ("low", "normal", "high")
 
 _MESSAGE_KEYS = frozenset(
-    {"to", "cc", "bcc", "reply_to", "subject", "body", "body_type", "headers", "attachments", "importance"}
+    {"to", "cc", "bcc", "reply_to", "subject", "body", "body_type", "headers", "attachments", "importance",
+     "sender"}
 )
 _RECIPIENT_KEYS = frozenset({"address", "name"})
 _HEADER_KEYS = frozenset({"name", "value"})
@@ -130,6 +136,7 @@ class Message:
     attachments: tuple[Attachment, ...] = ()
     importance: str = "normal"
     reply_to: tuple[Recipient, ...] = ()
+    sender: str = DEFAULT_SENDER  # which of the tenant's named senders (shared.senders) sends it
 
 
 def parse_message(data: object) -> Message:
@@ -150,6 +157,7 @@ def parse_message(data: object) -> Message:
         attachments=attachments,
         importance=_choice(data.get("importance"), "importance", IMPORTANCES, "normal"),
         reply_to=_recipients(_sequence(data.get("reply_to"), "reply_to", MAX_REPLY_TO), "reply_to"),
+        sender=DEFAULT_SENDER if data.get("sender") is None else check_sender_name(data.get("sender"), "sender"),
     )
     size = len(_render(message, _WORST_ADDRESS, _WORST_NAME, _WORST_ADDRESS, _WORST_NOTIFICATION_ID))
     if size > MAX_REQUEST_BYTES:
@@ -170,7 +178,7 @@ def message_from_stored(data: Mapping[str, Any]) -> Message:
     return Message(
         to=recipients("to"), cc=recipients("cc"), bcc=recipients("bcc"), reply_to=recipients("reply_to"),
         subject=data.get("subject", ""), body=data.get("body", ""), body_type=data.get("body_type", "text"),
-        importance=data.get("importance", "normal"),
+        importance=data.get("importance", "normal"), sender=data.get("sender", DEFAULT_SENDER),
         headers=tuple((h["name"], h["value"]) for h in data.get("headers") or ()),
         attachments=tuple(Attachment(a["name"], a["content_type"], a["content_bytes"], a.get("is_inline", False),
                                      a.get("content_id")) for a in data.get("attachments") or ()),
@@ -188,6 +196,8 @@ def message_to_dict(m: Message) -> dict[str, Any]:
         out["headers"] = [{"name": name, "value": value} for name, value in m.headers]
     if m.attachments:
         out["attachments"] = [_attachment_dict(a) for a in m.attachments]
+    if m.sender != DEFAULT_SENDER:  # stored payloads of default-sender mail stay as they were
+        out["sender"] = m.sender
     return out
 
 
@@ -304,17 +314,20 @@ def _sequence(value: object, field: str, max_items: int) -> list[Any] | tuple[An
 
 
 def _all_recipients(data: Mapping[Any, Any]) -> tuple[tuple[Recipient, ...], ...]:
-    lists = []
-    total = 0
-    for field in ("to", "cc", "bcc"):
-        items = _sequence(data.get(field), field, MAX_RECIPIENTS)
-        total += len(items)
-        if total > MAX_RECIPIENTS:
-            raise ValidationFailed(field, f"more than {MAX_RECIPIENTS} recipients in to, cc and bcc together")
-        lists.append(items)
-    if total == 0:
+    lists = tuple(_recipients(_sequence(data.get(f), f, MAX_RECIPIENTS), f) for f in ("to", "cc", "bcc"))
+    unique = recipient_addresses(*lists)
+    if len(unique) > MAX_RECIPIENTS:  # Exchange counts a recipient once, whichever fields name it
+        field = next(f for f, items in zip(("bcc", "cc", "to"), lists[::-1], strict=True) if items)
+        raise ValidationFailed(field, f"more than {MAX_RECIPIENTS} recipients in to, cc and bcc together")
+    if not unique:
         raise ValidationFailed("to", "at least one recipient is required in to, cc or bcc")
-    return tuple(_recipients(items, field) for items, field in zip(lists, ("to", "cc", "bcc"), strict=True))
+    return lists
+
+
+def recipient_addresses(*lists: Iterable[Recipient]) -> set[str]:
+    """The distinct recipients of to, cc and bcc (addresses compared ignoring case): what Exchange's
+    per-message and per-day recipient limits count."""
+    return {r.address.lower() for items in lists for r in items}
 
 
 def _recipients(items: list[Any] | tuple[Any, ...], field: str) -> tuple[Recipient, ...]:

@@ -102,6 +102,9 @@ class Notification(SQLModel, table=True):
     last_error_code: str | None = Field(default=None, max_length=100)
     last_error_message: str | None = Field(default=None, max_length=2000)
     graph_request_id: str | None = Field(default=None, max_length=64)
+    # Why a retry_wait row waits when the outcome policy knows: "quota" (its sender's Exchange budget is
+    # spent until next_attempt_ms). Cleared by any other outcome.
+    wait_reason: str | None = Field(default=None, max_length=32)
 
 
 class DeliveryAttempt(SQLModel, table=True):
@@ -169,6 +172,11 @@ class ProviderConfig(SQLModel, table=True):
     cert_thumbprint: str | None = Field(default=None, max_length=40)  # SHA-1 hex, as Entra shows it
     admin_contact_email: str | None = Field(default=None, max_length=320)
     cloud: str = Field(default="global", max_length=16)
+    # Named senders (shared.senders), the whole map including "default"; None: a version saved before
+    # named senders existed, whose only sender is the three sender columns above.
+    senders: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    # Exchange's tenant external recipient rate limit, kept ahead per rolling 24 h; None: not enforced.
+    daily_external_recipient_limit: int | None = None
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     created_by: str | None = Field(default=None, max_length=200)
 

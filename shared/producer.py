@@ -28,6 +28,7 @@ from shared.ids import new_id
 from shared.message import Message, message_to_dict, parse_message
 from shared.models import ACTIVE_STATES, Notification, NotificationRecipient, State
 from shared.recipients import recipients_of
+from shared.senders import DEFAULT_SENDER, sender_addresses
 from shared.settings import Settings
 
 _TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
@@ -70,6 +71,7 @@ class Producer:
             return []
         ids = [r["id"] for r in rows]
         with self._engine.begin() as conn:
+            _stamp_senders(conn, rows)
             self._assign_ranks(conn, rows)
             conn.execute(self._insert_stmt(), rows)
             keyed = [(r["tenant_id"], r["idempotency_key"]) for r in rows if r["idempotency_key"]]
@@ -108,7 +110,7 @@ class Producer:
             "id": new_id(), "tenant_id": tenant_id, "idempotency_key": key, "state": State.QUEUED.value,
             "payload": message_to_dict(message), "created_at": now, "updated_at": now,
             "fair_rank": 0, "next_attempt_ms": int(now.timestamp() * 1000), "dispatch_lease_until_ms": None,
-            "send_lease_until_ms": None,
+            "send_lease_until_ms": None, "sender": None,
             "attempts": 0, "ambiguous_count": 0, "possible_duplicate": False,
         }
 
@@ -142,6 +144,19 @@ def _store_recipients(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
               for r in rows for address in recipients_of(r["payload"])]
     if values:
         conn.execute(insert(_RECIPIENTS), values)
+
+
+def _stamp_senders(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Check each row's named sender against its tenant's provider in force (in the insert's
+    transaction, so nothing is stored when one is unknown) and stamp the row with its address.
+    `default` always exists; a tenant on the platform default has no other."""
+    known = sender_addresses(conn, {r["tenant_id"] for r in rows})
+    for i, r in enumerate(rows):
+        name = r["payload"].get("sender", DEFAULT_SENDER)
+        address = known.get(r["tenant_id"], {}).get(name)
+        if address is None and name != DEFAULT_SENDER:
+            raise ValidationFailed(f"[{i}].message.sender", f"the tenant has no sender named {name!r}")
+        r["sender"] = address
 
 
 def _as_item(index: int, raw: EnqueueItem | tuple[Any, ...]) -> EnqueueItem:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine, func, select, text
@@ -21,11 +21,13 @@ from sqlmodel import Session
 from shared.certificates import CertificateCredential, client_credential
 from shared.clock import as_utc
 from shared.clouds import Cloud, resolve_cloud
-from shared.errors import ConfigurationError, NoProviderConfigured, ProviderError
+from shared.codes import Code
+from shared.errors import ConfigurationError, NoProviderConfigured, PermanentError, ProviderError
 from shared.holds import release_hold
 from shared.models import ProviderConfig, ProviderHistory
 from shared.producer import PLATFORM_TENANT_KEY
 from shared.secretbox import SecretBox
+from shared.senders import DEFAULT_SENDER, SenderIdentity, changed_senders, senders_of, stored_senders
 from shared.settings import Settings
 from shared.webhooks import emit, provider_saved_event
 
@@ -53,6 +55,20 @@ class ResolvedProvider:
     credential: str = field(repr=False)
     credential_type: str = "secret"
     saved_at: datetime | None = None  # when this version was saved (Exchange may still be applying a change)
+    # The named sender this copy sends as (`for_sender`), its limit, and all of the version's senders.
+    sender: str = DEFAULT_SENDER
+    daily_recipient_limit: int | None = None
+    daily_external_recipient_limit: int | None = None  # the tenant's, across all its senders
+    senders: Mapping[str, SenderIdentity] = field(default_factory=dict, repr=False, compare=False)
+
+    def for_sender(self, name: str) -> ResolvedProvider | None:
+        """This provider sending as its sender `name` (address, display name, reply-to, limit), or None
+        when the version has no such sender."""
+        identity = self.senders.get(name)
+        if identity is None:
+            return None
+        return replace(self, sender=name, sender_address=identity.address, sender_name=identity.display_name,
+                       reply_to=identity.reply_to, daily_recipient_limit=identity.daily_recipient_limit)
 
     @property
     def token_key(self) -> str:
@@ -81,8 +97,18 @@ class PlatformProvider:
     reply_to: str | None = None
     kind: str = "platform"
 
+    def for_sender(self, name: str) -> PlatformProvider:
+        """The platform default has one sender: every name a tenant's mail carries sends from it."""
+        return self
+
 
 Provider = ResolvedProvider | PlatformProvider
+
+
+def unknown_sender(name: str) -> PermanentError:
+    """A queued notification names a sender the provider in force no longer has (removed by a save)."""
+    return PermanentError(f"the tenant's provider has no sender named {name!r} any more",
+                          code=Code.UNKNOWN_SENDER)
 
 
 class VersionConflict(Exception):
@@ -95,7 +121,8 @@ class VersionConflict(Exception):
 
 # Fields whose change the history records by name; the secret is compared, never stored in it.
 TRACKED_FIELDS = ("kind", "sender_name", "sender_address", "reply_to", "azure_tenant", "client_id", "cloud",
-                  "secret_expires_at", "credential_type", "cert_thumbprint", "admin_contact_email")
+                  "secret_expires_at", "credential_type", "cert_thumbprint", "admin_contact_email",
+                  "daily_external_recipient_limit")
 
 
 def save_graph_provider(
@@ -114,12 +141,16 @@ def save_graph_provider(
     secret_expires_at: datetime | None = None,
     expiry_source: str | None = None,
     admin_contact_email: str | None = None,
+    senders: Iterable[SenderIdentity] = (),
+    daily_external_recipient_limit: int | None = None,
     created_by: str | None = None,
     expected_version: int | None = None,
 ) -> int:
     """Store a new active customer-provided Graph configuration and its history entry; returns its version.
 
     Exactly one of `client_secret` and `certificate` is given. A certificate's expiry is its notAfter.
+    `senders` are the named senders besides `default` (which is `sender_address`, `sender_name`,
+    `reply_to`); a `default` among them gives only the default sender's daily recipient limit.
     With `expected_version`, raises VersionConflict unless that version is the one in force.
     """
     if (client_secret is None) == (certificate is None):
@@ -136,10 +167,20 @@ def save_graph_provider(
         secret_expires_at=certificate.not_after if certificate is not None else secret_expires_at,
         expiry_source="certificate" if certificate is not None else (expiry_source if secret_expires_at else None),
     )
+    row.senders = stored_senders(_with_default(row, senders))
+    row.daily_external_recipient_limit = daily_external_recipient_limit
     changed_name = "certificate_pem" if certificate is not None else "client_secret"
     return _insert_version(engine, row, "saved",
                            lambda prev: [changed_name] if _credential_changed(box, prev, credential) else [],
                            expected_version=expected_version)
+
+
+def _with_default(row: ProviderConfig, senders: Iterable[SenderIdentity]) -> list[SenderIdentity]:
+    named = {s.name: s for s in senders}
+    given = named.pop(DEFAULT_SENDER, None)
+    default = SenderIdentity(DEFAULT_SENDER, row.sender_address or "", row.sender_name, row.reply_to,
+                             given.daily_recipient_limit if given else None)
+    return [default, *named.values()]
 
 
 def set_platform_default(engine: Engine, tenant_id: str, *, created_by: str | None = None,
@@ -153,7 +194,8 @@ def set_platform_default(engine: Engine, tenant_id: str, *, created_by: str | No
 def restore_version(engine: Engine, box: SecretBox, source: ProviderConfig, *, created_by: str | None = None,
                     expected_version: int | None = None) -> int:
     """Store a copy of an older version `source` as the new version in force; returns its version."""
-    copied = {f: getattr(source, f) for f in (*TRACKED_FIELDS, "secret_enc", "secret_last4", "expiry_source")}
+    copied = {f: getattr(source, f)
+              for f in (*TRACKED_FIELDS, "secret_enc", "secret_last4", "expiry_source", "senders")}
     row = ProviderConfig(tenant_id=source.tenant_id, version=0, created_at=datetime.now(UTC), created_by=created_by,
                          **copied)
     credential = box.decrypt(source.secret_enc) if source.secret_enc is not None else None
@@ -212,9 +254,18 @@ def _credential_name(row: ProviderConfig) -> str:
 
 
 def _changed_fields(prev: ProviderConfig | None, row: ProviderConfig) -> list[str]:
+    before = senders_of(prev) if prev is not None else {}
+    # The default sender's address, name and reply-to are tracked as the columns they are.
+    after = senders_of(row)
+    named = [f for f in changed_senders(before, after) if f != f"senders.{DEFAULT_SENDER}"
+             or _limit(before.get(DEFAULT_SENDER)) != _limit(after.get(DEFAULT_SENDER))]
     if prev is None:
-        return [f for f in TRACKED_FIELDS if getattr(row, f) is not None]
-    return [f for f in TRACKED_FIELDS if _comparable(getattr(prev, f)) != _comparable(getattr(row, f))]
+        return [f for f in TRACKED_FIELDS if getattr(row, f) is not None] + named
+    return [f for f in TRACKED_FIELDS if _comparable(getattr(prev, f)) != _comparable(getattr(row, f))] + named
+
+
+def _limit(sender: SenderIdentity | None) -> int | None:
+    return sender.daily_recipient_limit if sender else None
 
 
 def _comparable(value: object) -> object:
@@ -306,13 +357,15 @@ class ProviderResolver:
             if tenant_id == PLATFORM_TENANT_KEY or row is None or row.kind == "platform":
                 return self._platform(tenant_id, row.version if row else 0)
             assert row.secret_enc and row.sender_address and row.azure_tenant and row.client_id
-            return ResolvedProvider(
+            provider = ResolvedProvider(
                 tenant_id=tenant_id, version=row.version, kind="graph", sender_address=row.sender_address,
                 sender_name=row.sender_name, reply_to=row.reply_to, azure_tenant=row.azure_tenant,
                 client_id=row.client_id, cloud=resolve_cloud(row.cloud, self._settings),
                 credential=self._box.decrypt(row.secret_enc), credential_type=row.credential_type or "secret",
                 saved_at=as_utc(row.created_at) if row.created_at else None,
+                senders=senders_of(row), daily_external_recipient_limit=row.daily_external_recipient_limit,
             )
+            return provider.for_sender(DEFAULT_SENDER) or provider  # the default's limit
         except ProviderError as exc:
             return exc
         except Exception as exc:  # a broken row must fail its tenant, not the whole batch

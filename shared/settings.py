@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     mailbox_pacing_ms: int = 0
     slot_wait_max_ms: int = 1_500
     slot_requeue_ms: int = 250
+    # Exchange Online's sending limits, kept per (app, mailbox) in Redis before Graph is asked
+    # (worker.quota_gate): recipients per rolling window (24 h; a sender's daily_recipient_limit
+    # overrides the default) and requests per 10 minutes. The windows are settable so tests can use seconds.
+    daily_recipient_limit: int = 10_000
+    recipient_window_s: float = 24 * 3600.0
+    mailbox_requests_per_window: int = 10_000
+    request_window_s: float = 600.0
 
     # Retry policy. Transient failures retry until a row is `max_age_s` old, with full-jitter backoff
     # doubling from base to cap; `max_attempts` bounds only the ambiguous rule (retry_once).

@@ -57,6 +57,7 @@ MATRIX: dict[str, tuple[Cell, Cell, int, int, int, int]] = {
     "POST /v1/email-provider/history/{version}:restore": (ADMIN_ONLY, Q422, 401, 401, 401, 401),
     "POST /v1/email-provider/test":   (ADMIN_ONLY, Q422,        401,  401,    401,    401),
     "GET /v1/email-provider/setup":   (ALL_200,    Q422,        401,  401,    401,    401),
+    "GET /v1/email-provider/usage":   (ALL_200,    Q422,        401,  401,    401,    401),
     "GET /v1/activity":               (ALL_200,    Q422,        401,  401,    401,    401),
     "GET /v1/events":                 (ALL_200,    Q422,        401,  401,    401,    401),
     "GET /v1/stats":                  (ALL_200,    Q422,        401,  401,    401,    401),

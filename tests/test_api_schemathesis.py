@@ -38,6 +38,7 @@ MIN_CASES = {
     "POST /v1/email-provider/history/{version}:restore": 40,
     "POST /v1/email-provider/test": 80,
     "GET /v1/email-provider/setup": 60,
+    "GET /v1/email-provider/usage": 1,
     "GET /v1/activity": 150,
     "GET /v1/events": 40,
     "GET /v1/stats": 40,

@@ -29,6 +29,7 @@ from shared.message import (
     graph_request_body,
     message_to_dict,
     parse_message,
+    recipient_addresses,
 )
 
 # A valid address of exactly 254 characters: local part 64, domain 189.
@@ -154,6 +155,14 @@ def test_parse_rejects_more_than_max_recipients_across_lists() -> None:
     to = [f"u{i}@example.com" for i in range(300)]
     cc = [f"c{i}@example.com" for i in range(MAX_RECIPIENTS - 300)]
     assert rejected(msg(to=to, cc=cc, bcc=["one.more@example.com"])).field == "bcc"
+
+
+def test_parse_counts_a_recipient_named_in_several_lists_once() -> None:
+    to = [f"u{i}@example.com" for i in range(MAX_RECIPIENTS)]
+    cc = [a.upper() for a in to[:100]]  # the same mailboxes, another case
+    m = parse_message(msg(to=to, cc=cc, bcc=to[100:200]))
+    assert len(recipient_addresses(m.to, m.cc, m.bcc)) == MAX_RECIPIENTS
+    assert rejected(msg(to=to, cc=[*cc, "new@example.com"])).field == "cc"
 
 
 def test_parse_rejects_huge_recipient_list_before_validating_it() -> None:
@@ -595,7 +604,7 @@ def test_accepted_messages_are_safe_and_fit_graph(data: dict[str, Any]) -> None:
         assert name[:2] in ("X-", "x-") and name.lower() != NOTIFICATION_ID_HEADER.lower()
         assert_safe_line(name)
         assert_safe_line(value)
-    assert 1 <= len(m.to + m.cc + m.bcc) <= MAX_RECIPIENTS
+    assert 1 <= len(recipient_addresses(m.to, m.cc, m.bcc)) <= MAX_RECIPIENTS
     assert len(m.headers) <= MAX_CUSTOM_HEADERS
     raw = graph_request_body(m, **WORST_SENDER)
     assert len(raw) <= MAX_REQUEST_BYTES

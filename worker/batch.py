@@ -17,6 +17,7 @@ from shared.metrics import metrics
 from shared.models import TERMINAL_STATES, State
 from worker.delivery import Sender
 from worker.liveness import progress
+from worker.quota_gate import QuotaGate
 from worker.runtime import Runtime
 from worker.sendmarks import current_epoch
 from worker.store import RowOutcome, claim, renew_leases, write_outcomes
@@ -47,8 +48,10 @@ def _deliver(runtime: Runtime, ids: Sequence[str]) -> dict[str, int]:
     if not rows:
         return {}
     providers = runtime.resolver.resolve_many(r.tenant_id for r in rows)
+    gate = QuotaGate(runtime.quotas, runtime.engine, s, claim=claimed_by)
+    gated = gate.admit(rows, providers)  # Exchange's limits: rows over their sender's budget wait
     sender = Sender(runtime.graph, runtime.tokens, runtime.throttle, runtime.marks, s, runtime.smtp, claim=claimed_by)
-    pending = runtime.submit(sender.send_all(rows, providers))
+    pending = runtime.submit(sender.send_all(gated.to_send, providers))
     renew_every_s = s.send_lease_ms / 3000
     while True:
         try:
@@ -57,6 +60,8 @@ def _deliver(runtime: Runtime, ids: Sequence[str]) -> dict[str, int]:
         except concurrent.futures.TimeoutError:
             # Still sending: keep the claim alive so the sweeper never mistakes us for dead.
             renew_leases(runtime.engine, [r.id for r in rows], claimed_by, s.send_lease_ms)
+    gate.give_back_unsent(gated, outcomes)
+    outcomes = [*outcomes, *gated.waiting]
     write_outcomes(runtime.engine, outcomes, claimed_by)
     _hold_tenants(runtime, outcomes)
     # Once an outcome is recorded the row's fate is in the database; its send mark is no longer needed.

@@ -38,7 +38,8 @@ from shared.message import graph_request_body, message_from_stored
 from shared.metrics import metrics
 from shared.mime import smtp_envelope
 from shared.models import State
-from shared.providers import PlatformProvider, Provider, ResolvedProvider
+from shared.providers import PlatformProvider, Provider, ResolvedProvider, unknown_sender
+from shared.senders import DEFAULT_SENDER
 from shared.settings import Settings
 from transport.graph import GraphClient
 from transport.graph_apps import token_roles
@@ -91,6 +92,12 @@ class Sender:
         relayed: list[tuple[ClaimedRow, PlatformProvider]] = []
         for row in rows:
             provider = providers[row.tenant_id]
+            if not isinstance(provider, ProviderError):  # the row's named sender (shared.senders)
+                named = provider.for_sender(row.payload.get("sender", DEFAULT_SENDER))
+                if named is None:
+                    outcomes[row.id] = self._attempted(row, provider, unknown_sender(row.payload["sender"]))
+                    continue
+                provider = named
             if isinstance(provider, ProviderError):
                 code = (Code.NO_PROVIDER_CONFIGURED if isinstance(provider, NoProviderConfigured)
                         else Code.PROVIDER_ERROR)

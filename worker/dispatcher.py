@@ -6,8 +6,9 @@ The database decides what is due; the broker only carries batches of ids. Each t
    `tenant_window` in flight, so one tenant's backlog never fills the workers; with
    `tenant_affinity` (default) a tenant gets its next rows only once its previous ones are
    done, so each tenant's rows are in one batch, on one process, at a time; a tenant whose
-   mailbox answered 429 gets nothing until the Retry-After recorded on that row has passed
-   (the Redis block says the same, but Redis can lose it: the database cannot);
+   mailbox answered 429 gets nothing for that mailbox (sender) until the Retry-After recorded on that
+   row has passed (the Redis block says the same, but Redis can lose it: the database cannot);
+   `worker.sender_waits.throttled_mailboxes`;
 3. stamps them with a dispatch lease and publishes them in batches of `batch_size`.
 A row whose dispatch lease runs out unclaimed (the broker lost it: Redis flushed or restarted)
 becomes due again by itself. Every second it also runs the sweeper (`worker.sweeper`) over
@@ -33,6 +34,7 @@ from shared.metrics import metrics
 from shared.models import ACTIVE_STATES, Notification, State
 from shared.settings import Settings
 from worker.liveness import Heartbeat
+from worker.sender_waits import throttled_mailboxes
 from worker.supervision import report_failure
 from worker.sweeper import Sweeper
 
@@ -139,12 +141,8 @@ class Dispatcher:
                            and_(_N.c.state == State.SENDING.value, _N.c.send_lease_until_ms > now_ms)))
                 .group_by(_N.c.tenant_id)
             ).all()))
-            throttled = set(conn.scalars(
-                select(_N.c.tenant_id).distinct()
-                .where(_N.c.state == State.RETRY_WAIT.value, _N.c.last_status == 429, _N.c.next_attempt_ms > now_ms)
-            ))
+            throttled = throttled_mailboxes(conn, now_ms)
             busy = {t for t, n in inflight.items() if n > 0} if self._s.tenant_affinity else set()
-            busy |= throttled
             full = busy | {t for t, n in inflight.items() if n >= self._s.tenant_window}
             due = [_N.c.state.in_(ACTIVE_STATES), _N.c.next_attempt_ms <= now_ms,
                    or_(_N.c.dispatch_lease_until_ms.is_(None), _N.c.dispatch_lease_until_ms <= now_ms)]
@@ -153,10 +151,13 @@ class Dispatcher:
                 # would otherwise be theirs, fetched only to be skipped.
                 due.append(_N.c.tenant_id.notin_(sorted(full)))
             page = conn.execute(
-                select(_N.c.id, _N.c.tenant_id).where(*due).order_by(_N.c.fair_rank).limit(self._s.dispatch_page)
+                select(_N.c.id, _N.c.tenant_id, _N.c.sender).where(*due).order_by(_N.c.fair_rank)
+                .limit(self._s.dispatch_page)
             ).all()
         chosen: list[tuple[str, str]] = []
-        for nid, tenant_id in page:
+        for nid, tenant_id, sender in page:
+            if throttled.holds(tenant_id, sender):
+                continue
             if tenant_id not in busy and inflight[tenant_id] < self._s.tenant_window:
                 inflight[tenant_id] += 1
                 chosen.append((nid, tenant_id))

@@ -34,6 +34,10 @@ new rules (breakers, quotas) go here too.
     WorkerLost(evidence)      the sweeper found its worker dead; the send marks say how far it got:
                               never started -> queued; accepted -> sent; maybe sent -> ambiguous rule
     HoldExpired()             the sweeper found a held row past `hold_max_s`: failed, its code kept
+    QuotaSpent(next_free_ms)  the sender's Exchange budget (recipients per 24 h, requests per 10 min, the
+                              tenant's external recipients) has no room: retry_wait until it has, reason
+                              `quota`, no attempt spent and never failed for it (`next_free_ms` -1: the
+                              message alone is over the limit, failed RecipientLimitTooLow)
 """
 
 from __future__ import annotations
@@ -136,7 +140,14 @@ class HoldExpired:
     """A held row's configuration was not fixed within `hold_max_s`."""
 
 
-Event = Attempted | Requeued | WorkerLost | HoldExpired
+@dataclass(frozen=True, slots=True)
+class QuotaSpent:
+    """The sender's sending budget is spent until `next_free_ms` (-1: the message alone exceeds it)."""
+
+    next_free_ms: int
+
+
+Event = Attempted | Requeued | WorkerLost | HoldExpired | QuotaSpent
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -157,6 +168,7 @@ class Decision:
     label: str | None = None
     code: str | None = None
     message: str | None = None
+    wait_reason: str | None = None  # why a retry_wait row waits, when the policy knows: "quota"
 
 
 def decide(
@@ -171,6 +183,8 @@ def decide(
 ) -> Decision:
     """The next state of a notification after `event`; `attempts` counts the attempts so far,
     this event's included."""
+    if isinstance(event, QuotaSpent):
+        return _quota_spent(event, ambiguous_count, now_ms)
     if isinstance(event, Requeued):
         return _requeued(event, ambiguous_count, age_s, now_ms, settings)
     if isinstance(event, WorkerLost):
@@ -222,6 +236,15 @@ def _ambiguous(label: str, attempts: int, ambiguous_count: int, age_s: float, no
                         ambiguous_count=ambiguous_count + 1, label=label)
     return Decision(state=State.AMBIGUOUS, next_attempt_ms=now_ms, possible_duplicate=True,
                     ambiguous_count=ambiguous_count + 1, label=label)
+
+
+def _quota_spent(event: QuotaSpent, ambiguous_count: int, now_ms: int) -> Decision:
+    if event.next_free_ms < 0:
+        return Decision(state=State.FAILED, next_attempt_ms=now_ms, ambiguous_count=ambiguous_count, label="failed",
+                        code=Code.RECIPIENT_LIMIT_TOO_LOW,
+                        message="the message has more recipients than its sender may send in a day")
+    return Decision(state=State.RETRY_WAIT, next_attempt_ms=max(now_ms + 1, event.next_free_ms),
+                    ambiguous_count=ambiguous_count, wait_reason="quota")
 
 
 def _requeued(event: Requeued, ambiguous_count: int, age_s: float, now_ms: int, settings: Settings) -> Decision:

@@ -25,6 +25,7 @@ from shared.redis_client import async_client, sync_client
 from shared.secretbox import SecretBox
 from shared.settings import Settings
 from transport.graph import GraphClient
+from transport.quota_windows import QuotaWindows
 from transport.smtp import SmtpRelayClient
 from transport.tokens import TokenProvider
 from worker.sendmarks import SendMarks
@@ -66,6 +67,7 @@ class Runtime:
             pacing_ms=s.mailbox_pacing_ms,
         )
         self.marks = SendMarks(self.redis)
+        self.quotas = QuotaWindows(self.redis_sync)  # Exchange's sending limits (worker.quota_gate)
         self.tokens = TokenProvider(self.redis, self.redis_sync, self.box, s, self._executor)
         # The platform default's relay; connections open on first use and are reused after.
         self.smtp = SmtpRelayClient(s) if s.smtp_host else None

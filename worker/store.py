@@ -114,6 +114,7 @@ class RowOutcome:
     ambiguous_count: int
     provider_version: int | None = None
     sender: str | None = None
+    wait_reason: str | None = None  # the outcome policy's reason for a retry_wait ("quota")
 
 
 @_db_boundary
@@ -252,7 +253,8 @@ def _update_outcomes(conn: Connection, updates: Sequence[dict[str, Any]], now: d
                 last_error_code=bindparam("last_error_code"),
                 last_error_message=bindparam("last_error_message"),
                 graph_request_id=bindparam("graph_request_id"), sent_at=bindparam("sent_at"),
-                provider_version=bindparam("provider_version"), sender=bindparam("sender"), updated_at=now)
+                provider_version=bindparam("provider_version"), sender=bindparam("sender"),
+                wait_reason=bindparam("wait_reason"), updated_at=now)
         .returning(_N.c.id)
     )
     return {nid for u in updates for nid in conn.execute(stmt, u | {"b_claimed_by": claimed_by}).scalars()}
@@ -304,7 +306,7 @@ def _update_params(o: RowOutcome, now: datetime) -> dict[str, Any]:
         "last_error_message": last.error_message if last else None,
         "graph_request_id": last.request_id if last else None,
         "sent_at": now if o.state is State.SENT else None,
-        "provider_version": o.provider_version, "sender": o.sender,
+        "provider_version": o.provider_version, "sender": o.sender, "wait_reason": o.wait_reason,
     }
 
 

@@ -84,3 +84,30 @@ def test_daily_recipient_limit_accepts_but_marks_would_bounce(emulator, http):
     token = _token(emulator)  # the first one expired with the day
     assert send(http, emulator, PLATFORM_SENDER, token, toRecipients=two).status_code == 202
     assert emulator.outbox()[-1]["would_bounce"] is False
+
+
+def test_daily_limit_counts_a_recipient_once_and_names_the_ndr(emulator, http):
+    emulator.set_config(recipients_per_day=2, recipient_window_s=60)
+    token = _token(emulator)
+    same = [{"emailAddress": {"address": "r@example.com"}}]
+    shout = [{"emailAddress": {"address": "R@EXAMPLE.COM"}}]
+    assert send(http, emulator, PLATFORM_SENDER, token, toRecipients=same, ccRecipients=shout).status_code == 202
+    assert send(http, emulator, PLATFORM_SENDER, token, toRecipients=same).status_code == 202
+    assert send(http, emulator, PLATFORM_SENDER, token, toRecipients=same).status_code == 202
+    assert [(m["recipients"], m["would_bounce"], m["ndr"]) for m in emulator.outbox()] == [
+        (1, False, None), (1, False, None), (1, True, "RecipientRateLimitExceeded")]
+    emulator.advance_clock(61)  # the configured window, not a day
+    assert send(http, emulator, PLATFORM_SENDER, token, toRecipients=same).status_code == 202
+    assert emulator.outbox()[-1]["would_bounce"] is False
+
+
+def test_tenant_external_limit_bounces_external_mail_only(emulator, http):
+    emulator.set_config(external_recipients_per_day=1)
+    token = _token(emulator)
+    external = [{"emailAddress": {"address": f"x{i}@example.com"}} for i in range(2)]
+    internal = [{"emailAddress": {"address": "colleague@platform.example"}}]
+    assert send(http, emulator, PLATFORM_SENDER, token, toRecipients=external[:1]).status_code == 202
+    assert send(http, emulator, PLATFORM_SENDER, token, toRecipients=internal).status_code == 202
+    assert send(http, emulator, PLATFORM_SENDER, token, toRecipients=external[1:]).status_code == 202
+    assert [m["ndr"] for m in emulator.outbox()] == [None, None, "550 5.7.233"]
+    assert emulator.counters()["would_bounce"] == 1
