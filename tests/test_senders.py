@@ -7,7 +7,6 @@ import re
 from typing import Any
 
 import pytest
-import requests
 from sqlalchemy import text
 
 from emulator.demo import (
@@ -21,7 +20,7 @@ from emulator.demo import (
 from shared.errors import ValidationFailed
 from shared.providers import save_graph_provider
 from shared.senders import SenderIdentity
-from tests.api_harness import ApiServer
+from tests.api_harness import ApiServer, PageSession
 from tests.stack import Stack, wait_until
 from tests.test_api_provider import form
 
@@ -136,7 +135,7 @@ def test_send_test_goes_from_the_named_sender(api: ApiServer, emulator: Any) -> 
 
 def test_page_edits_senders_and_offers_them_for_send_test(api: ApiServer, emulator: Any) -> None:
     _with_mailboxes(emulator, SECURITY)
-    page = requests.Session()
+    page = PageSession()  # its POSTs carry the form's CSRF token
     page.trust_env = False
     base = api.base_url
     assert page.post(base + "/ui/login", data={"key": api.key("acme", "admin")}, timeout=30).status_code == 200
