@@ -8,7 +8,7 @@ from aiohttp import web
 
 from api.provider_input import PROVIDERS, SERVICES
 from shared.clouds import CLOUDS
-from shared.models import State
+from shared.models import State, WaitReason
 
 _ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["code", "message"],
@@ -79,7 +79,8 @@ _NOTIFICATION = {"type": "object", "properties": {
     "id": {"type": "string"}, "state": {"enum": [s.value for s in State]}, "attempts": {},
     "to": {"type": "array", "items": {"type": "string"}}, "subject": {"type": "string"},
     "last_error_code": {"type": ["string", "null"]}, "graph_request_id": {"type": ["string", "null"]},
-    "created_at": {"type": "string"}, "diagnosis": {"$ref": "#/components/schemas/Diagnosis"}}}
+    "created_at": {"type": "string"}, "diagnosis": {"$ref": "#/components/schemas/Diagnosis"},
+    "wait_reason": {"enum": [*(r.value for r in WaitReason), None]}}}
 _NULLABLE_TEXT = {"type": ["string", "null"]}
 _ADDRESS = {"type": "string", "format": "idn-email", "maxLength": 254}
 _RECIPIENT = {"anyOf": [_ADDRESS, {

@@ -24,7 +24,7 @@ _N = Notification.__table__  # type: ignore[attr-defined]
 _A = DeliveryAttempt.__table__  # type: ignore[attr-defined]
 _LIST_COLUMNS = (_N.c.id, _N.c.tenant_id, _N.c.state, _N.c.attempts, _N.c.sender, _N.c.last_status,
                  _N.c.last_error_code, _N.c.last_error_message, _N.c.graph_request_id, _N.c.possible_duplicate,
-                 _N.c.created_at, _N.c.updated_at, _N.c.sent_at, _N.c.payload)
+                 _N.c.created_at, _N.c.updated_at, _N.c.sent_at, _N.c.wait_reason, _N.c.payload)
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,7 +47,8 @@ def _deliver(runtime: Runtime, ids: Sequence[str]) -> dict[str, int]:
     if not rows:
         return {}
     providers = runtime.resolver.resolve_many(r.tenant_id for r in rows)
-    sender = Sender(runtime.graph, runtime.tokens, runtime.throttle, runtime.marks, s, runtime.smtp, claim=claimed_by)
+    sender = Sender(runtime.graph, runtime.tokens, runtime.throttle, runtime.marks, s, runtime.smtp, claim=claimed_by,
+                    breakers=runtime.breakers)
     pending = runtime.submit(sender.send_all(rows, providers))
     renew_every_s = s.send_lease_ms / 3000
     while True:

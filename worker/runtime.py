@@ -27,6 +27,7 @@ from shared.settings import Settings
 from transport.graph import GraphClient
 from transport.smtp import SmtpRelayClient
 from transport.tokens import TokenProvider
+from worker.breakers import Breakers
 from worker.sendmarks import SendMarks
 from worker.throttle import MailboxThrottle
 
@@ -66,6 +67,7 @@ class Runtime:
             pacing_ms=s.mailbox_pacing_ms,
         )
         self.marks = SendMarks(self.redis)
+        self.breakers = Breakers(self.redis, s)  # one view per process, shared by its batches
         self.tokens = TokenProvider(self.redis, self.redis_sync, self.box, s, self._executor)
         # The platform default's relay; connections open on first use and are reused after.
         self.smtp = SmtpRelayClient(s) if s.smtp_host else None

@@ -100,6 +100,7 @@ class RowOutcome:
     ambiguous_count: int
     provider_version: int | None = None
     sender: str | None = None
+    wait_reason: str | None = None  # why a retry_wait or held row waits (shared.models.WaitReason)
 
 
 @_db_boundary
@@ -111,7 +112,7 @@ def claim(engine: Engine, ids: Sequence[str], claimed_by: str, lease_ms: int, no
         update(_N)
         .where(_N.c.id.in_(list(ids)), _N.c.state.in_(ACTIVE_STATES), _N.c.next_attempt_ms <= now_ms)
         .values(state=State.SENDING.value, claimed_by=claimed_by, send_lease_until_ms=now_ms + lease_ms,
-                dispatch_lease_until_ms=None,
+                dispatch_lease_until_ms=None, wait_reason=None,
                 updated_at=datetime.now(UTC))
         .returning(_N.c.id, _N.c.tenant_id, _N.c.payload, _N.c.attempts, _N.c.ambiguous_count,
                    _N.c.possible_duplicate, _N.c.created_at, _N.c.age_from)
@@ -219,7 +220,8 @@ def _update_outcomes(conn: Connection, updates: Sequence[dict[str, Any]], now: d
                 last_error_code=bindparam("last_error_code"),
                 last_error_message=bindparam("last_error_message"),
                 graph_request_id=bindparam("graph_request_id"), sent_at=bindparam("sent_at"),
-                provider_version=bindparam("provider_version"), sender=bindparam("sender"), updated_at=now)
+                provider_version=bindparam("provider_version"), sender=bindparam("sender"),
+                wait_reason=bindparam("wait_reason"), updated_at=now)
         .returning(_N.c.id)
     )
     return {nid for u in updates for nid in conn.execute(stmt, u | {"b_claimed_by": claimed_by}).scalars()}
@@ -271,7 +273,7 @@ def _update_params(o: RowOutcome, now: datetime) -> dict[str, Any]:
         "last_error_message": last.error_message if last else None,
         "graph_request_id": last.request_id if last else None,
         "sent_at": now if o.state is State.SENT else None,
-        "provider_version": o.provider_version, "sender": o.sender,
+        "provider_version": o.provider_version, "sender": o.sender, "wait_reason": o.wait_reason,
     }
 
 
