@@ -16,7 +16,7 @@ from emulator.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_SENDER, DEMO_
 from shared.db import make_engine
 from shared.models import Notification
 from shared.producer import Producer
-from shared.providers import save_graph_provider
+from shared.providers import save_graph_provider, set_platform_default
 from shared.secretbox import SecretBox
 from shared.settings import Settings
 from tests.stack import Stack, new_encryption_key, wait_until
@@ -223,3 +223,25 @@ def test_token_endpoint_outage_opens_the_entra_breaker(make_stack: Any, emulator
     emulator.clear_faults()
     assert set(stack.wait_terminal(ids, timeout_s=60).values()) == {"sent"}
     assert len(emulator.outbox()) == len(ids)
+
+
+def test_relay_outage_opens_the_relay_breaker(make_stack: Any, emulator: Any) -> None:
+    # given: two tenants on the platform default; the relay answers 421 (closing) to every MAIL FROM
+    stack = make_stack(**BREAKER_ENV)
+    for tenant in ("acme", "globex"):
+        set_platform_default(stack.engine, tenant)
+    emulator.add_smtp_fault(stage="mail", reply="421 4.3.2 Service not available, closing channel")
+    ids = [stack.producer.enqueue(("acme", "globex")[i % 2], _msg(i)) for i in range(10)]
+    stack.start_workers(1, concurrency=4)
+
+    # when: the relay breaker has opened
+    wait_until(lambda: _breakers(stack).get("relay", "").startswith("open"), timeout_s=60,
+               what="the relay breaker open")
+    wait_until(lambda: _all_wait(stack, ids, "relay_outage"), timeout_s=30, what="every row waiting on the relay")
+
+    # then: nothing failed; once the relay answers, each is sent once
+    assert "failed" not in stack.states(ids).values()
+    emulator.clear_smtp_faults()
+    assert set(stack.wait_terminal(ids, timeout_s=60).values()) == {"sent"}
+    sent = [m for m in emulator.smtp_messages() if m["rcpt_tos"] and m["rcpt_tos"][0].startswith("user")]
+    assert len(sent) == len(ids)

@@ -157,9 +157,9 @@ class Dispatcher:
             self._plan = plan = self.board.plan(conn, inflight, now_ms)
             if plan is not None:
                 full |= set(plan.blocked)
-            due = [_N.c.state.in_(ACTIVE_STATES), _N.c.next_attempt_ms <= now_ms,
-                   or_(_N.c.dispatch_lease_until_ms.is_(None), _N.c.dispatch_lease_until_ms <= now_ms)]
-            probes = self._probes(conn, plan, due, busy, inflight) if plan is not None else []
+            is_due = [_N.c.state.in_(ACTIVE_STATES), _N.c.next_attempt_ms <= now_ms,
+                      or_(_N.c.dispatch_lease_until_ms.is_(None), _N.c.dispatch_lease_until_ms <= now_ms)]
+            due = list(is_due)
             if full and len(full) <= _MAX_EXCLUDED:
                 # Leave rows of tenants that cannot take more in the database: most of a page
                 # would otherwise be theirs, fetched only to be skipped.
@@ -167,26 +167,31 @@ class Dispatcher:
             page = conn.execute(
                 select(_N.c.id, _N.c.tenant_id).where(*due).order_by(_N.c.fair_rank).limit(self._s.dispatch_page)
             ).all()
-        chosen: list[tuple[str, str]] = probes
-        for nid, tenant_id in page:
-            if tenant_id in busy or inflight[tenant_id] >= self._s.tenant_window:
-                continue
-            if plan is not None and (plan.open_of(tenant_id) or not plan.admit(tenant_id)):
-                continue
-            inflight[tenant_id] += 1
-            chosen.append((nid, tenant_id))
+            chosen: list[tuple[str, str]] = []
+            held_back: list[tuple[str, str]] = []
+            for nid, tenant_id in page:
+                if tenant_id in busy or inflight[tenant_id] >= self._s.tenant_window:
+                    continue
+                if plan is not None and plan.open_of(tenant_id):
+                    held_back.append((nid, tenant_id))
+                elif plan is None or plan.admit(tenant_id):
+                    inflight[tenant_id] += 1
+                    chosen.append((nid, tenant_id))
+            if plan is not None:
+                chosen += self._probes(conn, plan, is_due, held_back, busy, inflight)
         return chosen
 
-    def _probes(self, conn: Any, plan: Plan, due: list[Any], busy: set[str],
+    def _probes(self, conn: Any, plan: Plan, due: list[Any], held_back: list[tuple[str, str]], busy: set[str],
                 inflight: Counter[str]) -> list[tuple[str, str]]:
-        """One due row per open scope whose last probe's interval has passed, named its probe in Redis."""
+        """One due row per open scope whose last probe's interval has passed, named its probe in Redis.
+        Candidates: the page's rows held back, then the first due rows of the tenants left out of the page."""
         waiting = sorted({t for tenants in plan.open_scopes.values() for t in tenants})
         tried: set[str] = set()
         chosen: list[tuple[str, str]] = []
-        candidates = conn.execute(
+        candidates = held_back + list(conn.execute(
             select(_N.c.id, _N.c.tenant_id).where(*due, _N.c.tenant_id.in_(waiting))
             .order_by(_N.c.fair_rank).limit(200)
-        ).all() if waiting else []
+        ).all() if waiting else [])
         for nid, tenant_id in candidates:
             opened = plan.open_of(tenant_id)
             if tenant_id in busy or inflight[tenant_id] >= self._s.tenant_window or tried.intersection(opened):
