@@ -8,7 +8,8 @@ The database decides what is due; the broker only carries batches of ids. Each t
    done, so each tenant's rows are in one batch, on one process, at a time; a tenant whose
    mailbox answered 429 gets nothing until the Retry-After recorded on that row has passed
    (the Redis block says the same, but Redis can lose it: the database cannot);
-3. leaves in the database the rows of tenants behind an open circuit breaker (`worker.breakers`),
+3. gives a tenant on hold no rows (its new rows join the hold, once a second: `shared.holds`);
+   leaves in the database the rows of tenants behind an open circuit breaker (`worker.breakers`),
    but for one probe row per open scope per interval, and lets a scope that just closed take only
    as many rows as its ramp allows; once a second it marks the waiting rows `retry_wait` with the
    breaker's reason, so activity says why they wait;
@@ -33,6 +34,7 @@ from typing import Any
 import structlog
 from sqlalchemy import Engine, and_, func, or_, select, update
 
+from shared.holds import held_tenants, join_hold
 from shared.metrics import metrics
 from shared.models import ACTIVE_STATES, Notification, State
 from shared.settings import Settings
@@ -101,6 +103,7 @@ class Dispatcher:
         if time.monotonic() - self._last_sweep >= 1.0:
             self.sweeper.sweep(now_ms)
             self._mark_waiting(now_ms)
+            self._join_holds()
             self._last_sweep = time.monotonic()
         chosen = self._choose(now_ms)
         if not chosen:
@@ -152,7 +155,7 @@ class Dispatcher:
                 .where(_N.c.state == State.RETRY_WAIT.value, _N.c.last_status == 429, _N.c.next_attempt_ms > now_ms)
             ))
             busy = {t for t, n in inflight.items() if n > 0} if self._s.tenant_affinity else set()
-            busy |= throttled
+            busy |= throttled | held_tenants(conn)  # a held tenant's new rows join its hold instead (once a second)
             full = busy | {t for t, n in inflight.items() if n >= self._s.tenant_window}
             self._plan = plan = self.board.plan(conn, inflight, now_ms)
             if plan is not None:
@@ -203,6 +206,16 @@ class Dispatcher:
             if tried >= set(plan.open_scopes):
                 break
         return chosen
+
+    def _join_holds(self) -> None:
+        """New rows of a tenant on hold are held too, without an attempt (shared.holds.join_hold)."""
+        with self._engine.connect() as conn:
+            held = held_tenants(conn)
+            joining = set(conn.scalars(select(_N.c.tenant_id).distinct().where(
+                _N.c.state.in_(ACTIVE_STATES), _N.c.tenant_id.in_(sorted(held))))) if held else set()
+        for tenant_id in sorted(joining):
+            if moved := join_hold(self._engine, tenant_id):
+                log.info("hold.joined", tenant_id=tenant_id, rows=moved)
 
     def _mark_waiting(self, now_ms: int) -> None:
         """Rows held back by an open breaker show `retry_wait` and its reason (once a second)."""
