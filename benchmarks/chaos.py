@@ -221,7 +221,7 @@ class ChaosRun:
             try:
                 with self.bench.engine.connect() as conn:
                     ids = list(conn.scalars(select(_N.c.id).where(
-                        _N.c.state == "sending", _N.c.claimed_by.like(f"%:{pid}/%"))))
+                        _N.c.state == "sending", _N.c.claimed_by.like(f"%:{pid}:%"))))
             except OperationalError:
                 ids = []
             started = sum(v is not None for v in self.redis.mget([mark_key(i) for i in ids])) if ids else 0
