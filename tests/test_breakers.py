@@ -3,6 +3,7 @@ workers against the emulator answering 503 (Graph) or 503 (the token endpoint)."
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -10,6 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis
+import redis.asyncio as redis_async
 from sqlalchemy import Engine, select
 
 from emulator.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_SENDER, DEMO_TENANT_ID
@@ -20,7 +22,7 @@ from shared.providers import save_graph_provider, set_platform_default
 from shared.secretbox import SecretBox
 from shared.settings import Settings
 from tests.stack import Stack, new_encryption_key, wait_until
-from worker.breakers import STATE_KEY, BreakerBoard, probe_key
+from worker.breakers import STATE_KEY, BreakerBoard, Breakers, probe_key
 from worker.dispatcher import Dispatcher
 
 _N = Notification.__table__  # type: ignore[attr-defined]
@@ -122,6 +124,31 @@ def test_take_probe_is_one_row_per_scope_fleet_wide(board_env: Any) -> None:
     assert not second.take_probe([MAILBOX_SCOPE], "row-2")  # one scope of the first probe: not again
     assert not second.take_probe([GRAPH_SCOPE], "row-3")
     assert r.get(probe_key(MAILBOX_SCOPE)) == b"row-1"
+
+
+def test_graph_probe_answered_closes_the_mailbox_scopes_that_opened_during_its_outage(redis_url: str) -> None:
+    # given: the Graph host open since t; one mailbox opened after it, another long before it
+    settings = Settings(breaker_run_window_s=60.0)
+    t_ms = int(time.time() * 1000)
+    old_mailbox = "mailbox:other-app:old@example.org"
+    r = redis.Redis.from_url(redis_url)
+    r.hset(STATE_KEY, mapping={GRAPH_SCOPE: f"open:{t_ms}", MAILBOX_SCOPE: f"open:{t_ms + 500}",
+                               old_mailbox: f"open:{t_ms - 600_000}"})
+
+    async def answered() -> None:
+        client = redis_async.Redis.from_url(redis_url)
+        breakers = Breakers(client, settings)
+        assert await breakers.is_open(GRAPH_SCOPE)
+        await breakers.observe([GRAPH_SCOPE], None)  # the probe got a 202
+        await client.aclose()
+
+    asyncio.run(answered())
+
+    # then: the host and the mailbox that failed with it ramp up; the older mailbox outage stays open
+    states = {k.decode(): v.decode() for k, v in r.hgetall(STATE_KEY).items()}
+    assert states[GRAPH_SCOPE].startswith("ramp:") and states[MAILBOX_SCOPE].startswith("ramp:")
+    assert states[old_mailbox].startswith("open:")
+    r.close()
 
 
 # --- real workers against the emulator -------------------------------------------------------------------

@@ -21,7 +21,8 @@ The dispatcher (`BreakerBoard`) reads the hash every tick: rows whose scope is o
 database (shown `retry_wait` with the reason), except one probe row per open scope per interval,
 which it names in `tm:brk:probe:<scope>`. Workers (`Breakers`) re-read the hash every
 `breaker_refresh_ms` and requeue, without an attempt, rows of an open scope that are not its probe
-(those published before it opened). A probe that is answered closes the scope: it becomes `ramp`,
+(those published before it opened). A probe that is answered closes the scope (a Graph host's closes
+the mailbox scopes that opened during its outage with it): it becomes `ramp`,
 and the dispatcher lets at most `breaker_ramp_start` rows of it be in flight, doubling every
 `breaker_ramp_step_ms` until `breaker_ramp_max`, when the entry is dropped. Nothing here fails a
 notification: rows held back are `Requeued`, and failed attempts are transient (time-based retries).
@@ -70,6 +71,18 @@ local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur or string.sub(cur, 1, 4) ~= 'open' then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], 'ramp:' .. ARGV[2])
 redis.call('DEL', KEYS[2])
+if ARGV[3] ~= '' then
+  local since = tonumber(string.sub(cur, 6)) - tonumber(ARGV[4])
+  local all = redis.call('HGETALL', KEYS[1])
+  for i = 1, #all, 2 do
+    local k, v = all[i], all[i + 1]
+    local dependent = string.sub(k, 1, #ARGV[3]) == ARGV[3] and string.sub(v, 1, 5) == 'open:'
+    if dependent and tonumber(string.sub(v, 6)) >= since then
+      redis.call('HSET', KEYS[1], k, 'ramp:' .. ARGV[2])
+      redis.call('DEL', 'tm:brk:probe:' .. k)
+    end
+  end
+end
 return 1
 """
 _END_RAMP = """
@@ -238,8 +251,14 @@ class Breakers:
         if self._states.get(scope, ("",))[0] != "open":
             return
         now_ms = int(time.time() * 1000)
+        # The (app, mailbox) scopes that opened during a Graph host's outage failed because of it: they
+        # close with it, rather than each waiting for a probe of its own.
+        dependents = "mailbox:" if scope.startswith("graph:") else ""
         with redis_boundary("breakers"):
-            closed = await self._close(keys=[STATE_KEY, probe_key(scope)], args=[scope, now_ms])
+            closed = await self._close(keys=[STATE_KEY, probe_key(scope)],
+                                       args=[scope, now_ms, dependents, int(self._s.breaker_run_window_s * 1000)])
+        if closed and dependents:
+            self._read_at = 0.0  # re-read: mailbox scopes closed with it
         self._states[scope] = ("ramp", now_ms)
         if closed:
             metrics.breaker_transitions.labels(scope.split(":", 1)[0], "closed").inc()
