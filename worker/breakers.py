@@ -305,6 +305,8 @@ class BreakerBoard:
         self._take_probe = redis_sync.register_script(_TAKE_PROBE)
         self._configs: dict[str, Any] = {}
         self._configs_at = 0.0
+        self._tokens: set[str] = set()  # token keys cached in Redis, when an Entra ID scope is open
+        self._tokens_at = 0.0
 
     def plan(self, conn: Connection, inflight: dict[str, int], now_ms: int) -> Plan | None:
         """None when every breaker is closed (one HGETALL); else who waits and how much each ramp may take."""
@@ -317,6 +319,7 @@ class BreakerBoard:
         scopes_of = self._tenant_scopes(conn)
         plan = Plan(configured=set(scopes_of), relay=states.get(RELAY_SCOPE))
         ramp_inflight: dict[str, int] = {}
+        self._read_tokens(scopes_of, states)
         for tenant_id, scopes in scopes_of.items():
             for scope in self._open_for(tenant_id, scopes, states):
                 plan.open_scopes.setdefault(scope, []).append(tenant_id)
@@ -332,11 +335,21 @@ class BreakerBoard:
 
     def _open_for(self, tenant_id: str, scopes: Scopes, states: dict[str, tuple[str, int]]) -> list[str]:
         opened = [s for s in scopes.send if states.get(s, ("",))[0] == "open"]
-        if scopes.entra and states.get(scopes.entra, ("",))[0] == "open" and scopes.token_key:
-            # Entra ID matters only to tenants without a cached token.
-            if not self._redis.exists(f"tm:tok:{scopes.token_key}"):
-                opened.insert(0, scopes.entra)
+        if scopes.entra and states.get(scopes.entra, ("",))[0] == "open" and scopes.token_key not in self._tokens:
+            opened.insert(0, scopes.entra)  # Entra ID matters only to tenants without a cached token
         return opened
+
+    def _read_tokens(self, scopes_of: dict[str, Scopes], states: dict[str, tuple[str, int]]) -> None:
+        """Which tenants behind an open Entra ID scope have a token in Redis (one pipeline, once a second)."""
+        if time.monotonic() - self._tokens_at < 1.0:
+            return
+        keys = [sc.token_key for sc in scopes_of.values()
+                if sc.entra and sc.token_key and states.get(sc.entra, ("",))[0] == "open"]
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.exists(f"tm:tok:{key}")
+        self._tokens = {key for key, found in zip(keys, pipe.execute() if keys else [], strict=True) if found}
+        self._tokens_at = time.monotonic()
 
     def _ramping(self, scope: str, closed_ms: int, now_ms: int) -> bool:
         if self._window(closed_ms, now_ms) < self._s.breaker_ramp_max:
