@@ -8,7 +8,7 @@ from aiohttp import web
 
 from api.provider_input import PROVIDERS, SERVICES
 from shared.clouds import CLOUDS
-from shared.models import State
+from shared.models import State, WaitReason
 from shared.senders import MAX_DAILY_RECIPIENT_LIMIT, MAX_SENDERS, SENDER_NAME
 
 _ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
@@ -113,8 +113,9 @@ _NOTIFICATION = {"type": "object", "properties": {
     "to": {"type": "array", "items": {"type": "string"}}, "subject": {"type": "string"},
     "last_error_code": {"type": ["string", "null"]}, "graph_request_id": {"type": ["string", "null"]},
     "created_at": {"type": "string"}, "diagnosis": {"$ref": "#/components/schemas/Diagnosis"},
-    "named_sender": {"type": "string"}, "wait_reason": {"type": ["string", "null"],
-                                                         "description": "quota: its sender's budget is spent"},
+    "named_sender": {"type": "string"},
+    "wait_reason": {"enum": [*(r.value for r in WaitReason), None],
+                    "description": "why it waits: an open breaker, a Retry-After, a hold, or its sender's spent budget"},
     "next_attempt_at": {"type": ["string", "null"], "description": "when a queued or waiting one goes next"}}}
 _NULLABLE_TEXT = {"type": ["string", "null"]}
 _ADDRESS = {"type": "string", "format": "idn-email", "maxLength": 254}

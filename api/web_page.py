@@ -267,7 +267,8 @@ def _filters_html(q: Any) -> str:
 
 def _notifications_html(page: dict[str, Any], q: Any, *, admin: bool) -> str:
     rows = "".join(
-        f"<tr><td>{_when(i['created_at'])}</td><td>{escape(i['state'])}</td><td>{escape(', '.join(i['to']))}"
+        f"<tr><td>{_when(i['created_at'])}</td><td>{escape(i['state'])}"
+        f"{escape(' (' + i['wait_reason'] + ')') if i.get('wait_reason') else ''}</td><td>{escape(', '.join(i['to']))}"
         f"</td><td><a href='/ui/notifications/{escape(i['id'])}'>{escape(i['subject'] or '(no subject)')}</a></td>"
         f"<td>{escape(i['last_error_code'] or '')}</td><td>"
         f"{escape(i['diagnosis']['cause'] + ' Fix: ' + i['diagnosis']['fix'] if i['diagnosis'] else '')}</td>"

@@ -7,7 +7,10 @@ emulator injects 5% 503, 3% 429 (Retry-After 1-3 s), 1% 504 after committing the
 connection resets. Spread over the same time: three SIGKILLs of a worker that has sends in flight
 (each replaced by a new worker), one Redis FLUSHALL and one PostgreSQL restart; with `--sentinel`, Redis
 is a Sentinel group (benchmarks.redis_sentinel) and its master is SIGKILLed halfway, the replica
-promoted, and delivery must resume on the same workers. When every
+promoted, and delivery must resume on the same workers. With `--outages` (benchmarks.chaos_outages),
+Graph answers 503 to everything for longer than the old attempt budget, the token endpoint 503 for a
+minute, Redis is stopped (not flushed), a worker is SIGSTOPped past its send lease, and a tenant's secret
+is revoked and fixed a minute later. When every
 notification has settled (or `settle_timeout_s` passed) the checks of benchmarks.chaos_checks run
 on the database and the emulator's outbox; the exit status is 1 when any invariant fails.
 """
@@ -23,6 +26,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -33,15 +37,18 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from benchmarks import chaos_checks
+from benchmarks.chaos_outages import HELD_TENANT, Outages, held_tenant_evidence, outage_schedule
 from benchmarks.harness import Bench, bench_stack, message
 from benchmarks.private_pg import PrivatePostgres, private_postgres
-from shared.models import DeliveryAttempt, Notification
+from shared.holds import HELD_EVENT
+from shared.models import ActivityEvent, DeliveryAttempt, Notification
 from shared.producer import EnqueueItem, Producer
 from shared.redis_client import sync_client
 from worker.sendmarks import FENCE_PREFIX, mark_key
 
 _N = Notification.__table__  # type: ignore[attr-defined]
 _A = DeliveryAttempt.__table__  # type: ignore[attr-defined]
+_E = ActivityEvent.__table__  # type: ignore[attr-defined]
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 # The share of sendMail requests each fault answers, in the order the emulator tries the rules.
 FAULT_MIX = (("503", 0.05), ("429", 0.03), ("504_after_commit", 0.01), ("reset", 0.01))
@@ -71,12 +78,23 @@ class ChaosSize:
     settle_timeout_s: float = 900.0
     settings: dict[str, str] = field(default_factory=dict)
     sentinel: bool = False  # Redis as a Sentinel group whose master is killed halfway
+    outages: bool = False  # the outages of benchmarks.chaos_outages, with these durations
+    graph_outage_s: float = 150.0
+    token_outage_s: float = 60.0
+    redis_down_s: float = 15.0
+    secret_fix_after_s: float = 60.0
 
 
 SMALL = ChaosSize(notifications=1_500, tenants=30, duration_s=30.0, settle_timeout_s=150.0)
 # The failover at test size: one kill besides it, so the run stays short.
 SENTINEL_SMALL = ChaosSize(notifications=800, tenants=20, duration_s=20.0, kills=1, settle_timeout_s=150.0,
                            sentinel=True)
+# The outages at test size: shorter, with test-speed breakers (a probe every 2 s) so the run stays short.
+OUTAGES_SMALL = ChaosSize(notifications=800, tenants=20, duration_s=40.0, kills=1, settle_timeout_s=180.0,
+                          outages=True, graph_outage_s=20.0, token_outage_s=10.0, redis_down_s=5.0,
+                          secret_fix_after_s=15.0,
+                          settings={"TENANTMAIL_BREAKER_PROBE_INTERVAL_MS": "2000",
+                                    "TENANTMAIL_BREAKER_RAMP_STEP_MS": "500"})
 RESUME_TIMEOUT_S = 60.0
 
 
@@ -103,7 +121,10 @@ def schedule(size: ChaosSize) -> list[tuple[float, str]]:
     events = [(f, "kill") for f in kills] + [(0.30, "flushall"), (0.60, "restart_postgres")]
     if size.sentinel:
         events.append((0.50, "fail_over_redis"))
-    return sorted((round(f * size.duration_s, 3), name) for f, name in events)
+    timed = [(round(f * size.duration_s, 3), name) for f, name in events]
+    if size.outages:
+        timed += outage_schedule(size)
+    return sorted(timed)
 
 
 @dataclass
@@ -150,13 +171,17 @@ class ChaosRun:
         self.redis = sync_client(bench.env["REDIS_URL"])
         self.events: list[dict[str, Any]] = []
         self.t0 = 0.0
+        send_lease_s = bench.settings.send_lease_ms / 1000
+        self.outages = Outages(self, send_lease_s) if size.outages else None
+        self._mix: dict[str, str] = {}  # fault id -> kind, of the sparse fault mix in force
+        self._mix_hits: Counter[str] = Counter()
 
     def run(self) -> dict[str, Any]:
         """Inject faults, produce, hit the stack on schedule, wait for everything to settle, check."""
         control = self.bench.emulator.control
         control.set_config(request_log_size=REQUEST_LOG_SIZE)
         control.reset()  # the log takes its new size
-        fault_ids = {control.add_fault(**spec): spec["kind"] for spec in fault_specs()}
+        self.resume_fault_mix()
         self.bench.start_workers(self.size.workers, self.size.concurrency)
         producer = LoadProducer(Producer(self.bench.engine, self.bench.settings), self.size)
         thread = threading.Thread(target=producer.run, name="chaos-producer", daemon=True)
@@ -164,20 +189,47 @@ class ChaosRun:
         thread.start()
         for at_s, event in schedule(self.size):
             time.sleep(max(0.0, self.t0 + at_s - time.monotonic()))
-            self.note(f"{event} at {self._elapsed()} s")
-            getattr(self, event)()
+            self.note(f"{event} at {self.elapsed()} s")
+            getattr(self.outages if self.outages and hasattr(self.outages, event) else self, event)()
         thread.join()
+        if self.outages:
+            self.outages.finish()
         if producer.error is not None:
             raise RuntimeError("the producer failed") from producer.error
         settled = self._settle(set(producer.ids))
-        hits = {fault_ids[f["id"]]: int(f["hits"]) for f in control.faults() if f["id"] in fault_ids}
+        self.pause_fault_mix()
+        hits = dict(self._mix_hits)
         evidence = self._evidence(set(producer.ids), hits)
         result = chaos_checks.check(evidence)
         result.update(events=self.events, settled_s=settled, producer_retries=producer.retries,
-                      elapsed_s=self._elapsed(), recoveries=self._recoveries())
+                      elapsed_s=self.elapsed(), recoveries=self._recoveries())
         if result["invariants"]["requests_inside_retry_after"]:
             result["retry_after_violations"] = self._retry_after_violations()
         return result
+
+    def pause_fault_mix(self) -> None:
+        """Take the sparse fault rules out (their hits kept), so an outage's rule answers every request."""
+        control = self.bench.emulator.control
+        for f in control.faults():
+            if f["id"] in self._mix:
+                self._mix_hits[self._mix[f["id"]]] += int(f["hits"])
+                control.remove_fault(f["id"])
+        self._mix.clear()
+
+    def resume_fault_mix(self) -> None:
+        """Put the sparse fault rules (back) in force."""
+        control = self.bench.emulator.control
+        self._mix = {control.add_fault(**spec): spec["kind"] for spec in fault_specs()}
+
+    def held_count(self, tenant_id: str) -> int:
+        """The tenant's notifications held now."""
+        with self.bench.engine.connect() as conn:
+            return int(conn.scalar(select(func.count()).where(_N.c.tenant_id == tenant_id, _N.c.state == "held"))
+                       or 0)
+
+    def breaker_interval_s(self) -> float:
+        """The workers' probe interval."""
+        return self.bench.settings.breaker_probe_interval_ms / 1000
 
     def _retry_after_violations(self) -> list[dict[str, Any]]:
         """Each request the emulator counted inside a Retry-After window, with the 429s of that
@@ -201,19 +253,19 @@ class ChaosRun:
                                 .where(_A.c.client_request_id.in_(crids))).mappings().all()
         return [{k: str(v) for k, v in r.items()} for r in rows]
 
-    def _elapsed(self) -> float:
+    def elapsed(self) -> float:
         return round(time.monotonic() - self.t0, 1)
 
     def kill(self) -> None:
         """SIGKILL the oldest live worker once it has sends in flight; start a replacement."""
         victim = next(p for p in self.bench.workers if p.poll() is None)
-        in_flight = self._wait_in_flight(victim.pid, timeout_s=20)
+        in_flight = self.wait_in_flight(victim.pid, timeout_s=20)
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=30)
-        self.events.append({"event": "kill", "at_s": self._elapsed(), "pid": victim.pid, **in_flight})
+        self.events.append({"event": "kill", "at_s": self.elapsed(), "pid": victim.pid, **in_flight})
         self.bench.start_workers(1, self.size.concurrency)
 
-    def _wait_in_flight(self, pid: int, timeout_s: float) -> dict[str, int]:
+    def wait_in_flight(self, pid: int, timeout_s: float) -> dict[str, int]:
         """Wait until the worker holds rows whose send has started (a send mark, no outcome yet)."""
         deadline = time.monotonic() + timeout_s
         found = {"sending_rows": 0, "sends_started": 0}
@@ -236,14 +288,14 @@ class ChaosRun:
         """FLUSHALL the Redis that holds the broker queue, tokens, throttles and send marks."""
         keys = int(self.redis.dbsize())
         self.redis.flushall()
-        self.events.append({"event": "flushall", "at_s": self._elapsed(), "keys_lost": keys})
+        self.events.append({"event": "flushall", "at_s": self.elapsed(), "keys_lost": keys})
 
     def fail_over_redis(self) -> None:
         """SIGKILL the Redis master, wait for the sentinels to promote the replica, then for the first
         notification enqueued after that to be sent (so dispatcher, broker and worker all went on)
         by the same worker processes (none restarted)."""
         assert self.bench.sentinel is not None
-        at, workers = self._elapsed(), self._live_workers()
+        at, workers = self.elapsed(), self._live_workers()
         failover = self.bench.sentinel.fail_over()
         promoted_at, promoted_wall = time.monotonic(), datetime.now(UTC)
         resumed_after_s = None
@@ -268,7 +320,7 @@ class ChaosRun:
 
     def restart_postgres(self) -> None:
         """Stop PostgreSQL (fast: every connection is cut), keep it down, start it again."""
-        at = self._elapsed()
+        at = self.elapsed()
         down_s = self.pg.restart(self.size.pg_down_s)
         self.events.append({"event": "restart_postgres", "at_s": at, "down_s": round(down_s, 2)})
 
@@ -277,7 +329,7 @@ class ChaosRun:
         while time.monotonic() < deadline:
             try:
                 if self.bench.terminal_count() >= len(ids):
-                    return self._elapsed()
+                    return self.elapsed()
             except OperationalError:  # a pooled connection the PostgreSQL restart ended: the next one is new
                 pass
             time.sleep(0.5)
@@ -287,10 +339,19 @@ class ChaosRun:
         with self.bench.engine.connect() as conn:
             rows = [chaos_checks.Row(*r) for r in conn.execute(select(
                 _N.c.id, _N.c.state, _N.c.possible_duplicate, _N.c.last_error_code))]
-            attempts = [tuple(a) for a in conn.execute(select(_A.c.notification_id, _A.c.outcome, _A.c.error_code))]
+            attempts = [tuple(a) for a in conn.execute(select(_A.c.notification_id, _A.c.outcome, _A.c.error_code)
+                                                       .order_by(_A.c.id))]
+            held_rows = {r.id: (r.state, r.possible_duplicate) for r in conn.execute(select(
+                _N.c.id, _N.c.state, _N.c.possible_duplicate).where(_N.c.tenant_id == HELD_TENANT))}
+            holds = int(conn.scalar(select(func.count()).where(_E.c.tenant_id == HELD_TENANT,
+                                                                _E.c.kind == HELD_EVENT)) or 0)
         control = self.bench.emulator.control
-        return chaos_checks.Evidence(expected, rows, attempts,  # type: ignore[arg-type]
-                                     chaos_checks.outbox_ids(control.outbox()), control.counters(), hits)
+        outbox = chaos_checks.outbox_ids(control.outbox())
+        evidence = chaos_checks.Evidence(expected, rows, attempts, outbox, control.counters(), hits)
+        if self.outages is not None:
+            evidence.outages = {**held_tenant_evidence(outbox, held_rows), "holds_placed": holds,
+                                "probe_excess": sum(int(e.get("probe_excess", 0)) for e in self.events)}
+        return evidence
 
     def _recoveries(self) -> dict[str, int]:
         """What the sweepers logged: rows requeued (never sent), made ambiguous (maybe sent) and
@@ -340,6 +401,9 @@ _TITLES = {
     "sent_but_recorded_failed": "no notification recorded failed is in the outbox unflagged",
     "stray_copies": "no outbox message without a notification of the run",
     "requests_inside_retry_after": "no request reached a mailbox inside its Retry-After window",
+    "failed_not_permanent": "no notification failed unless by a permanent code or a hold's expiry",
+    "probes_over_one_per_interval": "at most one request per probe interval reached Graph while its breaker was open",
+    "held_tenant_not_sent_once": "the held tenant's notifications were all sent after the fix, once each",
 }
 
 
@@ -362,6 +426,8 @@ def text_report(result: dict[str, Any]) -> str:
             lines.append(f"restarts: 1 PostgreSQL restart at {e['at_s']} s ({e['down_s']} s without a database)")
         elif e["event"] == "redis_failover":
             lines.append(_failover_line(e))
+    if "outages" in result:
+        lines += _outage_lines(events, result["outages"])
     kinds = ", ".join(f"{k} {n}" for k, n in result["faults_by_kind"].items())
     lines += [
         f"faults injected: {result['faults_injected']} of {result['send_requests']} sendMail requests ({kinds}); "
@@ -383,6 +449,28 @@ def text_report(result: dict[str, Any]) -> str:
               for name, n in result["invariants"].items()]
     lines.append(f"result: {'PASS' if result['ok'] else 'FAIL'}")
     return "\n".join(lines) + "\n"
+
+
+def _outage_lines(events: list[dict[str, Any]], outages: dict[str, int]) -> list[str]:
+    at = {e["event"]: e for e in events}
+    lines = []
+    if (start := at.get("graph_outage_start")) and (end := at.get("graph_outage_end")):
+        lines.append(f"graph outage: every sendMail 503 from {start['at_s']} s to {end['at_s']} s; breaker open "
+                     f"for the last {end['breaker_open_s']} s, {end['requests_while_open']} requests reached "
+                     f"Graph then (one probe per interval allows {end['probes_allowed']})")
+    if (start := at.get("token_outage_start")) and (end := at.get("token_outage_end")):
+        lines.append(f"token outage: token endpoint 503 from {start['at_s']} s to {end['at_s']} s "
+                     f"({end['token_requests_refused']} token requests refused)")
+    if e := at.get("stop_redis"):
+        lines.append(f"redis stopped (SHUTDOWN SAVE, not flushed) at {e['at_s']} s for {e['down_s']} s")
+    if (stop := at.get("sigstop")) and (cont := at.get("sigcont")):
+        lines.append(f"worker SIGSTOPped at {stop['at_s']} s ({stop['sends_started']} sends in flight), "
+                     f"SIGCONT at {cont['at_s']} s")
+    if (revoke := at.get("revoke_secret")) and (fix := at.get("fix_secret")):
+        lines.append(f"secret of {revoke['tenant']} revoked at {revoke['at_s']} s, fixed at {fix['at_s']} s "
+                     f"(version {fix['version']}; {fix['held_at_fix']} held then; holds placed "
+                     f"{outages['holds_placed']}); {outages['held_tenant_notifications']} notifications of it")
+    return lines
 
 
 def _failover_line(e: dict[str, Any]) -> str:
@@ -410,6 +498,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--small", action="store_true", help="the CI size: 1,500 notifications, 30 tenants, 30 s")
     parser.add_argument("--sentinel", action="store_true",
                         help="Redis as a Sentinel group (master, replica, 3 sentinels); its master is killed halfway")
+    parser.add_argument("--outages", action="store_true",
+                        help="also: Graph 503 for --graph-outage-s, token endpoint 503, Redis stopped, a worker "
+                             "SIGSTOPped past its lease, a tenant's secret revoked and fixed (--small: CI size)")
+    parser.add_argument("--graph-outage-s", type=float, default=d.graph_outage_s)
+    parser.add_argument("--token-outage-s", type=float, default=d.token_outage_s)
+    parser.add_argument("--redis-down-s", type=float, default=d.redis_down_s)
+    parser.add_argument("--secret-fix-after-s", type=float, default=d.secret_fix_after_s)
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a TENANTMAIL_ setting for the workers, e.g. --set SEND_LEASE_MS=20000")
     parser.add_argument("--json", action="store_true", help="print the JSON report instead of the text")
@@ -420,10 +515,14 @@ def size_from_args(args: argparse.Namespace) -> ChaosSize:
     """The run's size: --small's, else the options'."""
     settings = {f"TENANTMAIL_{k.upper()}": v for k, v in (item.split("=", 1) for item in args.set)}
     if args.small:
-        return ChaosSize(**{**asdict(SMALL), "seed": args.seed, "settings": settings, "sentinel": args.sentinel})
+        base = asdict(OUTAGES_SMALL if args.outages else SMALL)
+        return ChaosSize(**{**base, "seed": args.seed, "settings": {**base["settings"], **settings},
+                            "sentinel": args.sentinel})
     return ChaosSize(args.notifications, args.tenants, args.duration_s, args.workers, args.concurrency,
                      args.latency_ms, args.kills, args.pg_down_s, args.seed, args.settle_timeout_s, settings,
-                     sentinel=args.sentinel)
+                     sentinel=args.sentinel, outages=args.outages, graph_outage_s=args.graph_outage_s,
+                     token_outage_s=args.token_outage_s, redis_down_s=args.redis_down_s,
+                     secret_fix_after_s=args.secret_fix_after_s)
 
 
 def main(args: argparse.Namespace) -> int:

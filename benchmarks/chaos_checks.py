@@ -9,7 +9,14 @@ Invariants (each a count that must be 0):
 - `sent_but_recorded_failed`: a copy in the outbox of a notification recorded `failed` and never
   flagged (the mail went out and the activity table says it did not);
 - `stray_copies`: outbox messages whose X-Tenantmail-Notification-Id is no notification of the run;
-- `requests_inside_retry_after`: sendMail requests that reached a mailbox inside its Retry-After window.
+- `requests_inside_retry_after`: sendMail requests that reached a mailbox inside its Retry-After window;
+- `failed_not_permanent`: notifications failed although their last attempt was transient (a 5xx, a
+  connection error, a 429: only a permanent code or a hold's expiry may fail one), or with no attempt;
+With the outages (benchmarks.chaos_outages), also:
+- `probes_over_one_per_interval`: sendMail requests while the Graph breaker was open beyond one per
+  probe interval;
+- `held_tenant_not_sent_once`: notifications of the tenant whose secret was revoked and fixed that are
+  not sent, or not exactly once (a flagged duplicate excepted).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from shared.models import TERMINAL_STATES
 
 HEADER = "X-Tenantmail-Notification-Id"
 AMBIGUOUS_OUTCOME = "ambiguous"
+PERMANENT_OUTCOMES = frozenset({"failed", "token_error"})  # attempt labels of permanent errors
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,7 @@ class Evidence:
     outbox_ids: Sequence[str | None]
     emulator_counters: dict[str, Any]
     fault_hits: dict[str, int] = field(default_factory=dict)
+    outages: dict[str, int] | None = None  # what the outages left (benchmarks.chaos_outages), when they ran
 
 
 def outbox_ids(outbox: Iterable[dict[str, Any]]) -> list[str | None]:
@@ -74,8 +83,25 @@ def check(ev: Evidence) -> dict[str, Any]:
                                         if r.state == "failed" and copies[r.id] and not flagged(r.id)),
         "stray_copies": sum(n for nid, n in copies.items() if nid not in by_id),
         "requests_inside_retry_after": int(ev.emulator_counters.get("requests_inside_retry_after", 0)),
+        "failed_not_permanent": _failed_not_permanent(ev),
     }
-    return {"invariants": invariants, "ok": not any(invariants.values()), **_counts(ev, states, copies, duplicates)}
+    if ev.outages is not None:
+        invariants["probes_over_one_per_interval"] = int(ev.outages.get("probe_excess", 0))
+        invariants["held_tenant_not_sent_once"] = int(ev.outages.get("held_tenant_not_sent_once", 0))
+    result = {"invariants": invariants, "ok": not any(invariants.values()), **_counts(ev, states, copies, duplicates)}
+    if ev.outages is not None:
+        result["outages"] = dict(ev.outages)
+    return result
+
+
+def _failed_not_permanent(ev: Evidence) -> int:
+    """Failed rows whose last attempt was not a permanent error (so they failed by an attempt count or
+    the maximum age, during a run far shorter than it)."""
+    last: dict[str, tuple[str, str | None]] = {}
+    for nid, outcome, code in ev.attempts:  # in the order they were recorded
+        last[nid] = (outcome, code)
+    return sum(1 for r in ev.rows if r.state == "failed"
+               and (r.id not in last or last[r.id][0] not in PERMANENT_OUTCOMES or last[r.id][1] == "MaxAgeExceeded"))
 
 
 def _counts(ev: Evidence, states: Counter[str], copies: Counter[str | None], duplicates: list[str]) -> dict[str, Any]:

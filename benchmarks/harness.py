@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import redis
 from cryptography.fernet import Fernet
 from sqlalchemy import Engine
 
@@ -40,6 +42,7 @@ class Bench:
     emulator: Any
     emulator_pid: int | None = None
     sentinel: RedisSentinelGroup | None = None  # when Redis is a Sentinel group rather than one server
+    redis: PrivateRedis | None = None  # the one server otherwise
 
     @property
     def env(self) -> dict[str, str]:
@@ -137,7 +140,8 @@ def bench_stack(*, tenants: int, latency_ms: float, database: str = "postgres",
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tm-bench-")))
         group = stack.enter_context(sentinel_group(tmp / "redis")) if sentinel else None
-        redis_url = group.url if group else _private_redis(stack, tmp / "redis")
+        private = None if group else stack.enter_context(_private_redis(tmp / "redis"))
+        redis_url = group.url if group else private.url  # type: ignore[union-attr]
         db_url = stack.enter_context(_database(database, tmp, pg_admin_url))
         directory = demo_directory()
         directory["tenants"] += [make_tenant(i) for i in range(tenants)]
@@ -155,14 +159,45 @@ def bench_stack(*, tenants: int, latency_ms: float, database: str = "postgres",
             save_graph_provider(procs.engine, box, f"t{i}", sender_address=spec["mailboxes"][0]["address"],
                                 azure_tenant=tenant_id_for(i), client_id=client_id_for(i),
                                 client_secret=spec["apps"][0]["secrets"][0]["value"])
-        yield Bench(procs, emu, emu_proc.process.pid if emu_proc.process else None, sentinel=group)
+        yield Bench(procs, emu, emu_proc.process.pid if emu_proc.process else None, sentinel=group, redis=private)
 
 
-def _private_redis(stack: ExitStack, state_dir: Path) -> str:
-    url, proc = start_redis(state_dir)
-    stack.callback(proc.wait)  # callbacks run last in, first out: terminate, then wait
-    stack.callback(proc.terminate)
-    return url
+class PrivateRedis:
+    """A run's own redis-server, which can be stopped (its data saved, not flushed) and started again."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.url, self.proc = start_redis(state_dir)
+        self.port = int(self.url.rsplit(":", 1)[1].split("/")[0])
+
+    def stop_and_start(self, down_s: float) -> float:
+        """SHUTDOWN SAVE (every client is cut; the data goes to dump.rdb), stay down `down_s`, start it
+        again on the same port with that data; returns how long it was down."""
+        t0 = time.monotonic()
+        client = sync_client(self.url)
+        try:
+            client.shutdown(save=True)
+        except redis.ConnectionError:  # the server closes the connection it would answer on
+            pass
+        finally:
+            client.close()
+        self.proc.wait(timeout=30)
+        time.sleep(max(0.0, t0 + down_s - time.monotonic()))
+        _, self.proc = start_redis(self.state_dir, port=self.port)
+        return time.monotonic() - t0
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+@contextmanager
+def _private_redis(state_dir: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(state_dir)
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 @contextmanager

@@ -13,6 +13,11 @@ makes concurrent batches agree on whether it is new.
 `release_hold` runs inside every provider save (`shared.providers`): the held rows go back to
 `queued`, due now, with their `fair_rank` kept, so they go out in their original order. Held rows
 past `hold_max_s` are failed by the sweeper with the code that placed the hold.
+
+While a hold is in force, the dispatcher gives the tenant no rows, and `join_hold` (run by it once a
+second) holds the tenant's new notifications too, without an attempt: they would only meet the same
+error, and each would ask Entra ID again. A hold's start and its release are also webhook events,
+`notification.held` and `notification.released` (one per hold, in the same transaction).
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ from sqlalchemy import Connection, Engine, func, select, text, update
 
 from shared.diagnosis import diagnose
 from shared.events import insert_event
-from shared.models import ACTIVE_STATES, ActivityEvent, Notification, ProviderConfig, State
+from shared.models import ACTIVE_STATES, ActivityEvent, Notification, ProviderConfig, State, WaitReason
 from shared.producer import Producer
 from shared.settings import Settings
+from shared.webhooks import Event, emit
 
 HELD_EVENT = "notifications_held"
 RELEASED_EVENT = "notifications_released"
@@ -53,11 +59,45 @@ def place_hold(engine: Engine, settings: Settings, tenant_id: str, *, code: str,
         moved = conn.execute(
             update(_N).where(_N.c.tenant_id == tenant_id, _N.c.state.in_(ACTIVE_STATES))
             .values(state=State.HELD.value, next_attempt_ms=until_ms, dispatch_lease_until_ms=None,
-                    last_error_code=code, last_error_message=message, updated_at=datetime.now(UTC))
+                    wait_reason=WaitReason.HELD.value, last_error_code=code, last_error_message=message,
+                    updated_at=datetime.now(UTC))
         ).rowcount or 0
         if not _hold_in_force(conn, tenant_id):
             _notify(conn, settings, tenant_id, code, message)
+            emit(conn, [Event(tenant_id, "notification.held", {
+                "code": code, "held": _held_count(conn, tenant_id), "provider_version": version,
+                "hold_expires_at": datetime.fromtimestamp(until_ms / 1000, UTC).isoformat()})])
     return moved
+
+
+def held_tenants(conn: Connection) -> set[str]:
+    """Tenants with notifications on hold (the dispatcher gives them no rows)."""
+    return set(conn.scalars(select(_N.c.tenant_id).distinct().where(_N.c.state == State.HELD.value)))
+
+
+def join_hold(engine: Engine, tenant_id: str) -> int:
+    """Hold the tenant's queued and retry_wait rows, with no attempt, if a hold is in force under the
+    provider version in force; returns how many. Serialized with provider saves (their lock), so rows
+    a save has just released are never held again."""
+    with engine.begin() as conn:
+        _lock_saves(conn, tenant_id)
+        hold = conn.execute(
+            select(_N.c.last_error_code, _N.c.last_error_message, _N.c.next_attempt_ms, _N.c.provider_version)
+            .where(_N.c.tenant_id == tenant_id, _N.c.state == State.HELD.value)
+            .order_by(_N.c.next_attempt_ms).limit(1)).first()
+        if hold is None or hold.provider_version not in (None, _version_in_force(conn, tenant_id)):
+            return 0
+        return conn.execute(
+            update(_N).where(_N.c.tenant_id == tenant_id, _N.c.state.in_(ACTIVE_STATES))
+            .values(state=State.HELD.value, next_attempt_ms=hold.next_attempt_ms, dispatch_lease_until_ms=None,
+                    wait_reason=WaitReason.HELD.value, last_error_code=hold.last_error_code,
+                    last_error_message=hold.last_error_message, updated_at=datetime.now(UTC))
+        ).rowcount or 0
+
+
+def _held_count(conn: Connection, tenant_id: str) -> int:
+    return int(conn.scalar(select(func.count()).where(_N.c.tenant_id == tenant_id,
+                                                        _N.c.state == State.HELD.value)) or 0)
 
 
 def _version_in_force(conn: Connection, tenant_id: str) -> int | None:
@@ -68,7 +108,7 @@ def _version_in_force(conn: Connection, tenant_id: str) -> int | None:
 def _requeue_stale(conn: Connection, tenant_id: str, version: int, delay_ms: int) -> None:
     conn.execute(
         update(_N).where(_N.c.tenant_id == tenant_id, _N.c.state == State.HELD.value, _N.c.provider_version == version)
-        .values(state=State.QUEUED.value, next_attempt_ms=int(time.time() * 1000) + delay_ms,
+        .values(state=State.QUEUED.value, next_attempt_ms=int(time.time() * 1000) + delay_ms, wait_reason=None,
                 updated_at=datetime.now(UTC)))
 
 
@@ -77,11 +117,13 @@ def release_hold(conn: Connection, tenant_id: str, *, actor: str | None, version
     released = conn.execute(
         update(_N).where(_N.c.tenant_id == tenant_id, _N.c.state == State.HELD.value)
         .values(state=State.QUEUED.value, next_attempt_ms=int(time.time() * 1000), age_from=datetime.now(UTC),
-                updated_at=datetime.now(UTC))
+                wait_reason=None, updated_at=datetime.now(UTC))
     ).rowcount or 0
     if released or _hold_in_force(conn, tenant_id):
         insert_event(conn, tenant_id, RELEASED_EVENT, actor=actor,
                      detail=f"{released} held notification(s) released by saving version {version}")
+        emit(conn, [Event(tenant_id, "notification.released",
+                          {"released": released, "provider_version": version, "actor": actor})])
     return released
 
 
@@ -116,6 +158,13 @@ def _hold_in_force(conn: Connection, tenant_id: str) -> bool:
                                                   _E.c.kind.in_((HELD_EVENT, RELEASED_EVENT)))
                           .order_by(_E.c.id.desc()).limit(1)).scalar()
     return latest == HELD_EVENT
+
+
+def _lock_saves(conn: Connection, tenant_id: str) -> None:
+    # The lock every provider save of the tenant holds (shared.providers._lock_tenant); SQLite serializes writers.
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                     {"key": f"provider_config:{tenant_id}"})
 
 
 def _lock(conn: Connection, tenant_id: str) -> None:

@@ -90,6 +90,14 @@ class Metrics:
             registry=r)
         self.token_errors = Counter("tenantmail_token_errors", "Token requests Entra ID refused or that failed, by "
                                     "code (AADSTS<n>, or the transient error's code)", ["code"], registry=r)
+        self.breaker_transitions = Counter("tenantmail_breaker_transitions", "Circuit breakers opened or closed "
+                                           "(ramping up), by scope kind (graph, entra, mailbox, relay)",
+                                           ["scope_kind", "to"], registry=r)
+        self.breaker_probes = Counter("tenantmail_breaker_probes", "Probe rows let through an open circuit "
+                                      "breaker, by scope kind", ["scope_kind"], registry=r)
+        self.breaker_requeued = Counter("tenantmail_breaker_requeued", "Rows a worker sent back to the database "
+                                        "without an attempt because their breaker was open, by wait reason",
+                                        ["reason"], registry=r)
         self.dispatcher_leader = Gauge("tenantmail_dispatcher_leader", "1 while this process's dispatcher holds "
                                        "the fleet-wide leader lease", registry=r)
         self.worker_live = Gauge("tenantmail_worker_live", "1 while this worker is live (its event loop answers "

@@ -40,6 +40,20 @@ class State(StrEnum):
     RETRY_WAIT = "retry_wait"
     AMBIGUOUS = "ambiguous"
     HELD = "held"
+    QUOTA = "quota"
+
+
+class WaitReason(StrEnum):
+    """Why a `retry_wait` (or `held`) row waits, when it is not its own last error: an open circuit
+    breaker of the service it goes through (worker.breakers), a Retry-After, a hold, or the sender's
+    Exchange sending budget (worker.quota_gate)."""
+
+    GRAPH_OUTAGE = "graph_outage"
+    ENTRA_OUTAGE = "entra_outage"
+    MAILBOX_OUTAGE = "mailbox_outage"
+    RELAY_OUTAGE = "relay_outage"
+    THROTTLED = "throttled"
+    HELD = "held"
 
 
 ACTIVE_STATES = (State.QUEUED.value, State.RETRY_WAIT.value)
@@ -90,6 +104,8 @@ class Notification(SQLModel, table=True):
     next_attempt_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     # Published and not yet claimed: the broker may have lost it once this passes (queued, retry_wait).
     dispatch_lease_until_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
+    # Why the row waits (WaitReason): an outage's open breaker, a Retry-After, a hold; None otherwise.
+    wait_reason: str | None = Field(default=None, max_length=32)
     # Claimed: the worker renews this while it sends; once it passes the sweeper takes over (sending).
     send_lease_until_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
     claimed_by: str | None = Field(default=None, max_length=100)

@@ -90,6 +90,19 @@ class Settings(BaseSettings):
     # A configuration error (credential, consent, Access Policy, RBAC) holds a tenant's notifications this
     # long, waiting for a provider save; past it they fail with the code that placed the hold.
     hold_max_s: float = 72 * 3600.0
+    # Circuit breakers (worker.breakers), per Graph host, Entra ID authority, (app, mailbox) and SMTP relay:
+    # `breaker_failure_threshold` transport failures in a row in one process (each within
+    # `breaker_run_window_s` of the last) open a scope; its rows wait in the database and one probe per
+    # `breaker_probe_interval_ms` goes out fleet-wide; once one is answered, at most `breaker_ramp_start`
+    # rows of the scope are in flight, doubling every `breaker_ramp_step_ms` up to `breaker_ramp_max`.
+    breaker_enabled: bool = True
+    breaker_failure_threshold: int = 5
+    breaker_run_window_s: float = 60.0
+    breaker_probe_interval_ms: int = 10_000
+    breaker_refresh_ms: int = 500
+    breaker_ramp_start: int = 4
+    breaker_ramp_step_ms: int = 2_000
+    breaker_ramp_max: int = 512
     token_refresh_margin_s: float = 300.0
 
     metrics_port: int | None = None
@@ -148,7 +161,8 @@ class Settings(BaseSettings):
         # docker-compose passes `${VAR:-}` through as an empty string: that means "not set".
         return None if value == "" else value
 
-    @field_validator("batch_size", "tenant_window", "mailbox_concurrency", "worker_concurrency", "smtp_pool_size")
+    @field_validator("batch_size", "tenant_window", "mailbox_concurrency", "worker_concurrency", "smtp_pool_size",
+                     "breaker_failure_threshold", "breaker_ramp_start", "breaker_probe_interval_ms")
     @classmethod
     def _positive(cls, value: int) -> int:
         if value < 1:

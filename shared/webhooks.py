@@ -27,9 +27,9 @@ from standardwebhooks import Webhook
 from shared.ids import new_id
 from shared.models import ProviderConfig, WebhookDelivery, WebhookEndpoint, WebhookEvent
 
-# Extensible: outage work adds notification.held / notification.released here.
 EVENT_TYPES: tuple[str, ...] = ("notification.sent", "notification.failed", "notification.ambiguous",
-                                "provider.saved", "credential.expiring")
+                                "notification.held", "notification.released", "provider.saved",
+                                "credential.expiring")
 SECRET_PREFIX = "whsec_"
 _W = WebhookEndpoint.__table__  # type: ignore[attr-defined]
 _E = WebhookEvent.__table__  # type: ignore[attr-defined]

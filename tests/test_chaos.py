@@ -50,6 +50,35 @@ def test_chaos_run_loses_nothing_duplicates_only_flagged_rows_and_obeys_retry_af
     assert result["settled_s"] is not None
 
 
+@pytest.mark.chaos
+@pytest.mark.timeout(480)
+def test_chaos_run_with_outages_fails_nothing_probes_once_per_interval_and_sends_the_held_tenant_once() -> None:
+    _need_private_postgres()
+    size = chaos.OUTAGES_SMALL  # 800 notifications, 20 tenants, 40 s; Graph down 20 s, probes every 2 s
+
+    # when: Graph answers 503 to everything, the token endpoint 503, Redis stops, a worker is SIGSTOPped
+    # past its send lease and a tenant's secret is revoked then fixed (besides a kill, a FLUSHALL and a
+    # PostgreSQL restart)
+    result = chaos.run(size, print)
+
+    # then: every invariant holds, the new ones included ...
+    report = chaos.text_report(result)
+    print(report)
+    assert result["ok"], report + json.dumps(result.get("retry_after_violations", []), default=str)[:4000]
+    assert {"failed_not_permanent", "probes_over_one_per_interval", "held_tenant_not_sent_once"} <= set(
+        result["invariants"])
+    # ... and each outage happened: the Graph breaker opened, the tenant was held before its fix, Redis was
+    # down, the stopped worker had sends in flight and stayed stopped past its send lease
+    events = {e["event"]: e for e in result["events"]}
+    assert events["graph_outage_end"]["breaker_open_s"] is not None, events["graph_outage_end"]
+    assert result["outages"]["holds_placed"] >= 1 and events["fix_secret"]["held_at_fix"] > 0
+    assert events["stop_redis"]["down_s"] >= size.redis_down_s
+    assert events["sigstop"]["sends_started"] > 0
+    lease_s = chaos.CHAOS_ENV["TENANTMAIL_SEND_LEASE_MS"]
+    assert events["sigcont"]["at_s"] - events["sigstop"]["at_s"] > int(lease_s) / 1000
+    assert result["settled_s"] is not None
+
+
 def _evidence(**overrides: object) -> Evidence:
     base: dict[str, object] = dict(
         expected_ids={"a", "b", "c"},
@@ -78,6 +107,10 @@ def test_chaos_checks_pass_a_clean_run_with_a_flagged_duplicate() -> None:
     ({"rows": [Row("a", "sent", False, None), Row("b", "ambiguous", False, None),
                Row("c", "failed", False, None)], "outbox_ids": ["a"]}, "unflagged_ambiguous"),
     ({"emulator_counters": {"requests_inside_retry_after": 2}}, "requests_inside_retry_after"),
+    ({"attempts": [("a", "sent", None), ("b", "ambiguous", "UnknownError"), ("b", "sent", None),
+                   ("c", "failed", "X"), ("c", "retry", "ServiceUnavailable")]}, "failed_not_permanent"),
+    ({"outages": {"probe_excess": 3}}, "probes_over_one_per_interval"),
+    ({"outages": {"held_tenant_not_sent_once": 1}}, "held_tenant_not_sent_once"),
 ])
 def test_chaos_checks_count_each_kind_of_violation(change: dict[str, object], invariant: str) -> None:
     result = check(_evidence(**change))

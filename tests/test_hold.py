@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from emulator.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_SENDER, DEMO_TENANT_ID
 from shared.events import recent_events
 from shared.holds import HELD_EVENT, RELEASED_EVENT
-from shared.models import Notification
+from shared.models import Notification, WebhookEndpoint, WebhookEvent
 from shared.providers import save_graph_provider
 from tests.stack import Stack, wait_until
 
@@ -79,3 +80,54 @@ def test_an_expired_hold_fails_its_rows_with_the_original_code(make_stack: Any, 
         codes = set(conn.execute(select(n.c.last_error_code).where(n.c.id.in_(ids))).scalars())
     assert codes == {"AADSTS7000215"}
     assert emulator.outbox() == []
+
+
+def _subscribe(stack: Stack, tenant: str) -> None:
+    """An enabled endpoint of the tenant for the hold events (the event outbox is what is checked)."""
+    now = datetime.now(UTC)
+    with stack.engine.begin() as conn:
+        conn.execute(insert(WebhookEndpoint.__table__).values(  # type: ignore[attr-defined]
+            id=f"ep_{tenant}", tenant_id=tenant, url="https://hooks.example.org/tenantmail", enabled=True,
+            event_types=["notification.held", "notification.released"], secret_enc=stack.box.encrypt("whsec_x"),
+            created_at=now, updated_at=now))
+
+
+def _webhook_events(stack: Stack) -> list[tuple[str, dict[str, Any]]]:
+    e = WebhookEvent.__table__  # type: ignore[attr-defined]
+    with stack.engine.connect() as conn:
+        return [(t, p["data"]) for t, p in conn.execute(select(e.c.type, e.c.payload).order_by(e.c.created_at))]
+
+
+def test_new_notifications_of_a_held_tenant_join_the_hold_without_an_attempt(make_stack: Any, emulator: Any) -> None:
+    # given: a tenant on hold after AADSTS7000215, with a webhook endpoint for the hold events
+    stack = make_stack()
+    _configure(stack, "the-secret-id-not-its-value")
+    _subscribe(stack, "acme")
+    first = [stack.producer.enqueue("acme", {"to": [f"user{i}@example.org"], "subject": f"Review {i}",
+                                             "body": "Please review."}) for i in range(3)]
+    stack.start_workers(1, concurrency=4)
+    wait_until(lambda: _held(stack, first), timeout_s=60, what="the first notifications held")
+    token_requests = len(emulator.requests_log(route="token"))
+
+    # when: more notifications of that tenant arrive while the hold is in force
+    later = [stack.producer.enqueue("acme", {"to": [f"later{i}@example.org"], "subject": f"Later {i}",
+                                             "body": "Please review."}) for i in range(6)]
+    wait_until(lambda: _held(stack, later), timeout_s=30, what="the new notifications held")
+
+    # then: they joined the hold with its code and no attempt; Entra ID was not asked again
+    assert all(stack.attempts(nid) == [] for nid in later)
+    assert {stack.notification(nid)["last_error_code"] for nid in later} == {"AADSTS7000215"}
+    assert {stack.notification(nid)["wait_reason"] for nid in first + later} == {"held"}
+    assert len(emulator.requests_log(route="token")) == token_requests
+
+    # when: the admin saves the right secret
+    version = _configure(stack, DEMO_CLIENT_SECRET)
+
+    # then: all of them are sent once each; one held and one released event went to the webhook outbox
+    assert set(stack.wait_terminal(first + later).values()) == {"sent"}
+    outbox = [m["x_headers"].get("X-Tenantmail-Notification-Id") for m in emulator.outbox()]
+    assert sorted(outbox) == sorted(first + later)
+    events = _webhook_events(stack)
+    assert [t for t, _ in events] == ["notification.held", "notification.released"]
+    assert events[0][1]["code"] == "AADSTS7000215" and events[0][1]["held"] >= len(first)
+    assert events[1][1]["released"] == len(first + later) and events[1][1]["provider_version"] == version

@@ -24,8 +24,9 @@ def _unavailable_attempts(stack: Stack, ids: list[str]) -> dict[str, int]:
 
 def test_graph_503_outage_past_the_old_attempt_budget_ends_with_every_notification_sent(
         make_stack: Any, emulator: Any) -> None:
-    # given: Graph answers 503 to every sendMail (test-speed backoff: 50 ms doubling to a 400 ms cap)
-    stack = make_stack(TENANTMAIL_MAX_ATTEMPTS="8")
+    # given: Graph answers 503 to every sendMail (test-speed backoff: 50 ms doubling to a 400 ms cap); the
+    # circuit breakers are off, so every row keeps retrying (tests/test_breakers.py covers them on)
+    stack = make_stack(TENANTMAIL_MAX_ATTEMPTS="8", TENANTMAIL_BREAKER_ENABLED="false")
     _configure(stack)
     emulator.add_fault(route="sendMail", kind="503")
     ids = [stack.producer.enqueue("acme", {"to": [f"user{i}@example.org"], "subject": f"Review {i}",

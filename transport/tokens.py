@@ -103,6 +103,14 @@ class TokenProvider:
             self._local[key] = token
             return token.access_token
 
+    async def has_token(self, provider: ResolvedProvider) -> bool:
+        """Whether a token is cached here or in Redis, so that getting one needs no call to Entra ID."""
+        hit = self._local.get(provider.token_key)
+        if hit and time.time() < hit.refresh_at:
+            return True
+        with redis_boundary("token cache"):
+            return bool(await self._redis.exists(f"tm:tok:{provider.token_key}"))
+
     async def invalidate(self, provider: ResolvedProvider, access_token: str) -> None:
         """Drop a token Graph rejected, here and in Redis (only if it is still that token)."""
         key = provider.token_key

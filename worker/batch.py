@@ -50,7 +50,8 @@ def _deliver(runtime: Runtime, ids: Sequence[str]) -> dict[str, int]:
     providers = runtime.resolver.resolve_many(r.tenant_id for r in rows)
     gate = QuotaGate(runtime.quotas, runtime.engine, s, claim=claimed_by)
     gated = gate.admit(rows, providers)  # Exchange's limits: rows over their sender's budget wait
-    sender = Sender(runtime.graph, runtime.tokens, runtime.throttle, runtime.marks, s, runtime.smtp, claim=claimed_by)
+    sender = Sender(runtime.graph, runtime.tokens, runtime.throttle, runtime.marks, s, runtime.smtp, claim=claimed_by,
+                    breakers=runtime.breakers)
     pending = runtime.submit(sender.send_all(gated.to_send, providers))
     renew_every_s = s.send_lease_ms / 3000
     while True:

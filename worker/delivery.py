@@ -11,6 +11,7 @@ and the outcomes already known are returned with them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -37,7 +38,7 @@ from shared.errors import (
 from shared.message import graph_request_body, message_from_stored
 from shared.metrics import metrics
 from shared.mime import smtp_envelope
-from shared.models import State
+from shared.models import State, WaitReason
 from shared.providers import PlatformProvider, Provider, ResolvedProvider, unknown_sender
 from shared.senders import DEFAULT_SENDER
 from shared.settings import Settings
@@ -46,6 +47,7 @@ from transport.graph_apps import token_roles
 from transport.smtp import SmtpRelayClient
 from transport.tokens import TokenProvider
 from worker import liveness
+from worker.breakers import RELAY_SCOPE, Breakers, provider_scopes, reason_of
 from worker.retry_policy import (
     Attempted,
     Decision,
@@ -70,7 +72,9 @@ class Sender:
     """Delivers claimed rows through their tenants' providers."""
 
     def __init__(self, graph: GraphClient, tokens: TokenProvider, throttle: MailboxThrottle, marks: SendMarks,
-                 settings: Settings, smtp: SmtpRelayClient | None = None, *, claim: str = "") -> None:
+                 settings: Settings, smtp: SmtpRelayClient | None = None, *, claim: str = "",
+                 breakers: Breakers | None = None) -> None:
+        self._breakers = breakers
         self._claim = claim  # the batch's claimed_by: the sweeper fences rows off from it (worker.sendmarks)
         self._graph = graph
         self._tokens = tokens
@@ -115,6 +119,9 @@ class Sender:
         started = datetime.now(UTC)
         progress: list[str] = []
         try:
+            if self._breakers and (reason := await self._breakers.gate((RELAY_SCOPE,), row.id)):
+                outcomes[row.id] = self._requeue(row, provider, self._settings.slot_requeue_ms, reason)
+                return
             outcomes[row.id] = await self._send_smtp(row, provider, started, progress)
         except Exception as exc:  # the top boundary of an SMTP send, as send_one is for Graph
             outcomes[row.id] = self._unexpected(row, provider, exc, left="sending" in progress)
@@ -135,13 +142,15 @@ class Sender:
         try:
             result = await self._smtp.send(envelope)
         except DeliveryError as exc:
+            await self._observe((RELAY_SCOPE,), exc)
             outcome = attempt_label(Attempted(exc))
             metrics.smtp_sends.labels(outcome, exc.code or "").inc()
             record = AttemptRecord(started_at=started, outcome=outcome, latency_ms=(time.perf_counter() - t0) * 1000,
                                    smtp_status=exc.status, error_code=exc.code, error_message=exc.message,
                                    client_request_id=envelope.message_id, mailbox=provider.sender_address)
-            return self._finish(row, provider, Attempted(exc), (record,))
+            return await self._outage_reason(self._finish(row, provider, Attempted(exc), (record,)), (RELAY_SCOPE,))
         metrics.smtp_sends.labels("sent", f"SMTP{result.code}").inc()
+        await self._observe((RELAY_SCOPE,), None)
         self._marks.mark_accepted(row.id)
         refused = "; ".join(f"{r}: {reply}" for r, reply in result.refused.items())
         record = AttemptRecord(started_at=started, outcome="sent", latency_ms=result.latency_ms,
@@ -156,8 +165,9 @@ class Sender:
         await asyncio.gather(*(self._lane(key, queue, outcomes) for _ in range(lanes)))
         while queue:  # no lane got a slot in time: back to the database, due again shortly
             row, provider = queue.popleft()
-            delay_ms = self._throttle.local_block_ms(key) or self._settings.slot_requeue_ms
-            outcomes[row.id] = self._requeue(row, provider, delay_ms)
+            blocked_ms = self._throttle.local_block_ms(key)
+            outcomes[row.id] = self._requeue(row, provider, blocked_ms or self._settings.slot_requeue_ms,
+                                             WaitReason.THROTTLED if blocked_ms else None)
 
     async def _lane(self, key: str, queue: deque[tuple[ClaimedRow, ResolvedProvider]],
                     outcomes: dict[str, RowOutcome]) -> None:
@@ -196,9 +206,10 @@ class Sender:
 
     def _requeue_all(self, queue: deque[tuple[ClaimedRow, ResolvedProvider]],
                      outcomes: dict[str, RowOutcome], delay_ms: int) -> None:
+        # Only a Retry-After block empties the whole queue.
         while queue:
             row, provider = queue.popleft()
-            outcomes[row.id] = self._requeue(row, provider, delay_ms)
+            outcomes[row.id] = self._requeue(row, provider, delay_ms, WaitReason.THROTTLED)
 
     async def send_one(self, row: ClaimedRow, provider: ResolvedProvider, lane_id: str) -> tuple[RowOutcome, Slot]:
         """Deliver one row on a held slot; never raises. The Slot says whether the lane may go on.
@@ -216,12 +227,20 @@ class Sender:
     async def _send_one(self, row: ClaimedRow, provider: ResolvedProvider, lane_id: str,
                         progress: list[str]) -> tuple[RowOutcome, Slot]:
         started = datetime.now(UTC)
+        gated, reason = await self._gate(row, provider)
+        if reason is not None:  # an open breaker: back to the database, no attempt spent
+            return self._requeue(row, provider, self._settings.slot_requeue_ms, reason), _GO
+        entra = provider_scopes(provider).entra
         try:
             token = await self._tokens.get(provider)
         except RedisUnavailable:
             raise  # nothing asked of Entra ID: the row goes back without spending an attempt
         except (TokenError, TransientError) as exc:
-            return self._attempted(row, provider, exc, started=started, stage=Stage.TOKEN), _GO
+            await self._observe((entra,) if entra else (), exc)
+            attempted = self._attempted(row, provider, exc, started=started, stage=Stage.TOKEN)
+            return await self._outage_reason(attempted, (entra,) if entra else ()), _GO
+        if entra in gated:  # this row probed Entra ID and got a token
+            await self._observe((entra,), None)
         slot = await self._throttle.begin_send(provider.mailbox_key, lane_id, row.id, claim=self._claim)
         if slot.fenced:
             return self._lost(row), _GO
@@ -230,9 +249,10 @@ class Sender:
             slot = Slot(granted=False, wait_ms=blocked_ms, blocked=True)
         if not slot.granted:
             delay_ms = slot.wait_ms or self._settings.slot_requeue_ms
-            return self._requeue(row, provider, delay_ms), slot
+            return self._requeue(row, provider, delay_ms, WaitReason.THROTTLED if slot.blocked else None), slot
         progress.append("posting")
-        outcome = await self._send_in_slot(row, provider, token, started)
+        outcome = await self._outage_reason(await self._send_in_slot(row, provider, token, started),
+                                            provider_scopes(provider).send)
         if outcome.state is State.SENT:
             self._marks.mark_accepted(row.id)
         if blocked_ms := self._throttle.local_block_ms(provider.mailbox_key):
@@ -280,8 +300,10 @@ class Sender:
             metrics.sends.labels("transport_error", exc.code or "").inc()
             records.append(_record(started, Attempted(exc), latency_ms=(time.perf_counter() - t0) * 1000,
                                    mailbox=provider.sender_address))
+            await self._observe(provider_scopes(provider).send, exc)
             return exc
         error = classify(resp)
+        await self._observe(provider_scopes(provider).send, error)
         code, message = resp.code, resp.message
         if (precise := _precise_access_error(error, token, provider)) is not None:
             error, code, message = precise, precise.code, precise.message
@@ -296,6 +318,30 @@ class Sender:
             mailbox=provider.sender_address,
         ))
         return error
+
+    async def _gate(self, row: ClaimedRow, provider: ResolvedProvider) -> tuple[list[str], WaitReason | None]:
+        """The open scopes this row goes through (Entra ID only when no token is cached), and the reason
+        it must wait unless it is their probe."""
+        if self._breakers is None:
+            return [], None
+        scopes = provider_scopes(provider)
+        gated = list(scopes.send)
+        if scopes.entra and await self._breakers.is_open(scopes.entra) and not await self._tokens.has_token(provider):
+            gated.insert(0, scopes.entra)
+        return gated, await self._breakers.gate(gated, row.id)
+
+    async def _outage_reason(self, outcome: RowOutcome, scopes: Sequence[str]) -> RowOutcome:
+        """A row retried while its scope is open (it may have opened it) shows the outage as its reason."""
+        if self._breakers is None or outcome.state is not State.RETRY_WAIT or outcome.wait_reason is not None:
+            return outcome
+        for scope in scopes:
+            if await self._breakers.is_open(scope):
+                return dataclasses.replace(outcome, wait_reason=reason_of(scope))
+        return outcome
+
+    async def _observe(self, scopes: Sequence[str], error: DeliveryError | None) -> None:
+        if self._breakers is not None:
+            await self._breakers.observe(scopes, error)
 
     async def _release(self, mailbox_key: str, lease_id: str) -> None:
         # The outcome is already known: a failed release must not turn it into an error. The
@@ -342,7 +388,8 @@ class Sender:
             self._count(row, d, error, row.attempts + len(records))
         return RowOutcome(row, d.state, d.next_attempt_ms, records,
                           row.possible_duplicate or d.possible_duplicate, d.ambiguous_count,
-                          provider.version if provider else None, provider.sender_address if provider else None)
+                          provider.version if provider else None, provider.sender_address if provider else None,
+                          d.wait_reason)
 
     @staticmethod
     def _count(row: ClaimedRow, d: Decision, error: DeliveryError | None, attempt: int) -> None:
@@ -358,8 +405,9 @@ class Sender:
                     state=d.state.value, code=error.code, status=error.status, request_id=error.request_id,
                     client_request_id=error.client_request_id)
 
-    def _requeue(self, row: ClaimedRow, provider: Provider, delay_ms: int) -> RowOutcome:
-        return self._finish(row, provider, Requeued(delay_ms), ())
+    def _requeue(self, row: ClaimedRow, provider: Provider, delay_ms: int,
+                 reason: WaitReason | None = None) -> RowOutcome:
+        return self._finish(row, provider, Requeued(delay_ms, reason), ())
 
 
 def _precise_access_error(error: DeliveryError | None, token: str,

@@ -9,7 +9,12 @@ The database decides what is due; the broker only carries batches of ids. Each t
    mailbox answered 429 gets nothing for that mailbox (sender) until the Retry-After recorded on that
    row has passed (the Redis block says the same, but Redis can lose it: the database cannot);
    `worker.sender_waits.throttled_mailboxes`;
-3. stamps them with a dispatch lease and publishes them in batches of `batch_size`.
+3. gives a tenant on hold no rows (its new rows join the hold, once a second: `shared.holds`);
+   leaves in the database the rows of tenants behind an open circuit breaker (`worker.breakers`),
+   but for one probe row per open scope per interval, and lets a scope that just closed take only
+   as many rows as its ramp allows; once a second it marks the waiting rows `retry_wait` with the
+   breaker's reason, so activity says why they wait;
+4. stamps them with a dispatch lease and publishes them in batches of `batch_size`.
 A row whose dispatch lease runs out unclaimed (the broker lost it: Redis flushed or restarted)
 becomes due again by itself. Every second it also runs the sweeper (`worker.sweeper`) over
 `sending` rows whose send lease expired (their worker died).
@@ -30,9 +35,11 @@ from typing import Any
 import structlog
 from sqlalchemy import Engine, and_, func, or_, select, update
 
+from shared.holds import held_tenants, join_hold
 from shared.metrics import metrics
 from shared.models import ACTIVE_STATES, Notification, State
 from shared.settings import Settings
+from worker.breakers import BreakerBoard, Plan
 from worker.liveness import Heartbeat
 from worker.sender_waits import throttled_mailboxes
 from worker.supervision import report_failure
@@ -61,6 +68,8 @@ class Dispatcher:
         self._id = uuid.uuid4().hex
         self._renew = redis.register_script(_RENEW)
         self.sweeper = Sweeper(engine, redis, settings)
+        self.board = BreakerBoard(redis, settings)
+        self._plan: Plan | None = None
         self._last_sweep = 0.0
         self.stop_event = threading.Event()
 
@@ -95,6 +104,8 @@ class Dispatcher:
         now_ms = int(time.time() * 1000)
         if time.monotonic() - self._last_sweep >= 1.0:
             self.sweeper.sweep(now_ms)
+            self._mark_waiting(now_ms)
+            self._join_holds()
             self._last_sweep = time.monotonic()
         chosen = self._choose(now_ms)
         if not chosen:
@@ -143,9 +154,14 @@ class Dispatcher:
             ).all()))
             throttled = throttled_mailboxes(conn, now_ms)
             busy = {t for t, n in inflight.items() if n > 0} if self._s.tenant_affinity else set()
+            busy |= held_tenants(conn)  # a held tenant's new rows join its hold instead (once a second)
             full = busy | {t for t, n in inflight.items() if n >= self._s.tenant_window}
-            due = [_N.c.state.in_(ACTIVE_STATES), _N.c.next_attempt_ms <= now_ms,
-                   or_(_N.c.dispatch_lease_until_ms.is_(None), _N.c.dispatch_lease_until_ms <= now_ms)]
+            self._plan = plan = self.board.plan(conn, inflight, now_ms)
+            if plan is not None:
+                full |= set(plan.blocked)
+            is_due = [_N.c.state.in_(ACTIVE_STATES), _N.c.next_attempt_ms <= now_ms,
+                      or_(_N.c.dispatch_lease_until_ms.is_(None), _N.c.dispatch_lease_until_ms <= now_ms)]
+            due = list(is_due)
             if full and len(full) <= _MAX_EXCLUDED:
                 # Leave rows of tenants that cannot take more in the database: most of a page
                 # would otherwise be theirs, fetched only to be skipped.
@@ -154,14 +170,71 @@ class Dispatcher:
                 select(_N.c.id, _N.c.tenant_id, _N.c.sender).where(*due).order_by(_N.c.fair_rank)
                 .limit(self._s.dispatch_page)
             ).all()
+            chosen: list[tuple[str, str]] = []
+            held_back: list[tuple[str, str]] = []
+            for nid, tenant_id, sender in page:
+                if throttled.holds(tenant_id, sender):
+                    continue  # its sender mailbox is inside a Retry-After recorded in the database
+                if tenant_id in busy or inflight[tenant_id] >= self._s.tenant_window:
+                    continue
+                if plan is not None and plan.open_of(tenant_id):
+                    held_back.append((nid, tenant_id))
+                elif plan is None or plan.admit(tenant_id):
+                    inflight[tenant_id] += 1
+                    chosen.append((nid, tenant_id))
+            if plan is not None:
+                chosen += self._probes(conn, plan, is_due, held_back, busy, inflight)
+        return chosen
+
+    def _probes(self, conn: Any, plan: Plan, due: list[Any], held_back: list[tuple[str, str]], busy: set[str],
+                inflight: Counter[str]) -> list[tuple[str, str]]:
+        """One due row per open scope whose last probe's interval has passed, named its probe in Redis.
+        Candidates: the page's rows held back, then the first due rows of the tenants left out of the page."""
+        waiting = sorted({t for tenants in plan.open_scopes.values() for t in tenants})
+        tried: set[str] = set()
         chosen: list[tuple[str, str]] = []
-        for nid, tenant_id, sender in page:
-            if throttled.holds(tenant_id, sender):
+        candidates = held_back + list(conn.execute(
+            select(_N.c.id, _N.c.tenant_id).where(*due, _N.c.tenant_id.in_(waiting))
+            .order_by(_N.c.fair_rank).limit(200)
+        ).all() if waiting else [])
+        for nid, tenant_id in candidates:
+            opened = plan.open_of(tenant_id)
+            if tenant_id in busy or inflight[tenant_id] >= self._s.tenant_window or tried.intersection(opened):
                 continue
-            if tenant_id not in busy and inflight[tenant_id] < self._s.tenant_window:
+            tried.update(opened)  # taken now, or a probe of it is in flight: either way not again this tick
+            if self.board.take_probe(opened, nid):
                 inflight[tenant_id] += 1
                 chosen.append((nid, tenant_id))
+            if tried >= set(plan.open_scopes):
+                break
         return chosen
+
+    def _join_holds(self) -> None:
+        """New rows of a tenant on hold are held too, without an attempt (shared.holds.join_hold)."""
+        with self._engine.connect() as conn:
+            held = held_tenants(conn)
+            joining = set(conn.scalars(select(_N.c.tenant_id).distinct().where(
+                _N.c.state.in_(ACTIVE_STATES), _N.c.tenant_id.in_(sorted(held))))) if held else set()
+        for tenant_id in sorted(joining):
+            if moved := join_hold(self._engine, tenant_id):
+                log.info("hold.joined", tenant_id=tenant_id, rows=moved)
+
+    def _mark_waiting(self, now_ms: int) -> None:
+        """Rows held back by an open breaker show `retry_wait` and its reason (once a second)."""
+        plan = self._plan
+        if plan is None:
+            return
+        by_reason: dict[str, list[str]] = {}
+        for tenant_id, why in plan.blocked.items():
+            by_reason.setdefault(why.value, []).append(tenant_id)
+        with self._engine.begin() as conn:
+            for reason, tenants in by_reason.items():
+                conn.execute(
+                    update(_N).where(_N.c.tenant_id.in_(sorted(tenants)), _N.c.state.in_(ACTIVE_STATES),
+                                     or_(_N.c.wait_reason.is_(None), _N.c.wait_reason != reason),
+                                     or_(_N.c.dispatch_lease_until_ms.is_(None),
+                                         _N.c.dispatch_lease_until_ms <= now_ms))
+                    .values(state=State.RETRY_WAIT.value, wait_reason=reason))
 
     def _unlease(self, ids: Sequence[str]) -> None:
         with self._engine.begin() as conn:

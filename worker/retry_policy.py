@@ -29,8 +29,9 @@ sweeper all ask it; none of them decides on its own. Holds and time-based retrie
 new rules (breakers, quotas) go here too.
 
     Attempted(error)          a token was asked for or a request went out; `error` None = accepted
-    Requeued(delay_ms)        the row never left (no slot in time, mailbox blocked, Redis down):
-                              retry_wait after the delay, no attempt spent; failed past the maximum age
+    Requeued(delay_ms, reason) the row never left (no slot in time, mailbox blocked, Redis down, an
+                              open circuit breaker): retry_wait after the delay, no attempt spent, its
+                              `wait_reason` shown; failed past the maximum age
     WorkerLost(evidence)      the sweeper found its worker dead; the send marks say how far it got:
                               never started -> queued; accepted -> sent; maybe sent -> ambiguous rule
     HoldExpired()             the sweeper found a held row past `hold_max_s`: failed, its code kept
@@ -57,7 +58,7 @@ from shared.errors import (
     TokenError,
     TransientError,
 )
-from shared.models import State
+from shared.models import State, WaitReason
 from shared.settings import Settings
 from transport.graph import GraphResponse
 from worker.sendmarks import Evidence
@@ -123,9 +124,11 @@ class Attempted:
 
 @dataclass(frozen=True, slots=True)
 class Requeued:
-    """The row goes back without having left: due again after `delay_ms`."""
+    """The row goes back without having left: due again after `delay_ms`; `reason` says why it waits
+    (a Retry-After block, an open circuit breaker), None when it is only a moment's wait for a slot."""
 
     delay_ms: int
+    reason: WaitReason | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +171,7 @@ class Decision:
     label: str | None = None
     code: str | None = None
     message: str | None = None
-    wait_reason: str | None = None  # why a retry_wait row waits, when the policy knows: "quota"
+    wait_reason: WaitReason | None = None
 
 
 def decide(
@@ -200,13 +203,14 @@ def decide(
         return _ambiguous(label, attempts, ambiguous_count, age_s, now_ms, settings, rng)
     if isinstance(error, PermanentError) and error.code in HOLD_CODES:
         return Decision(state=State.HELD, next_attempt_ms=now_ms + int(settings.hold_max_s * 1000),
-                        ambiguous_count=ambiguous_count, label=label)
+                        ambiguous_count=ambiguous_count, label=label, wait_reason=WaitReason.HELD)
     if isinstance(error, PermanentError) or not isinstance(error, TransientError | AuthenticationExpired):
         return Decision(state=State.FAILED, next_attempt_ms=now_ms, ambiguous_count=ambiguous_count, label=label)
     if age_s >= settings.max_age_s:  # time-based: however many attempts a transient failure took
         return Decision(state=State.FAILED, next_attempt_ms=now_ms, ambiguous_count=ambiguous_count, label=label)
     return Decision(state=State.RETRY_WAIT, next_attempt_ms=now_ms + retry_delay_ms(error, attempts, settings, rng),
-                    ambiguous_count=ambiguous_count, label=label)
+                    ambiguous_count=ambiguous_count, label=label,
+                    wait_reason=WaitReason.THROTTLED if isinstance(error, Throttled) else None)
 
 
 def attempt_label(event: Attempted) -> str:
@@ -244,7 +248,7 @@ def _quota_spent(event: QuotaSpent, ambiguous_count: int, now_ms: int) -> Decisi
                         code=Code.RECIPIENT_LIMIT_TOO_LOW,
                         message="the message has more recipients than its sender may send in a day")
     return Decision(state=State.RETRY_WAIT, next_attempt_ms=max(now_ms + 1, event.next_free_ms),
-                    ambiguous_count=ambiguous_count, wait_reason="quota")
+                    ambiguous_count=ambiguous_count, wait_reason=WaitReason.QUOTA)
 
 
 def _requeued(event: Requeued, ambiguous_count: int, age_s: float, now_ms: int, settings: Settings) -> Decision:
@@ -252,7 +256,7 @@ def _requeued(event: Requeued, ambiguous_count: int, age_s: float, now_ms: int, 
         return Decision(state=State.FAILED, next_attempt_ms=now_ms, ambiguous_count=ambiguous_count, label="failed",
                         code=Code.MAX_AGE_EXCEEDED, message="mailbox stayed throttled past the maximum age")
     return Decision(state=State.RETRY_WAIT, next_attempt_ms=now_ms + max(1, event.delay_ms),
-                    ambiguous_count=ambiguous_count)
+                    ambiguous_count=ambiguous_count, wait_reason=event.reason)
 
 
 def _worker_lost(event: WorkerLost, attempts: int, ambiguous_count: int, now_ms: int,

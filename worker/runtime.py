@@ -28,6 +28,7 @@ from transport.graph import GraphClient
 from transport.quota_windows import QuotaWindows
 from transport.smtp import SmtpRelayClient
 from transport.tokens import TokenProvider
+from worker.breakers import Breakers
 from worker.sendmarks import SendMarks
 from worker.throttle import MailboxThrottle
 
@@ -68,6 +69,7 @@ class Runtime:
         )
         self.marks = SendMarks(self.redis)
         self.quotas = QuotaWindows(self.redis_sync)  # Exchange's sending limits (worker.quota_gate)
+        self.breakers = Breakers(self.redis, s)  # one view per process, shared by its batches
         self.tokens = TokenProvider(self.redis, self.redis_sync, self.box, s, self._executor)
         # The platform default's relay; connections open on first use and are reused after.
         self.smtp = SmtpRelayClient(s) if s.smtp_host else None

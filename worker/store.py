@@ -114,7 +114,7 @@ class RowOutcome:
     ambiguous_count: int
     provider_version: int | None = None
     sender: str | None = None
-    wait_reason: str | None = None  # the outcome policy's reason for a retry_wait ("quota")
+    wait_reason: str | None = None  # why a retry_wait or held row waits (shared.models.WaitReason)
 
 
 @_db_boundary
@@ -126,7 +126,7 @@ def claim(engine: Engine, ids: Sequence[str], claimed_by: str, lease_ms: int, no
         update(_N)
         .where(_N.c.id.in_(list(ids)), _N.c.state.in_(ACTIVE_STATES), _N.c.next_attempt_ms <= now_ms)
         .values(state=State.SENDING.value, claimed_by=claimed_by, send_lease_until_ms=now_ms + lease_ms,
-                dispatch_lease_until_ms=None,
+                dispatch_lease_until_ms=None, wait_reason=None,
                 updated_at=datetime.now(UTC))
         .returning(_N.c.id, _N.c.tenant_id, _N.c.payload, _N.c.attempts, _N.c.ambiguous_count,
                    _N.c.possible_duplicate, _N.c.created_at, _N.c.age_from)

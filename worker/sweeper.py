@@ -66,7 +66,7 @@ class Sweeper:
             expired = conn.execute(
                 update(_N).where(_N.c.state == State.HELD.value, _N.c.next_attempt_ms <= now_ms)
                 .values(state=d.state.value, next_attempt_ms=d.next_attempt_ms, last_error_message=d.message,
-                        updated_at=datetime.now(UTC))
+                        wait_reason=None, updated_at=datetime.now(UTC))
             ).rowcount or 0
         if expired:
             log.warning("sweeper.holds_expired", failed=expired)

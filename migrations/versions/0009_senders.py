@@ -12,7 +12,9 @@ the upgrade is instant on a large table and the downgrade loses only named sende
 
 Exchange's sending limits (issue 14 part 2): provider_config gains `daily_external_recipient_limit`
 (the tenant's optional external-recipient budget per rolling 24 h) and notification gains
-`wait_reason` ("quota" while a row waits for its sender's budget).
+`wait_reason`: why a `retry_wait` or `held` row waits when it is not its own last error: "quota" (its
+sender's budget), an open circuit breaker (`graph_outage`, `entra_outage`, `mailbox_outage`,
+`relay_outage`), `throttled` or `held` (shared.models.WaitReason).
 """
 import sqlalchemy as sa
 from alembic import op
