@@ -115,7 +115,7 @@ _NOTIFICATION = {"type": "object", "properties": {
     "created_at": {"type": "string"}, "diagnosis": {"$ref": "#/components/schemas/Diagnosis"},
     "named_sender": {"type": "string"},
     "wait_reason": {"enum": [*(r.value for r in WaitReason), None],
-                    "description": "why it waits: an open breaker, a Retry-After, a hold, or its sender's spent budget"},
+                    "description": "why it waits: an open breaker, a Retry-After, a hold, its sender's spent budget"},
     "next_attempt_at": {"type": ["string", "null"], "description": "when a queued or waiting one goes next"}}}
 _NULLABLE_TEXT = {"type": ["string", "null"]}
 _ADDRESS = {"type": "string", "format": "idn-email", "maxLength": 254}

@@ -40,7 +40,6 @@ class State(StrEnum):
     RETRY_WAIT = "retry_wait"
     AMBIGUOUS = "ambiguous"
     HELD = "held"
-    QUOTA = "quota"
 
 
 class WaitReason(StrEnum):
@@ -54,6 +53,7 @@ class WaitReason(StrEnum):
     RELAY_OUTAGE = "relay_outage"
     THROTTLED = "throttled"
     HELD = "held"
+    QUOTA = "quota"
 
 
 ACTIVE_STATES = (State.QUEUED.value, State.RETRY_WAIT.value)
@@ -104,7 +104,8 @@ class Notification(SQLModel, table=True):
     next_attempt_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     # Published and not yet claimed: the broker may have lost it once this passes (queued, retry_wait).
     dispatch_lease_until_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
-    # Why the row waits (WaitReason): an outage's open breaker, a Retry-After, a hold; None otherwise.
+    # Why the row waits (WaitReason): an outage's open breaker, a Retry-After, a hold, its sender's spent
+    # Exchange budget (until next_attempt_ms); None otherwise. Cleared by any other outcome.
     wait_reason: str | None = Field(default=None, max_length=32)
     # Claimed: the worker renews this while it sends; once it passes the sweeper takes over (sending).
     send_lease_until_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
@@ -118,9 +119,6 @@ class Notification(SQLModel, table=True):
     last_error_code: str | None = Field(default=None, max_length=100)
     last_error_message: str | None = Field(default=None, max_length=2000)
     graph_request_id: str | None = Field(default=None, max_length=64)
-    # Why a retry_wait row waits when the outcome policy knows: "quota" (its sender's Exchange budget is
-    # spent until next_attempt_ms). Cleared by any other outcome.
-    wait_reason: str | None = Field(default=None, max_length=32)
 
 
 class DeliveryAttempt(SQLModel, table=True):

@@ -277,14 +277,16 @@ def test_dispatcher_sweep_fences_a_requeued_row_off_from_the_slow_worker_that_st
             old_graph = await throttle.begin_send("app:mbx@contoso.example", lane, nid, claim=old_claim)
             old_relay = await marks.mark_started(nid, claim=old_claim)
             new_graph = await throttle.begin_send("app:mbx@contoso.example", lane, nid, claim=new_claim)
-            after = await marks.mark_started(nid, claim=old_claim)  # the new claim's mark replaced the fence
+            # the new claim's started mark does not lift the old claim's fence
+            after = (await throttle.begin_send("app:mbx@contoso.example", lane, nid, claim=old_claim)).granted
+            after = after or await marks.mark_started(nid, claim=old_claim)
             return old_graph, old_relay, new_graph, after
         finally:
             await r.aclose()
     old_graph, old_relay, new_graph, after = asyncio.run(starts())
     assert (old_graph.granted, old_graph.fenced, old_relay) == (False, True, False)
     assert (new_graph.granted, new_graph.fenced) == (True, False)
-    assert after is True
+    assert after is False
 
 
 def test_dispatcher_sweep_outcome_of_a_row_another_claim_holds_writes_no_attempt(env: Env) -> None:

@@ -7,9 +7,11 @@ the outcome is written. So a row gets a per-notification mark in Redis:
     "1"          started: set right before the request leaves (for Graph inside the throttle's
                  `begin_send`, one Lua call with the slot check; for the SMTP relay by `mark_started`)
     "sent"       accepted: Graph or the relay said yes (`mark_accepted`); the sweeper records it sent
-    "fenced:C"   the sweeper found no mark on a row claimed as C whose lease ran out and put it back in
-                 the queue; claim C can no longer start it (a worker that was only slow, not dead, would
-                 otherwise send it beside the next claim). Another claim overwrites it when it starts.
+
+and, apart from the mark, a fence per (notification, claim), `fence_key`: set by the sweeper when it
+finds no mark on a row claimed as C whose lease ran out and puts the row back in the queue. Claim C can
+never start that row afterwards, whatever the next claim does to the mark (a worker that was only slow,
+not dead, would otherwise send it beside the next claim).
 
 A mark is trusted only within one Redis epoch (`EPOCH_KEY`, a random id set once): a worker claims
 under the epoch it reads, and if Redis lost its data since (the epoch changed or is gone), a mark's
@@ -36,7 +38,7 @@ EPOCH_KEY = "tm:epoch"
 MARK_TTL_S = 7 * 24 * 3600
 STARTED_MARK = "1"
 ACCEPTED_MARK = "sent"
-FENCE_PREFIX = "fenced:"
+FENCE_TTL_S = 24 * 3600  # longer than any batch lives: its claim can no longer start a send after that
 ACCEPTED_FLUSH_S = 0.02  # how long "accepted" marks are gathered before one pipelined write
 
 
@@ -61,15 +63,16 @@ def current_epoch(redis_sync: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-# Reads each row's mark and, where there is none (or only an earlier claim's fence), fences the row
-# off from its claim, atomically: either the worker's `begin_send` / `mark_started` ran first (then
-# its mark is read here) or this did (then they refuse to start). ARGV: ttl, then one claim per key.
+# Reads each row's mark and, where there is none, fences the row off from its claim, atomically: either
+# the worker's `begin_send` / `mark_started` ran first (then its mark is read here) or this did (then
+# they refuse to start). KEYS: the n marks, then the n fence keys; ARGV: the fence's ttl.
 _CLASSIFY_AND_FENCE = """
+local n = #KEYS / 2
 local out = {}
-for i, key in ipairs(KEYS) do
-  local v = redis.call('GET', key)
-  if (not v) or string.sub(v, 1, 7) == 'fenced:' then
-    redis.call('SET', key, 'fenced:' .. ARGV[i + 1], 'EX', tonumber(ARGV[1]))
+for i = 1, n do
+  local v = redis.call('GET', KEYS[i])
+  if not v then
+    redis.call('SET', KEYS[n + i], '1', 'EX', tonumber(ARGV[1]))
     out[i] = ''
   else
     out[i] = v
@@ -79,15 +82,15 @@ return out
 """
 # Sets the "started" mark unless the sweeper fenced this claim off (then 0): the SMTP relay's `begin_send`.
 _START = """
-if redis.call('GET', KEYS[1]) == ARGV[2] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[3]))
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
 return 1
 """
 
 
-def fence_mark(claim: str) -> str:
-    """The mark that stops `claim` (a batch's claimed_by) from starting a send."""
-    return FENCE_PREFIX + claim
+def fence_key(notification_id: str, claim: str) -> str:
+    """Redis key that, once set, stops `claim` (a batch's claimed_by) from starting the notification's send."""
+    return f"tm:fence:{notification_id}:{claim}"
 
 
 def classify(redis_sync: Any, rows: Sequence[tuple[str, str | None]]) -> list[Evidence]:
@@ -98,8 +101,8 @@ def classify(redis_sync: Any, rows: Sequence[tuple[str, str | None]]) -> list[Ev
         return []
     with redis_boundary("send marks"):
         epoch = redis_sync.get(EPOCH_KEY)
-        marks = redis_sync.eval(_CLASSIFY_AND_FENCE, len(rows), *(mark_key(nid) for nid, _ in rows),
-                                MARK_TTL_S, *(claimed_by or "" for _, claimed_by in rows))
+        marks = redis_sync.eval(_CLASSIFY_AND_FENCE, 2 * len(rows), *(mark_key(nid) for nid, _ in rows),
+                                *(fence_key(nid, claimed_by or "") for nid, claimed_by in rows), FENCE_TTL_S)
     epoch = epoch.decode() if isinstance(epoch, bytes) else epoch
     return [_evidence(mark or None, (claimed_by or "").rpartition("/")[2] == epoch)
             for (_, claimed_by), mark in zip(rows, marks, strict=True)]
@@ -126,8 +129,8 @@ class SendMarks:
         """The request is about to leave (SMTP relay sends, which take no Graph mailbox slot); False
         (and no mark) when the sweeper fenced the row off from `claim`: it must not be sent."""
         with redis_boundary("send marks"):
-            started = await self._start(keys=[mark_key(notification_id)],
-                                        args=[STARTED_MARK, fence_mark(claim), MARK_TTL_S])
+            started = await self._start(keys=[mark_key(notification_id), fence_key(notification_id, claim)],
+                                        args=[STARTED_MARK, MARK_TTL_S])
         return bool(started)
 
     async def mark_accepted_now(self, notification_id: str) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from transport.redis_errors import redis_boundary
-from worker.sendmarks import MARK_TTL_S, STARTED_MARK, fence_mark, mark_key
+from worker.sendmarks import MARK_TTL_S, STARTED_MARK, fence_key, mark_key
 
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -39,7 +39,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local blocked = tonumber(redis.call('GET', KEYS[2]) or '0')
 if blocked > now then return {0, blocked - now, 1} end
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return {0, 0, 2} end
-if redis.call('GET', KEYS[4]) == ARGV[6] then return {0, 0, 4} end
+if redis.call('EXISTS', KEYS[5]) == 1 then return {0, 0, 4} end
 local pace = tonumber(ARGV[3])
 if pace > 0 then
   local nxt = tonumber(redis.call('GET', KEYS[3]) or '0')
@@ -127,11 +127,10 @@ class MailboxThrottle:
         if blocked_ms := self.local_block_ms(mailbox_key):
             return Slot(granted=False, wait_ms=blocked_ms, blocked=True)
         keys = [f"tm:mbx:{mailbox_key}:leases", f"tm:mbx:{mailbox_key}:block",
-                f"tm:mbx:{mailbox_key}:pace", mark_key(notification_id)]
+                f"tm:mbx:{mailbox_key}:pace", mark_key(notification_id), fence_key(notification_id, claim)]
         with redis_boundary("mailbox slots"):
             ok, wait_ms, reason = await self._mark(
-                keys=keys, args=[lease_id, self._lease_ms, self._pacing_ms, MARK_TTL_S, STARTED_MARK,
-                                 fence_mark(claim)])
+                keys=keys, args=[lease_id, self._lease_ms, self._pacing_ms, MARK_TTL_S, STARTED_MARK])
         return Slot(granted=bool(ok), wait_ms=int(wait_ms), blocked=reason == 1, fenced=reason == 4)
 
     async def acquire(self, mailbox_key: str, lease_id: str, *, max_wait_ms: int) -> Slot:
