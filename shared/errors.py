@@ -50,10 +50,12 @@ class ConfigurationError(TenantmailError):
 
 
 class SecretsUndecryptable(ConfigurationError):
-    """Stored credentials that no key in TENANTMAIL_ENCRYPTION_KEYS opens; `versions` lists (tenant, version)."""
+    """Stored credentials that no key in TENANTMAIL_ENCRYPTION_KEYS opens; `versions` lists (tenant, version),
+    the version a provider version's number or a named secret such as "webhook endpoint ep_…"."""
 
-    def __init__(self, versions: list[tuple[str, int]]) -> None:
-        named = ", ".join(f"tenant {tenant} version {version}" for tenant, version in versions)
+    def __init__(self, versions: list[tuple[str, int]] | list[tuple[str, str]]) -> None:
+        named = ", ".join(f"tenant {tenant} version {version}" if isinstance(version, int)
+                          else f"tenant {tenant} {version}" for tenant, version in versions)
         super().__init__(f"no configured encryption key opens the stored credential of {named}; nothing was "
                          "re-encrypted. Put the key that encrypted it back in TENANTMAIL_ENCRYPTION_KEYS, or save "
                          "that configuration again")
