@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -47,23 +47,19 @@ def _deliver(runtime: Runtime, ids: Sequence[str]) -> dict[str, int]:
     rows = claim(runtime.engine, ids, claimed_by, s.send_lease_ms, int(time.time() * 1000))
     if not rows:
         return {}
-    providers = runtime.resolver.resolve_many(r.tenant_id for r in rows)
-    gate = QuotaGate(runtime.quotas, runtime.engine, s, claim=claimed_by)
-    gated = gate.admit(rows, providers)  # Exchange's limits: rows over their sender's budget wait
-    sender = Sender(runtime.graph, runtime.tokens, runtime.throttle, runtime.marks, s, runtime.smtp, claim=claimed_by,
-                    breakers=runtime.breakers)
-    pending = runtime.submit(sender.send_all(gated.to_send, providers))
-    renew_every_s = s.send_lease_ms / 3000
-    while True:
-        try:
-            outcomes = pending.result(timeout=renew_every_s)
-            break
-        except concurrent.futures.TimeoutError:
-            # Still sending: keep the claim alive so the sweeper never mistakes us for dead.
-            renew_leases(runtime.engine, [r.id for r in rows], claimed_by, s.send_lease_ms)
-    gate.give_back_unsent(gated, outcomes)
-    outcomes = [*outcomes, *gated.waiting]
-    write_outcomes(runtime.engine, outcomes, claimed_by)
+    # From the claim to the written outcomes the claim is kept alive, so the sweeper never mistakes a
+    # batch that is only slow (provider lookups, quota counters rebuilt from the database, sends, a
+    # busy database) for a dead worker's.
+    with _LeaseKeeper(runtime, [r.id for r in rows], claimed_by):
+        providers = runtime.resolver.resolve_many(r.tenant_id for r in rows)
+        gate = QuotaGate(runtime.quotas, runtime.engine, s, claim=claimed_by)
+        gated = gate.admit(rows, providers)  # Exchange's limits: rows over their sender's budget wait
+        sender = Sender(runtime.graph, runtime.tokens, runtime.throttle, runtime.marks, s, runtime.smtp,
+                        claim=claimed_by, breakers=runtime.breakers)
+        outcomes = runtime.submit(sender.send_all(gated.to_send, providers)).result()
+        gate.give_back_unsent(gated, outcomes)
+        outcomes = [*outcomes, *gated.waiting]
+        write_outcomes(runtime.engine, outcomes, claimed_by)
     _hold_tenants(runtime, outcomes)
     # Once an outcome is recorded the row's fate is in the database; its send mark is no longer needed.
     runtime.submit(runtime.marks.clear([o.row.id for o in outcomes if o.state is not State.SENDING]))
@@ -73,6 +69,31 @@ def _deliver(runtime: Runtime, ids: Sequence[str]) -> dict[str, int]:
         counts[o.state.value] = counts.get(o.state.value, 0) + 1
     log.debug("batch.done", claimed=len(rows), asked=len(ids), **counts)
     return counts
+
+
+class _LeaseKeeper:
+    """Renews a batch's send lease every third of its length, on a thread of its own, while the
+    `with` block runs (the lease is three renewals long, so one missed renewal is harmless)."""
+
+    def __init__(self, runtime: Runtime, ids: list[str], claimed_by: str) -> None:
+        self._runtime, self._ids, self._claimed_by = runtime, ids, claimed_by
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{claimed_by}", daemon=True)
+
+    def __enter__(self) -> None:
+        self._thread.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        lease_ms = self._runtime.settings.send_lease_ms
+        while not self._done.wait(lease_ms / 3000):
+            try:
+                renew_leases(self._runtime.engine, self._ids, self._claimed_by, lease_ms)
+            except Exception:  # a renewal that fails is retried next time; the lease covers two misses
+                log.warning("leases.renew_error", rows=len(self._ids), worker=self._claimed_by, exc_info=True)
 
 
 def _hold_tenants(runtime: Runtime, outcomes: Sequence[RowOutcome]) -> None:
