@@ -25,6 +25,7 @@ from api.errors import ApiError
 from api.keys import authenticate
 from api.middleware import COOKIE
 from api.page_activity import chart_html, last_day
+from api.page_holds import holds_banner
 from api.page_layout import page, scrollable, when
 from api.page_onboarding import domain_html, guide_html
 from api.routes_activity import activity_filter
@@ -86,7 +87,7 @@ async def provider_page(request: web.Request) -> web.Response:
     who = principal(request)
     current = await provider_service.view(context(request), who.tenant_id)
     current["usage"] = await sender_usage.usage(context(request), who.tenant_id)  # the senders table shows it
-    body = _current_html(current)
+    body = await holds_banner(context(request), who.tenant_id) + _current_html(current)
     if request.query.get("edit") and who.may("admin"):
         body += _form_html(_values_of(current), None)
     elif who.may("admin"):
@@ -217,7 +218,8 @@ async def provider_test(request: web.Request) -> web.Response:
 
 @routes.get("/ui/activity")
 async def activity_page(request: web.Request) -> web.Response:
-    """The activity table with status, error code, recipient and time filters, then the settings events."""
+    """The holds in force, the activity table with status, error code, recipient and time filters, then the
+    settings events."""
     who = principal(request)
     q = {k: v for k, v in request.query.items() if v}  # the form sends its empty fields too
     ctx = context(request)
@@ -230,7 +232,8 @@ async def activity_page(request: web.Request) -> web.Response:
         page, error = {"items": [], "next_cursor": None}, f"<p class='error' id='filter-error'>{escape(str(exc))}</p>"
     events = await ctx.blocking(lambda: recent_events(ctx.engine, who.tenant_id, limit=20))
     series = await ctx.blocking(last_day, ctx.engine, who.tenant_id)
-    return _page("Activity", chart_html(series) + _filters_html(q) + error
+    banner = await holds_banner(ctx, who.tenant_id)
+    return _page("Activity", banner + chart_html(series) + _filters_html(q) + error
                  + _notifications_html(page, q, admin=who.may("admin")) + _events_html(events))
 
 

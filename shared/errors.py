@@ -6,6 +6,8 @@
     │   └── SecretsUndecryptable    stored credentials no configured encryption key opens
     ├── ProviderError               a tenant's provider cannot be used
     │   └── NoProviderConfigured
+    ├── RequestWithheld             a sendMail stopped before it was written: its mailbox got blocked
+    │                               (Retry-After) while it waited for a connection; no attempt
     └── DeliveryError               something went wrong on the way to a message being accepted
         ├── TransientError          retry later (429, 503, connection refused, token endpoint 5xx)
         │   ├── Throttled           429 or a mailbox blocked by an earlier Retry-After
@@ -68,6 +70,16 @@ class ProviderError(TenantmailError):
 
 class NoProviderConfigured(ProviderError):
     """The tenant has no provider and the platform default is not configured."""
+
+
+class RequestWithheld(TenantmailError):
+    """A Graph request stopped after its connection was acquired and before it was written, because its
+    mailbox is now blocked for `wait_ms` (transport.send_gate). It never left: no attempt, nothing to retry
+    but the row itself, after the block."""
+
+    def __init__(self, wait_ms: int) -> None:
+        super().__init__(f"withheld: the mailbox is blocked for {wait_ms} ms")
+        self.wait_ms = wait_ms
 
 
 class DeliveryError(TenantmailError):

@@ -25,15 +25,17 @@ def record_event(engine: Engine, tenant_id: str, kind: str, *, code: str | None 
 
 
 def insert_event(conn: Connection, tenant_id: str, kind: str, *, code: str | None = None,
-                 detail: str | None = None, request_id: str | None = None, actor: str | None = None) -> None:
-    """Append one event inside the caller's transaction."""
+                 detail: str | None = None, request_id: str | None = None, actor: str | None = None,
+                 sender: str | None = None) -> None:
+    """Append one event inside the caller's transaction; `sender` names the sender address it concerns."""
     conn.execute(insert(_E).values(tenant_id=tenant_id, kind=kind, code=code, detail=(detail or None) and
-                                   detail[:1000], request_id=request_id, actor=actor, created_at=datetime.now(UTC)))
+                                   detail[:1000], request_id=request_id, actor=actor, sender=sender,
+                                   created_at=datetime.now(UTC)))
 
 
 def recent_events(engine: Engine, tenant_id: str, *, limit: int = 50) -> list[dict[str, Any]]:
     """The tenant's newest events first, as JSON-ready dicts."""
-    query = (select(_E.c.kind, _E.c.code, _E.c.detail, _E.c.request_id, _E.c.actor, _E.c.created_at)
+    query = (select(_E.c.kind, _E.c.code, _E.c.detail, _E.c.request_id, _E.c.actor, _E.c.sender, _E.c.created_at)
              .where(_E.c.tenant_id == tenant_id).order_by(_E.c.created_at.desc(), _E.c.id.desc()).limit(limit))
     with engine.connect() as conn:
         rows = conn.execute(query).mappings().all()

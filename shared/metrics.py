@@ -81,6 +81,9 @@ class Metrics:
                                      ["source"], registry=r)
         self.throttle_blocks = Counter("tenantmail_throttle_blocks", "Mailboxes blocked after a 429",
                                        registry=r)
+        self.throttle_withheld = Counter(
+            "tenantmail_throttle_withheld", "sendMail requests stopped once connected: their mailbox was blocked "
+            "by a 429 meanwhile (transport.send_gate)", registry=r)
         self.ambiguous = Counter("tenantmail_ambiguous_outcomes", "Sends whose outcome cannot be known",
                                  registry=r)
         self.retries = Counter("tenantmail_retries", "Notifications rescheduled for another try", registry=r)

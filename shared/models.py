@@ -13,8 +13,10 @@ Notification states:
        └── retry_wait <──┘  └───> retry_wait    (transient error, throttled, or ambiguous retried once)
 
 A `held` row waits for its tenant's configuration to be fixed (wrong or expired credential, consent,
-Access Policy or RBAC refusal); its `next_attempt_ms` is when the hold expires, its `last_error_code`
-the code that placed it. The dispatcher publishes only queued and retry_wait rows, so never a held one.
+Access Policy or RBAC refusal of its sender); its `next_attempt_ms` is when the hold expires, its
+`last_error_code` the code that placed it, which with its `sender` says what the hold stops (the whole
+tenant, or that sender: `shared.holds.hold_scope`). The dispatcher publishes only queued and
+retry_wait rows, so never a held one.
 """
 
 from __future__ import annotations
@@ -246,6 +248,8 @@ class ActivityEvent(SQLModel, table=True):
     detail: str | None = Field(default=None, max_length=1000)
     request_id: str | None = Field(default=None, max_length=64)
     actor: str | None = Field(default=None, max_length=200)
+    # The sender address the event concerns (a hold of one sender: shared.holds); None: the whole tenant.
+    sender: str | None = Field(default=None, max_length=320)
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 
 

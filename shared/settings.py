@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     mailbox_pacing_ms: int = 0
     slot_wait_max_ms: int = 1_500
     slot_requeue_ms: int = 250
+    # A send that waited longer than this since the throttle admitted it (for a connection, for a starved
+    # event loop) asks Redis again for the mailbox's Retry-After block before it is written (transport.send_gate).
+    mailbox_block_recheck_ms: int = 20
     # Exchange Online's sending limits, kept per (app, mailbox) in Redis before Graph is asked
     # (worker.quota_gate): recipients per rolling window (24 h; a sender's daily_recipient_limit
     # overrides the default) and requests per 10 minutes. The windows are settable so tests can use seconds.

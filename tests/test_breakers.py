@@ -14,7 +14,15 @@ import redis
 import redis.asyncio as redis_async
 from sqlalchemy import Engine, select
 
-from emulator.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_SENDER, DEMO_TENANT_ID
+from emulator.demo import (
+    DEMO_CLIENT_ID,
+    DEMO_CLIENT_SECRET,
+    DEMO_SENDER,
+    DEMO_TENANT_ID,
+    client_id_for,
+    make_tenant,
+    tenant_id_for,
+)
 from shared.db import make_engine
 from shared.models import Notification
 from shared.producer import Producer
@@ -272,3 +280,45 @@ def test_relay_outage_opens_the_relay_breaker(make_stack: Any, emulator: Any) ->
     assert set(stack.wait_terminal(ids, timeout_s=60).values()) == {"sent"}
     sent = [m for m in emulator.smtp_messages() if m["rcpt_tos"] and m["rcpt_tos"][0].startswith("user")]
     assert len(sent) == len(ids)
+
+
+def test_breaker_state_lost_from_redis_during_an_outage_ramps_the_backlog_instead_of_releasing_it(
+        make_stack: Any, emulator: Any) -> None:
+    # given: one worker, and the backlog of 20 tenants waiting behind an open Graph breaker (Graph answers 503
+    # to everything); ramp start 2, a ramp step longer than the test, a run of 3 failures opens a scope
+    threshold, ramp_start = 3, 2
+    stack = make_stack(**{**BREAKER_ENV, "TENANTMAIL_BREAKER_FAILURE_THRESHOLD": str(threshold),
+                          "TENANTMAIL_BREAKER_RAMP_START": str(ramp_start),
+                          "TENANTMAIL_BREAKER_RAMP_STEP_MS": "600000", "TENANTMAIL_BREAKER_PROBE_INTERVAL_MS": "3000"})
+    tenants = [f"t{i:02d}" for i in range(20)]
+    for i, tenant in enumerate(tenants):  # each its own app and mailbox: the mailbox slots limit nothing here
+        emulator.add_tenant(make_tenant(i))
+        save_graph_provider(stack.engine, stack.box, tenant, sender_address=f"sender0@tenant{i}.example",
+                            azure_tenant=tenant_id_for(i), client_id=client_id_for(i), client_secret=f"secret-{i}")
+    emulator.add_fault(route="sendMail", kind="503")
+    ids = [stack.producer.enqueue(tenants[i % len(tenants)], _msg(i)) for i in range(80)]
+    stack.start_workers(1, concurrency=4)
+    scope = f"graph:{urlsplit(emulator.graph_base_url).netloc}"
+    wait_until(lambda: _breakers(stack).get(scope, "").startswith("open"), timeout_s=60, what="the Graph breaker open")
+    wait_until(lambda: _all_wait(stack, ids, "graph_outage"), timeout_s=30, what="every row waiting on the outage")
+    before = len(emulator.requests_log(route="sendMail"))
+
+    # when: Redis loses everything (FLUSHALL: the breaker hash, probes, the broker's queue)
+    r = redis.Redis.from_url(stack.settings.redis_url or "")
+    r.flushall()
+    r.close()
+
+    # then: the scope came back ramping, not closed, and opened again after one run of failures: Graph met
+    # at most that run and the ramp's window (plus a probe or two), not the 80 rows of the backlog
+    wait_until(lambda: _breakers(stack).get(scope, "").startswith("open"), timeout_s=60,
+               what="the Graph breaker open again")
+    wait_until(lambda: _all_wait(stack, ids, "graph_outage"), timeout_s=30, what="every row waiting again")
+    burst = len(emulator.requests_log(route="sendMail")) - before
+    assert burst <= threshold + ramp_start + 2, burst
+    print(f"breaker state lost mid-outage: {burst} sendMail requests until the breaker was open again (80 waiting)")
+    assert "breaker.reseeded" in stack.logs()
+
+    # when: Graph is back; then every notification is sent once
+    emulator.clear_faults()
+    assert set(stack.wait_terminal(ids, timeout_s=120).values()) == {"sent"}
+    assert sorted(m["x_headers"].get("X-Tenantmail-Notification-Id") for m in emulator.outbox()) == sorted(ids)

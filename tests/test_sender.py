@@ -26,6 +26,7 @@ from tests.stack import new_encryption_key, wait_until
 from worker.batch import deliver_batch
 from worker.delivery import Sender
 from worker.runtime import Runtime
+from worker.sendmarks import mark_key
 from worker.store import RowOutcome, claim, write_outcomes
 from worker.throttle import MailboxThrottle
 
@@ -161,6 +162,56 @@ def test_sender_stops_a_lane_at_a_429_and_requeues_its_rest(make_harness: Any, r
     assert all(r.state == State.RETRY_WAIT.value and r.attempts == 0 for r in rows[3:])
     assert all(r.next_attempt_ms >= rows[2].next_attempt_ms - 50 for r in rows[3:])  # not before the block ends
     assert sorted(h.outbox_ids()) == sorted(ids[:2])
+
+
+def test_sender_sends_nothing_inside_a_retry_after_that_came_while_it_waited_for_a_connection(
+        make_harness: Any, redis_url: str) -> None:
+    # given: four lanes and one connection, a slow Graph whose first answer is a 429 (Retry-After 30 s),
+    # and an emulator that counts any request arriving after that 429 (no grace)
+    h = make_harness(redis_url, max_connections=1)
+    h.emulator.set_config(latency_ms=300, retry_after_grace_ms=0)
+    h.emulator.add_fault(kind="429", route="sendMail", count=1, retry_after="30")
+    ids = h.enqueue(4)
+
+    # when: one lane sends; the three others, admitted by the throttle, wait for its connection
+    h.send(ids)
+
+    # then: only the first request reached Graph; the others went back to the queue untried, throttled
+    counters = h.emulator.counters()
+    assert counters["requests_inside_retry_after"] == 0
+    assert (counters["send_requests"], counters["throttled_429"]) == (1, 1)
+    rows = h.rows(ids)
+    assert sorted(r.attempts for r in rows) == [0, 0, 0, 1]
+    assert {(r.state, r.wait_reason) for r in rows} == {(State.RETRY_WAIT.value, "throttled")}
+    assert min(r.next_attempt_ms for r in rows) >= int(time.time() * 1000) + 20_000
+
+
+def test_sender_withholds_a_request_whose_mailbox_another_worker_blocked_while_it_waited(
+        make_harness: Any, redis_url: str) -> None:
+    # given: four lanes and one connection; Graph holds the first request, so three lanes admitted by the
+    # throttle (their send marks set) wait for the connection
+    h = make_harness(redis_url, max_connections=1, slot_wait_max_ms=30_000)
+    h.emulator.add_fault(kind="hold", route="sendMail", count=1)
+    ids = h.enqueue(4)
+    result: dict[str, Any] = {}
+    batch = threading.Thread(target=lambda: result.update(outcomes=h.send(ids)))
+    batch.start()
+    wait_until(lambda: _held(h.emulator) == 1 and h.runtime.redis_sync.exists(*map(mark_key, ids)) == 4,
+               timeout_s=30, what="one request held by Graph, four sends admitted")
+
+    # when: another worker gets a 429 for the mailbox (its block is in Redis only), then Graph answers
+    mailbox_key = h.runtime.resolver.resolve_many([TENANT])[TENANT].mailbox_key
+    other = MailboxThrottle(h.runtime.redis, limit=4, lease_ms=60_000)
+    h.runtime.run(other.block(mailbox_key, 30_000))
+    h.emulator.release_held()
+    batch.join(timeout=60)
+
+    # then: the held request was sent; none of the waiting ones left, and they wait for the block
+    assert not batch.is_alive() and "outcomes" in result
+    assert h.emulator.counters()["send_requests"] == 1
+    rows = h.rows(ids)
+    assert sorted(r.state for r in rows) == [State.RETRY_WAIT.value] * 3 + [State.SENT.value]
+    assert all(r.attempts == 0 and r.wait_reason == "throttled" for r in rows if r.state != State.SENT.value)
 
 
 def test_sender_resends_once_after_a_401_with_a_new_token(make_harness: Any, redis_url: str) -> None:

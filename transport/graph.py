@@ -3,7 +3,9 @@
 This is the boundary where aiohttp's exceptions become ours: a failure to connect means the
 request never left (TransientError); a timeout, reset or disconnect after that means it may have
 been accepted (AmbiguousOutcome). HTTP responses are returned as `GraphResponse` and classified
-by `worker.retry_policy`.
+by `worker.retry_policy`. A request may carry a gate (`transport.send_gate`) that can still stop it,
+as `RequestWithheld`, once its connection is acquired: the session's connector must be a
+`GatedConnector` for the gate to run.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import orjson
 
 from shared.codes import Code
 from shared.errors import AmbiguousOutcome, TransientError
+from transport.send_gate import Gate, gated
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +55,11 @@ class GraphClient:
         self._session = session
 
     async def send_mail(
-        self, graph_base: str, token: str, mailbox: str, body: bytes, client_request_id: str
+        self, graph_base: str, token: str, mailbox: str, body: bytes, client_request_id: str, *,
+        gate: Gate | None = None,
     ) -> GraphResponse:
-        """POST {graph_base}/users/{mailbox}/sendMail; raises TransientError or AmbiguousOutcome."""
+        """POST {graph_base}/users/{mailbox}/sendMail; raises TransientError or AmbiguousOutcome, or
+        RequestWithheld when `gate` stops it before it is written."""
         url = f"{graph_base}/users/{quote(mailbox, safe='@.+-_')}/sendMail"
         headers = {
             "Authorization": f"Bearer {token}",
@@ -64,9 +69,10 @@ class GraphClient:
         }
         started = time.perf_counter()
         try:
-            async with self._session.post(url, data=body, headers=headers) as resp:
-                raw = await resp.read()
-                return _response(resp, raw, client_request_id, started)
+            with gated(gate):
+                async with self._session.post(url, data=body, headers=headers) as resp:
+                    raw = await resp.read()
+                    return _response(resp, raw, client_request_id, started)
         except aiohttp.ClientConnectorError as exc:
             raise TransientError(
                 f"cannot connect to Graph: {exc.os_error or exc}", code=Code.CONNECTION_REFUSED,

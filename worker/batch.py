@@ -12,9 +12,10 @@ from collections.abc import Sequence
 import structlog
 
 from shared.clock import as_utc
-from shared.holds import place_hold
+from shared.holds import HoldScope, hold_scope, place_hold
 from shared.metrics import metrics
 from shared.models import TERMINAL_STATES, State
+from shared.senders import DEFAULT_SENDER
 from worker.delivery import Sender
 from worker.liveness import progress
 from worker.quota_gate import QuotaGate
@@ -60,7 +61,7 @@ def _deliver(runtime: Runtime, ids: Sequence[str]) -> dict[str, int]:
         gate.give_back_unsent(gated, outcomes)
         outcomes = [*outcomes, *gated.waiting]
         write_outcomes(runtime.engine, outcomes, claimed_by)
-    _hold_tenants(runtime, outcomes)
+    _place_holds(runtime, outcomes)
     # Once an outcome is recorded the row's fate is in the database; its send mark is no longer needed.
     runtime.submit(runtime.marks.clear([o.row.id for o in outcomes if o.state is not State.SENDING]))
     _observe_latency(outcomes, time.time())
@@ -96,13 +97,17 @@ class _LeaseKeeper:
                 log.warning("leases.renew_error", rows=len(self._ids), worker=self._claimed_by, exc_info=True)
 
 
-def _hold_tenants(runtime: Runtime, outcomes: Sequence[RowOutcome]) -> None:
-    """A row the policy held holds the rest of its tenant's queue (shared.holds)."""
-    held = {o.row.tenant_id: o for o in outcomes if o.state is State.HELD and o.attempts}
-    for tenant_id, o in held.items():
+def _place_holds(runtime: Runtime, outcomes: Sequence[RowOutcome]) -> None:
+    """A row the policy held holds the rest of its scope: its sender, or its whole tenant (shared.holds)."""
+    held: dict[HoldScope, RowOutcome] = {}
+    for o in outcomes:
+        if o.state is State.HELD and o.attempts:
+            held.setdefault(hold_scope(o.row.tenant_id, o.attempts[-1].error_code, o.sender), o)
+    for scope, o in held.items():
         last = o.attempts[-1]
-        place_hold(runtime.engine, runtime.settings, tenant_id, code=last.error_code or "",
-                   message=last.error_message, until_ms=o.next_attempt_ms, version=o.provider_version)
+        place_hold(runtime.engine, runtime.settings, scope, code=last.error_code or "", message=last.error_message,
+                   until_ms=o.next_attempt_ms, version=o.provider_version,
+                   sender_name=str(o.row.payload.get("sender", DEFAULT_SENDER)))
 
 
 def _observe_latency(outcomes: Sequence[RowOutcome], now: float) -> None:

@@ -14,7 +14,8 @@ the fleet. Runs are counted in process, so a successful send costs no Redis call
 
 State in Redis:
 
-    tm:brk:state            hash scope -> "open:<opened_ms>" | "ramp:<closed_ms>"
+    tm:brk:state            hash scope -> "open:<opened_ms>" | "ramp:<closed_ms>", and the field `_kept`
+                            (when the dispatcher first wrote it) that says the hash has not been lost
     tm:brk:probe:<scope>    the id of the one row let through an open scope, SET NX PX probe interval
 
 The dispatcher (`BreakerBoard`) reads the hash every tick: rows whose scope is open stay in the
@@ -27,8 +28,13 @@ and the dispatcher lets at most `breaker_ramp_start` rows of it be in flight, do
 `breaker_ramp_step_ms` until `breaker_ramp_max`, when the entry is dropped. Nothing here fails a
 notification: rows held back are `Requeued`, and failed attempts are transient (time-based retries).
 
-If Redis loses the hash (flushed, failed over), the breakers are closed: rows are dispatched again,
-and a scope still down opens again after one run of failures per process.
+If Redis loses the hash (flushed, or failed over to an empty replica) during an outage, closing every
+breaker would release the whole backlog at once against a host still down: every row dispatched and
+sent before a run of failures per process opens the scope again. So the dispatcher, finding the hash
+without `_kept`, seeds it from the database: each scope whose rows still wait there with its outage's
+`wait_reason` comes back as `ramp` (HSETNX: a scope a worker has opened again meanwhile stays open),
+and the backlog goes out at the ramp's pace; a scope still down meets at most the ramp's window before
+its failures open it again, a scope that recovered meanwhile is back to full speed within the ramp.
 """
 
 from __future__ import annotations
@@ -46,15 +52,17 @@ from shared.clouds import resolve_cloud
 from shared.codes import Code
 from shared.errors import AmbiguousOutcome, DeliveryError, RedisUnavailable, Throttled, TokenError, TransientError
 from shared.metrics import metrics
-from shared.models import ProviderConfig, WaitReason
+from shared.models import ACTIVE_STATES, Notification, ProviderConfig, WaitReason
 from shared.providers import PlatformProvider, Provider
 from shared.settings import Settings
 from transport.redis_errors import redis_boundary
 
 log = structlog.get_logger(__name__)
 STATE_KEY = "tm:brk:state"
+KEPT_FIELD = "_kept"  # in STATE_KEY while the hash has not been lost since the dispatcher wrote it
 RELAY_SCOPE = "relay"
 _P = ProviderConfig.__table__  # type: ignore[attr-defined]
+_N = Notification.__table__  # type: ignore[attr-defined]
 _REASONS = {"graph": WaitReason.GRAPH_OUTAGE, "mailbox": WaitReason.MAILBOX_OUTAGE,
             "entra": WaitReason.ENTRA_OUTAGE, "relay": WaitReason.RELAY_OUTAGE}
 _FAILURE_STATUSES = frozenset({408, 500, 502, 503, 504})
@@ -104,6 +112,14 @@ def probe_key(scope: str) -> str:
 def reason_of(scope: str) -> WaitReason:
     """The wait reason rows held back by `scope` show."""
     return _REASONS[scope.split(":", 1)[0]]
+
+
+def _scope_of(scopes: Scopes, reason: str) -> str | None:
+    """The scope of a tenant's that rows waiting with `reason` waited for."""
+    if reason == WaitReason.ENTRA_OUTAGE.value:
+        return scopes.entra
+    kind = next((k for k, r in _REASONS.items() if r.value == reason), "")
+    return next((s for s in scopes.send if s.split(":", 1)[0] == kind), None)
 
 
 def _host(url: str) -> str:
@@ -158,6 +174,8 @@ def _parse(states: dict[Any, Any]) -> dict[str, tuple[str, int]]:
     for scope, value in states.items():
         scope = scope.decode() if isinstance(scope, bytes) else str(scope)
         value = value.decode() if isinstance(value, bytes) else str(value)
+        if scope == KEPT_FIELD:
+            continue
         kind, _, at = value.partition(":")
         out[scope] = (kind, int(at or 0))
     return out
@@ -312,7 +330,10 @@ class BreakerBoard:
         """None when every breaker is closed (one HGETALL); else who waits and how much each ramp may take."""
         if not self._s.breaker_enabled:
             return None
-        states = _parse(self._redis.hgetall(STATE_KEY))
+        raw = self._redis.hgetall(STATE_KEY)
+        if KEPT_FIELD not in raw and KEPT_FIELD.encode() not in raw:
+            raw = self._reseed(conn, now_ms)
+        states = _parse(raw)
         states = {s: v for s, v in states.items() if v[0] == "open" or self._ramping(s, v[1], now_ms)}
         if not states:
             return None
@@ -332,6 +353,27 @@ class BreakerBoard:
             if kind == "ramp":
                 plan.ramp_room[scope] = self._window(at, now_ms) - ramp_inflight.get(scope, 0)
         return plan
+
+    def _reseed(self, conn: Connection, now_ms: int) -> dict[Any, Any]:
+        """The hash is gone (or was never written): scopes whose rows wait in the database with an outage's
+        reason come back ramping, then `_kept` is set. Returns the hash as it is now."""
+        waiting = conn.execute(select(_N.c.tenant_id, _N.c.wait_reason).distinct().where(
+            _N.c.state.in_(ACTIVE_STATES), _N.c.wait_reason.in_(sorted(r.value for r in _REASONS.values())))).all()
+        scopes_of = self._tenant_scopes(conn)
+        seeded = sorted({scope for tenant_id, reason in waiting
+                         if (scope := _scope_of(scopes_of.get(tenant_id, Scopes((RELAY_SCOPE,))), reason))})
+        pipe = self._redis.pipeline(transaction=False)
+        for scope in seeded:
+            pipe.hsetnx(STATE_KEY, scope, f"ramp:{now_ms}")
+        pipe.hsetnx(STATE_KEY, KEPT_FIELD, str(now_ms))
+        pipe.hgetall(STATE_KEY)
+        raw: dict[Any, Any] = pipe.execute()[-1]
+        if seeded:
+            for scope in seeded:
+                metrics.breaker_transitions.labels(scope.split(":", 1)[0], "reseeded").inc()
+            log.warning("breaker.reseeded", scopes=seeded, reason="breaker state lost from Redis; rows still wait "
+                        "on these outages in the database, so they ramp up instead of going out at once")
+        return raw
 
     def _open_for(self, tenant_id: str, scopes: Scopes, states: dict[str, tuple[str, int]]) -> list[str]:
         opened = [s for s in scopes.send if states.get(s, ("",))[0] == "open"]

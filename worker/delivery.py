@@ -31,6 +31,7 @@ from shared.errors import (
     PermanentError,
     ProviderError,
     RedisUnavailable,
+    RequestWithheld,
     Throttled,
     TokenError,
     TransientError,
@@ -44,6 +45,7 @@ from shared.senders import DEFAULT_SENDER
 from shared.settings import Settings
 from transport.graph import GraphClient
 from transport.graph_apps import token_roles
+from transport.send_gate import Gate
 from transport.smtp import SmtpRelayClient
 from transport.tokens import TokenProvider
 from worker import liveness
@@ -251,7 +253,9 @@ class Sender:
             delay_ms = slot.wait_ms or self._settings.slot_requeue_ms
             return self._requeue(row, provider, delay_ms, WaitReason.THROTTLED if slot.blocked else None), slot
         progress.append("posting")
-        outcome = await self._outage_reason(await self._send_in_slot(row, provider, token, started),
+        # The block is checked once more when the request has its connection (transport.send_gate).
+        gate = self._throttle.send_gate(provider.mailbox_key, admitted_at=time.monotonic())
+        outcome = await self._outage_reason(await self._send_in_slot(row, provider, token, gate),
                                             provider_scopes(provider).send)
         if outcome.state is State.SENT:
             self._marks.mark_accepted(row.id)
@@ -259,15 +263,18 @@ class Sender:
             return outcome, Slot(granted=False, wait_ms=blocked_ms, blocked=True)  # a 429: the lane stops, rows wait
         return outcome, _GO
 
-    async def _send_in_slot(self, row: ClaimedRow, provider: ResolvedProvider, token: str,
-                            started: datetime) -> RowOutcome:
+    async def _send_in_slot(self, row: ClaimedRow, provider: ResolvedProvider, token: str, gate: Gate) -> RowOutcome:
         body = graph_request_body(
             message_from_stored(row.payload), sender_address=provider.sender_address,
             sender_name=provider.sender_name, reply_to=provider.reply_to, notification_id=row.id, checked=True,
         )
         records: list[AttemptRecord] = []
         for resend in (False, True):
-            error = await self._post(provider, token, body, records, started)
+            try:
+                error = await self._post(provider, token, body, records, gate)
+            except RequestWithheld as withheld:  # the mailbox got blocked before the request was written
+                metrics.throttle_withheld.inc()
+                return self._finish(row, provider, Requeued(withheld.wait_ms, WaitReason.THROTTLED), tuple(records))
             if not isinstance(error, AuthenticationExpired) or resend:
                 break
             try:
@@ -277,7 +284,6 @@ class Sender:
                 records.append(_record(datetime.now(UTC), Attempted(exc, Stage.TOKEN)))
                 error = exc
                 break
-            started = datetime.now(UTC)
         if isinstance(error, Throttled):
             delay_ms = retry_delay_ms(error, row.attempts + len(records), self._settings)
             self._throttle.block_locally(provider.mailbox_key, delay_ms)
@@ -289,13 +295,13 @@ class Sender:
         return self._finish(row, provider, Attempted(error), tuple(records))
 
     async def _post(self, provider: ResolvedProvider, token: str, body: bytes,
-                    records: list[AttemptRecord], started: datetime) -> DeliveryError | None:
+                    records: list[AttemptRecord], gate: Gate) -> DeliveryError | None:
         client_request_id = str(uuid.uuid4())
         started = datetime.now(UTC)  # the moment the request leaves: what Retry-After checks compare
         t0 = time.perf_counter()
         try:
             resp = await self._graph.send_mail(provider.cloud.graph_base, token, provider.sender_address,
-                                               body, client_request_id)
+                                               body, client_request_id, gate=gate)
         except DeliveryError as exc:
             metrics.sends.labels("transport_error", exc.code or "").inc()
             records.append(_record(started, Attempted(exc), latency_ms=(time.perf_counter() - t0) * 1000,

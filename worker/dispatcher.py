@@ -9,7 +9,8 @@ The database decides what is due; the broker only carries batches of ids. Each t
    mailbox answered 429 gets nothing for that mailbox (sender) until the Retry-After recorded on that
    row has passed (the Redis block says the same, but Redis can lose it: the database cannot);
    `worker.sender_waits.throttled_mailboxes`;
-3. gives a tenant on hold no rows (its new rows join the hold, once a second: `shared.holds`);
+3. gives a hold's scope no rows: a tenant on hold, or one sender of a tenant when the hold is that
+   sender's (its new rows join the hold, once a second: `shared.holds`);
    leaves in the database the rows of tenants behind an open circuit breaker (`worker.breakers`),
    but for one probe row per open scope per interval, and lets a scope that just closed take only
    as many rows as its ramp allows; once a second it marks the waiting rows `retry_wait` with the
@@ -35,7 +36,7 @@ from typing import Any
 import structlog
 from sqlalchemy import Engine, and_, func, or_, select, update
 
-from shared.holds import held_tenants, join_hold
+from shared.holds import HeldScopes, held_scopes, join_hold
 from shared.metrics import metrics
 from shared.models import ACTIVE_STATES, Notification, State
 from shared.settings import Settings
@@ -154,7 +155,8 @@ class Dispatcher:
             ).all()))
             throttled = throttled_mailboxes(conn, now_ms)
             busy = {t for t, n in inflight.items() if n > 0} if self._s.tenant_affinity else set()
-            busy |= held_tenants(conn)  # a held tenant's new rows join its hold instead (once a second)
+            held = held_scopes(conn)  # a hold's new rows join it instead (once a second)
+            busy |= held.tenants
             full = busy | {t for t, n in inflight.items() if n >= self._s.tenant_window}
             self._plan = plan = self.board.plan(conn, inflight, now_ms)
             if plan is not None:
@@ -175,6 +177,8 @@ class Dispatcher:
             for nid, tenant_id, sender in page:
                 if throttled.holds(tenant_id, sender):
                     continue  # its sender mailbox is inside a Retry-After recorded in the database
+                if held.holds(tenant_id, sender):
+                    continue  # its sender is on hold (a tenant-wide hold left it out of the page already)
                 if tenant_id in busy or inflight[tenant_id] >= self._s.tenant_window:
                     continue
                 if plan is not None and plan.open_of(tenant_id):
@@ -183,20 +187,20 @@ class Dispatcher:
                     inflight[tenant_id] += 1
                     chosen.append((nid, tenant_id))
             if plan is not None:
-                chosen += self._probes(conn, plan, is_due, held_back, busy, inflight)
+                chosen += self._probes(conn, plan, is_due, held_back, busy, inflight, held)
         return chosen
 
     def _probes(self, conn: Any, plan: Plan, due: list[Any], held_back: list[tuple[str, str]], busy: set[str],
-                inflight: Counter[str]) -> list[tuple[str, str]]:
+                inflight: Counter[str], held: HeldScopes) -> list[tuple[str, str]]:
         """One due row per open scope whose last probe's interval has passed, named its probe in Redis.
         Candidates: the page's rows held back, then the first due rows of the tenants left out of the page."""
         waiting = sorted({t for tenants in plan.open_scopes.values() for t in tenants})
         tried: set[str] = set()
         chosen: list[tuple[str, str]] = []
-        candidates = held_back + list(conn.execute(
-            select(_N.c.id, _N.c.tenant_id).where(*due, _N.c.tenant_id.in_(waiting))
+        candidates = held_back + [(nid, t) for nid, t, sender in (conn.execute(
+            select(_N.c.id, _N.c.tenant_id, _N.c.sender).where(*due, _N.c.tenant_id.in_(waiting))
             .order_by(_N.c.fair_rank).limit(200)
-        ).all() if waiting else [])
+        ).all() if waiting else []) if not held.holds(t, sender)]
         for nid, tenant_id in candidates:
             opened = plan.open_of(tenant_id)
             if tenant_id in busy or inflight[tenant_id] >= self._s.tenant_window or tried.intersection(opened):
@@ -210,14 +214,18 @@ class Dispatcher:
         return chosen
 
     def _join_holds(self) -> None:
-        """New rows of a tenant on hold are held too, without an attempt (shared.holds.join_hold)."""
+        """New rows of a hold's scope (a tenant, or one sender of it) are held too, without an attempt
+        (shared.holds.join_hold)."""
         with self._engine.connect() as conn:
-            held = held_tenants(conn)
-            joining = set(conn.scalars(select(_N.c.tenant_id).distinct().where(
-                _N.c.state.in_(ACTIVE_STATES), _N.c.tenant_id.in_(sorted(held))))) if held else set()
-        for tenant_id in sorted(joining):
-            if moved := join_hold(self._engine, tenant_id):
-                log.info("hold.joined", tenant_id=tenant_id, rows=moved)
+            held = held_scopes(conn)
+            tenants = sorted(held.tenants | {t for t, _ in held.senders})
+            waiting = set(conn.execute(select(_N.c.tenant_id, func.lower(_N.c.sender)).distinct().where(
+                _N.c.state.in_(ACTIVE_STATES), _N.c.tenant_id.in_(tenants))).all()) if tenants else set()
+        for scope in held.scopes():
+            if not any(t == scope.tenant_id and scope.sender in (None, sender) for t, sender in waiting):
+                continue
+            if moved := join_hold(self._engine, scope):
+                log.info("hold.joined", tenant_id=scope.tenant_id, sender=scope.sender, rows=moved)
 
     def _mark_waiting(self, now_ms: int) -> None:
         """Rows held back by an open breaker show `retry_wait` and its reason (once a second)."""

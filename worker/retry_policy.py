@@ -8,7 +8,10 @@
     AADSTS7000215/7000222/700016/65001/7000112/…, ErrorAccessDenied (recorded as AccessPolicyDenied,
     RbacScopeDenied or RbacPropagating when the token tells which), 401 NoPermissionsInAccessToken,
     ErrorSendAsDenied, MailboxNotEnabledForRESTAPI (the tenant's configuration is broken)
-                                           -> held until a provider save, failed past `hold_max_s`
+                                           -> held until a provider save, failed past `hold_max_s`;
+                                              a refusal of one sender mailbox holds that sender, a
+                                              credential or consent error the whole tenant
+                                              (`shared.holds.hold_scope`)
     ErrorInvalidUser, ErrorInvalidRecipients, ErrorMessageSizeExceeded, other 4xx, other AADSTS token
     errors                                 -> failed, never retried
 
@@ -65,8 +68,9 @@ from worker.sendmarks import Evidence
 
 _TRANSIENT_STATUSES = {408, 429, 500, 502, 503}
 _AMBIGUOUS_STATUSES = {504}
-# Configuration errors: every notification of the tenant would fail the same way until an admin fixes
-# the app, its credential, its consent or the mailbox's permissions, so they wait instead of failing.
+# Configuration errors: every notification of the tenant (or, for a refusal of one mailbox, of that sender:
+# shared.holds.SENDER_HOLD_CODES) would fail the same way until an admin fixes the app, its credential, its
+# consent or the mailbox's permissions, so they wait instead of failing.
 HOLD_CODES = frozenset({
     "AADSTS7000215",  # invalid client secret (often the secret's ID pasted instead of its Value)
     "AADSTS7000222",  # client secret expired

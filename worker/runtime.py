@@ -26,6 +26,7 @@ from shared.secretbox import SecretBox
 from shared.settings import Settings
 from transport.graph import GraphClient
 from transport.quota_windows import QuotaWindows
+from transport.send_gate import GatedConnector
 from transport.smtp import SmtpRelayClient
 from transport.tokens import TokenProvider
 from worker.breakers import Breakers
@@ -54,8 +55,8 @@ class Runtime:
     async def _setup(self, redis_url: str) -> None:
         s = self.settings
         ssl_ctx = ssl.create_default_context(cafile=s.ca_bundle) if s.ca_bundle else ssl.create_default_context()
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=s.max_connections, ssl=ssl_ctx, keepalive_timeout=30),
+        self.session = aiohttp.ClientSession(  # Graph's session: its requests may carry a send gate
+            connector=GatedConnector(limit=s.max_connections, ssl=ssl_ctx, keepalive_timeout=30),
             timeout=aiohttp.ClientTimeout(total=s.http_timeout_s, sock_connect=s.http_connect_timeout_s),
             trust_env=False,
         )
@@ -65,7 +66,7 @@ class Runtime:
         self.graph = GraphClient(self.session)
         self.throttle = MailboxThrottle(
             self.redis, limit=s.mailbox_concurrency, lease_ms=int(s.http_timeout_s * 1000) + 5_000,
-            pacing_ms=s.mailbox_pacing_ms,
+            pacing_ms=s.mailbox_pacing_ms, recheck_ms=s.mailbox_block_recheck_ms,
         )
         self.marks = SendMarks(self.redis)
         self.quotas = QuotaWindows(self.redis_sync)  # Exchange's sending limits (worker.quota_gate)

@@ -8,6 +8,11 @@ machines with skewed clocks agree. A slot is held by a lane that sends several n
 turn; before each send, `begin_send` renews the lease and sets the notification's "started" send
 mark (`worker.sendmarks`) in the same round trip. Every Redis call goes through
 `transport.redis_errors.redis_boundary`: an outage leaves as `RedisUnavailable`.
+
+`begin_send` is not the last word: a request it admitted may wait for a connection, or for a starved
+event loop, while a 429 for the mailbox arrives. `send_gate` is checked again once the request's
+connection is in hand (`transport.send_gate`): the block this process knows of, and, when the wait
+since `begin_send` was longer than `recheck_ms`, the block in Redis (another worker's 429).
 """
 
 from __future__ import annotations
@@ -18,7 +23,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
+
+from shared.errors import RedisUnavailable
 from transport.redis_errors import redis_boundary
+from transport.send_gate import Gate
 from worker.sendmarks import MARK_TTL_S, STARTED_MARK, fence_key, mark_key
 
 _ACQUIRE = """
@@ -52,6 +61,14 @@ redis.call('SET', KEYS[4], ARGV[5], 'EX', tonumber(ARGV[4]))
 return {1, 0, 0}
 """
 
+_BLOCKED = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local blocked = tonumber(redis.call('GET', KEYS[1]) or '0')
+if blocked > now then return blocked - now end
+return 0
+"""
+
 _BLOCK = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -60,6 +77,9 @@ local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 if untilms > cur then redis.call('SET', KEYS[1], untilms, 'PX', tonumber(ARGV[1]) + 1000) end
 return math.max(untilms, cur)
 """
+
+log = structlog.get_logger(__name__)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Slot:
@@ -74,13 +94,15 @@ class Slot:
 class MailboxThrottle:
     """Fleet-wide concurrency, pacing and Retry-After blocks per (app, mailbox)."""
 
-    def __init__(self, redis: Any, *, limit: int, lease_ms: int, pacing_ms: int = 0) -> None:
+    def __init__(self, redis: Any, *, limit: int, lease_ms: int, pacing_ms: int = 0, recheck_ms: int = 20) -> None:
         self._redis = redis
         self._limit = limit
         self._lease_ms = lease_ms
         self._pacing_ms = pacing_ms
+        self._recheck_ms = recheck_ms
         self._acquire = redis.register_script(_ACQUIRE)
         self._mark = redis.register_script(_MARK)
+        self._blocked = redis.register_script(_BLOCKED)
         self._block = redis.register_script(_BLOCK)
         self._local: dict[str, asyncio.Semaphore] = {}
         self._blocked_until: dict[str, float] = {}
@@ -132,6 +154,30 @@ class MailboxThrottle:
             ok, wait_ms, reason = await self._mark(
                 keys=keys, args=[lease_id, self._lease_ms, self._pacing_ms, MARK_TTL_S, STARTED_MARK])
         return Slot(granted=bool(ok), wait_ms=int(wait_ms), blocked=reason == 1, fenced=reason == 4)
+
+    def send_gate(self, mailbox_key: str, *, admitted_at: float) -> Gate:
+        """The check a request admitted by `begin_send` at `admitted_at` (time.monotonic()) passes once its
+        connection is in hand: how long the mailbox is still blocked, 0 to go. Redis is asked again only
+        when the request waited longer than `recheck_ms` since then; if Redis cannot answer, the request
+        goes (begin_send admitted it, and no other worker could have told Redis either)."""
+
+        async def gate() -> int:
+            if blocked_ms := self.local_block_ms(mailbox_key):
+                return blocked_ms
+            if (time.monotonic() - admitted_at) * 1000 < self._recheck_ms:
+                return 0
+            try:
+                with redis_boundary("mailbox slots"):
+                    blocked_ms = int(await self._blocked(keys=[f"tm:mbx:{mailbox_key}:block"]))
+            except RedisUnavailable:
+                log.warning("throttle.recheck_failed", mailbox=mailbox_key)
+                return 0
+            if blocked_ms:
+                self.block_locally(mailbox_key, blocked_ms)
+            # a 429 of this process may have come in while Redis answered
+            return max(blocked_ms, self.local_block_ms(mailbox_key))
+
+        return gate
 
     async def acquire(self, mailbox_key: str, lease_id: str, *, max_wait_ms: int) -> Slot:
         """Wait up to max_wait_ms for a slot; a Retry-After block returns at once (never slept out)."""
