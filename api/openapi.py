@@ -69,6 +69,9 @@ _PROVIDER_OUT = {"type": "object", "properties": {
         "thumbprint": {"type": "string", "description": "SHA-1, hex, as Entra ID shows it"}, **_EXPIRY}},
     "updated_at": {"type": ["string", "null"]}, "updated_by": {"type": ["string", "null"]},
     "daily_external_recipient_limit": _LIMIT,
+    "mail_readwrite": {"type": ["boolean", "null"], "description": "whether the token of the save held "
+                       "Mail.ReadWrite, which attachments of 3 MiB or more need (a draft and an upload session); "
+                       "null: not known"},
     "senders": {"type": "object", "description": "every sender by name, `default` included",
                 "additionalProperties": {"$ref": "#/components/schemas/Sender"}},
     "domain_checks": {"$ref": "#/components/schemas/DomainChecks"}}}
@@ -130,7 +133,10 @@ _HEADER_LIST = {"type": "array", "maxItems": 4, "items": _HEADER}
 _ATTACHMENT = {"type": "object", "additionalProperties": False, "required": ["name", "content_type", "content_bytes"],
                "properties": {"name": {"type": "string", "maxLength": 255},
                               "content_type": {"type": "string", "maxLength": 255},
-                              "content_bytes": {"type": "string", "description": "base64"},
+                              "content_bytes": {"type": "string", "description": "base64; one of 3 MiB or more "
+                                                "decoded goes through a Graph upload session (the tenant's app "
+                                                "needs Mail.ReadWrite); smaller ones at most 3 MiB together; "
+                                                "150 MB in all"},
                               "is_inline": {"type": ["boolean", "null"]}, "content_id": _NULLABLE_TEXT}}
 _MESSAGE = {"type": "object", "additionalProperties": False,
             "description": "shared/message.py's message plus idempotency_key; at least one of to, cc, bcc; "

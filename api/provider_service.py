@@ -42,6 +42,7 @@ from shared.senders import senders_of
 from transport.graph_apps import READ_APPS_ROLE, expiry_of, secret_dates, token_roles
 
 _N = Notification.__table__  # type: ignore[attr-defined]
+READWRITE_ROLE = "Mail.ReadWrite"  # drafts and upload sessions: attachments of 3 MiB or more
 _log = structlog.get_logger("tenantmail.api")
 # Which form field an Entra ID code points at, so the page can show the error next to it.
 _FIELD_BY_CODE = {"AADSTS90002": "azure_tenant", "AADSTS900023": "azure_tenant", "AADSTS700016": "client_id",
@@ -75,6 +76,7 @@ async def _document(ctx: ApiContext, tenant_id: str) -> dict[str, Any]:
         "admin_contact_email": row.admin_contact_email,
         "senders": {name: sender.stored() for name, sender in senders_of(row).items()},
         "daily_external_recipient_limit": row.daily_external_recipient_limit,
+        "mail_readwrite": row.mail_readwrite,
         "credential_type": "certificate" if certificate else "secret",
         "client_secret": None if certificate else {"last4": row.secret_last4, **expiry},
         "certificate": {"thumbprint": row.cert_thumbprint, **expiry} if certificate else None,
@@ -122,7 +124,7 @@ async def save(ctx: ApiContext, who: Principal, body: object, *, expected_versio
         sender_name=form.sender_name, reply_to=form.reply_to, cloud=form.cloud,
         secret_expires_at=expires_at, expiry_source=source, admin_contact_email=form.admin_contact_email,
         senders=form.senders, daily_external_recipient_limit=form.daily_external_recipient_limit,
-        created_by=who.actor, expected_version=expected_version))
+        mail_readwrite=READWRITE_ROLE in token_roles(token), created_by=who.actor, expected_version=expected_version))
     _log.info("provider.saved", version=version, client_id=form.client_id, cloud=form.cloud,
               credential_type=creds.credential_type, thumbprint=certificate.thumbprint if certificate else None,
               expiry_source=source)
@@ -138,6 +140,7 @@ async def restore(ctx: ApiContext, who: Principal, version: int, *,
     if source is None:
         raise not_found(f"version {version}")
     await _check_version(ctx, who.tenant_id, expected_version)
+    readwrite = None
     if source.kind == "graph" and source.secret_enc is not None:
         try:
             credential = ctx.box.decrypt(source.secret_enc)
@@ -146,9 +149,11 @@ async def restore(ctx: ApiContext, who: Principal, version: int, *,
                            "decrypted (encryption key retired); save the credential again", field="version") from None
         creds = Credentials(source.azure_tenant or "", source.client_id or "",
                             resolve_cloud(source.cloud, ctx.settings), credential, source.credential_type or "secret")
-        await remember_enterprise_app(ctx, who.tenant_id, creds, await _checked(ctx, who, creds))
+        token = await _checked(ctx, who, creds)
+        await remember_enterprise_app(ctx, who.tenant_id, creds, token)
+        readwrite = READWRITE_ROLE in token_roles(token)
     new = await _stored(ctx, lambda: restore_version(ctx.engine, ctx.box, source, created_by=who.actor,
-                                                     expected_version=expected_version))
+                                                     expected_version=expected_version, mail_readwrite=readwrite))
     _log.info("provider.restored", version=new, restored_from=version)
     await ctx.blocking(lambda: record_event(ctx.engine, who.tenant_id, "provider_restored",
                                             detail=f"version {new}: restored version {version}", actor=who.actor))

@@ -48,7 +48,8 @@ async def _enqueue(ctx: ApiContext, tenant_id: str, items: list[EnqueueItem]) ->
 async def post_notification(request: web.Request) -> web.Response:
     """Enqueue one notification (sender or admin); 201 with its id (the existing id for a repeated key)."""
     who = principal(request, "send")
-    item = _item(who.tenant_id, await read_json(request), "")
+    body = await read_json(request, max_bytes=context(request).settings.api_max_notification_bytes)
+    item = _item(who.tenant_id, body, "")
     try:
         nid = await _enqueue(context(request), who.tenant_id, [item])
     except ValidationFailed as exc:

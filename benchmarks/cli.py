@@ -17,9 +17,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from benchmarks import control_plane, report, scenarios, throughput, user_facing
+from benchmarks import control_plane, quota, report, scenarios, throughput, user_facing
 
-SCENARIOS = ("throughput", "fairness", "tokens", "throttle", "enqueue", "latency", "http_enqueue", "control_plane")
+SCENARIOS = ("throughput", "fairness", "tokens", "throttle", "enqueue", "latency", "http_enqueue", "control_plane",
+             "quota")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
@@ -53,6 +54,10 @@ def _runner(name: str, small: bool, big: int | None) -> Callable[[Callable[[str]
         cp = control_plane.ControlPlaneSize(tenants=20, messages_per_tenant=5, workers=1, concurrency=8) if small \
             else control_plane.ControlPlaneSize()
         return lambda tick: control_plane.run_control_plane(cp, tick)
+    if name == "quota":
+        qs = quota.QuotaSize(daily_limit=40, notifications=30, window_s=10.0, workers=1, concurrency=8) if small \
+            else quota.QuotaSize()
+        return lambda tick: quota.run_quota(qs, tick)
     enq = scenarios.EnqueueSize(notifications=500, batch=100) if small else scenarios.EnqueueSize()
     return lambda tick: scenarios.run_enqueue(enq, tick)
 

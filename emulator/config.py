@@ -33,6 +33,12 @@ MUTABLE_FIELDS = frozenset(
         "advertised_base_url",
         "retry_after_grace_ms",
         "smtp_credentials",
+        "upload_bytes_per_window",
+        "upload_window_s",
+        "upload_min_bytes",
+        "upload_max_chunk_bytes",
+        "upload_session_ttl_s",
+        "upload_rejects_authorization",
     }
 )
 
@@ -101,6 +107,18 @@ class EmulatorConfig:
     # Graph's applications and servicePrincipals routes: Microsoft documents that an app may read its own
     # objects without any application permission (serviceprincipal-get); off = Application.Read.All needed.
     directory_self_read: bool = False
+    # Large attachments (emulator.drafts): Graph's 150 MB of uploads per 5 minutes per (app, mailbox), then
+    # 429 ApplicationThrottled "IncomingBytes"; the smallest attachment an upload session takes (Graph says
+    # 3 MB; whether MB or MiB is UNVERIFIED), the largest chunk (documented "less than 4 MB"), how long an
+    # upload URL lives (UNVERIFIED), and whether an upload PUT that carries an Authorization header is
+    # refused (Microsoft says not to send one; the refusal's form is UNVERIFIED). The message size limit is
+    # each mailbox's `max_send_size_kb` (Exchange's default MaxSendSize, 35 MB, UNVERIFIED).
+    upload_bytes_per_window: int = 150_000_000
+    upload_window_s: float = 300.0
+    upload_min_bytes: int = 3 * 1024 * 1024
+    upload_max_chunk_bytes: int = 4 * 1024 * 1024
+    upload_session_ttl_s: float = 900.0
+    upload_rejects_authorization: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def updated(self, changes: dict[str, Any]) -> EmulatorConfig:

@@ -107,6 +107,12 @@ async def get_outbox(request: web.Request) -> web.Response:
     return _json([m for m in _emu(request).inspection.outbox if matches(m, filters)])
 
 
+async def get_mail_items(request: web.Request) -> web.Response:
+    """GET /_emulator/mailitems?field=value...: drafts and Sent Items copies left in mailboxes (emulator.drafts)."""
+    filters = dict(request.query)
+    return _json([d.public() for d in _emu(request).mail.items.values() if matches(d.public(), filters)])
+
+
 async def get_requests(request: web.Request) -> web.Response:
     """GET /_emulator/requests?field=value...: the masked request log, oldest first."""
     filters = dict(request.query)
@@ -228,6 +234,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/_emulator/exchange/{tenant}/cmdlet", exchange_cmdlet)
     r.add_get("/_emulator/outbox", get_outbox)
     r.add_get("/_emulator/requests", get_requests)
+    r.add_get("/_emulator/mailitems", get_mail_items)
     r.add_get("/_emulator/counters", get_counters)
     r.add_post("/_emulator/reset", reset)
     r.add_post("/_emulator/faults/release", release_faults)

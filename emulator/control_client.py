@@ -42,6 +42,10 @@ class ControlClient:
         """Accepted messages, filtered by field equality (case-insensitive), e.g. mailbox=..."""
         return self._call("GET", "outbox", params=filters)
 
+    def mail_items(self, **filters: Any) -> list[dict[str, Any]]:
+        """Drafts and Sent Items copies left in mailboxes, filtered like `outbox`, e.g. folder="drafts"."""
+        return self._call("GET", "mailitems", params=filters)
+
     def requests_log(self, **filters: Any) -> list[dict[str, Any]]:
         """The masked request log, filtered like `outbox`, e.g. route="token"."""
         return self._call("GET", "requests", params=filters)

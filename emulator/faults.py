@@ -9,7 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-ROUTES = frozenset({"sendMail", "token", "discovery", "*"})
+ROUTES = frozenset({"sendMail", "token", "discovery", "draft", "uploadSession", "uploadChunk", "sendDraft",
+                    "deleteMessage", "*"})
 KINDS = frozenset(
     {
         "429",

@@ -9,6 +9,7 @@ and latency, while the request counts as in flight -> commit to the outbox -> 20
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -75,8 +76,18 @@ async def send_mail(request: web.Request) -> web.Response:
 async def _send_mail(
     emu: Emulator, request: web.Request, request_id: str, client_request_id: str
 ) -> web.Response:
-    now = emu.clock.now()
-    check = emu.tokens.check(request.headers.get("Authorization"), now)
+    tenant, box, app_id = caller(emu, request, authorize_send)
+    record = await _validated_record(emu, request, tenant, box)
+    return await _admit_and_commit(emu, request, tenant, box, app_id, record, request_id, client_request_id)
+
+
+Authorizer = Callable[["Emulator", list[str], Tenant | None, str, Mailbox | None], None]
+
+
+def caller(emu: Emulator, request: web.Request, authorize: Authorizer) -> tuple[Tenant, Mailbox, str]:
+    """The tenant, mailbox and app id of a Graph request on /users/{user}/…, checked in the reference's
+    order: token (401), permission (`authorize`: 403), Access Policy (403 RAOP), mailbox (404)."""
+    check = emu.tokens.check(request.headers.get("Authorization"), emu.clock.now())
     if check.problem is not None:
         raise GraphReply(_TOKEN_PROBLEMS[check.problem])
     claims = check.claims or {}
@@ -88,18 +99,18 @@ async def _send_mail(
     box = tenant.mailbox(user) if tenant is not None else None
     address = box.address if box is not None else user.lower()
     note["mailbox"] = address
-    _authorize(emu, list(claims.get("roles") or ()), tenant, app_id, box)
+    authorize(emu, list(claims.get("roles") or ()), tenant, app_id, box)
     if tenant is not None and not tenant.policy_allows(app_id, address):
         raise GraphReply("access_policy")
     if tenant is None or box is None:
         raise GraphReply("invalid_user", user=user)
     if not box.licensed or box.on_premises:
         raise GraphReply("mailbox_not_enabled")
-    record = await _validated_record(emu, request, tenant, box)
-    return await _admit_and_commit(emu, request, tenant, box, app_id, record, request_id, client_request_id)
+    return tenant, box, app_id
 
 
-def _authorize(emu: Emulator, roles: list[str], tenant: Tenant | None, app_id: str, box: Mailbox | None) -> None:
+def authorize_send(emu: Emulator, roles: list[str], tenant: Tenant | None, app_id: str, box: Mailbox | None) -> None:
+    """Mail.Send: sendMail and a draft's send."""
     # Entra's Mail.Send (tenant-wide) or an Exchange RBAC for Applications grant over this mailbox: a union.
     if "Mail.Send" in roles:
         return
@@ -182,7 +193,7 @@ async def _admit_and_commit(
         await wait_for_fault(hit, emu.config.latency_ms / 1000.0)
         fault = hit.fault
         if fault is None:
-            _commit(emu, tenant, box, app_id, record, request_id, client_request_id)
+            commit(emu, tenant, box, app_id, record, request_id, client_request_id)
             counters.accepted += 1
             return web.Response(status=202, headers=base_headers(request_id, client_request_id))
         return _faulted(emu, request, fault, tenant, box, app_id, record, request_id, client_request_id)
@@ -225,7 +236,7 @@ def _faulted(
     counters = emu.inspection.counters
     counters.faults_injected += 1
     if fault.kind.endswith("after_commit"):
-        _commit(emu, tenant, box, app_id, record, request_id, client_request_id)
+        commit(emu, tenant, box, app_id, record, request_id, client_request_id)
         counters.accepted += 1
     if fault.kind.startswith("reset"):
         counters.reset_connections += 1
@@ -250,7 +261,7 @@ def _faulted(
     )
 
 
-def _commit(
+def commit(
     emu: Emulator,
     tenant: Tenant,
     box: Mailbox,
@@ -259,6 +270,7 @@ def _commit(
     request_id: str,
     client_request_id: str,
 ) -> None:
+    """Accept a message into the outbox, counting its recipients against Exchange's limits."""
     now = emu.clock.now()
     distinct = {a.lower() for a in record["recipient_addresses"]}
     external = sum(1 for a in distinct if a.rsplit("@", 1)[-1] not in tenant.domains)

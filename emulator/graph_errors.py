@@ -112,6 +112,15 @@ CATALOGUE: dict[str, tuple[int, str, str]] = {
         "Resource '{ident}' does not exist or one of its queried reference-property objects are not present.",
     ),
     "internal_error": (500, "InternalServerError", "An internal server error occurred."),
+    # Large attachments (emulator.drafts). The volume 429 is observed (reference §3.4); the other codes and
+    # texts are UNVERIFIED.
+    "upload_volume": (429, "ApplicationThrottled", "Application is over its IncomingBytes limit."),
+    "item_not_found": (404, "ErrorItemNotFound", "The specified object was not found in the store."),
+    "attachment_too_small": (400, "ErrorAttachmentSizeShouldNotBeLessThanMinimumSize",
+                             "Attachment size should not be less than the minimum size of {limit} bytes."),
+    "invalid_upload": (400, "ErrorInvalidRequest", "{reason}"),
+    "range_not_satisfiable": (416, "ErrorInvalidRange", "The Content-Range does not match the next expected range."),
+    "upload_token": (401, "InvalidAuthenticationToken", "{reason}"),
 }
 
 HTML_ERROR = (

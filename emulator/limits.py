@@ -37,6 +37,7 @@ class Limits:
         self._retry_window: dict[Key, tuple[float, float]] = {}
         self._recipients: dict[str, deque[tuple[float, int]]] = defaultdict(deque)
         self._recipient_totals: dict[str, int] = defaultdict(int)
+        self._uploads: dict[Key, deque[tuple[float, int]]] = defaultdict(deque)
 
     def inside_retry_after(self, key: Key, sent_at: float | None = None) -> str | None:
         """Whether a request for `key`, sent at `sent_at` (default now), fell inside a Retry-After
@@ -109,3 +110,23 @@ class Limits:
         log.append((now, count))
         self._recipient_totals[key] += count
         return self._recipient_totals[key]
+
+    def add_upload(self, key: Key, size_bytes: int) -> str | None:
+        """Count bytes uploaded for `key` in the rolling upload window; the Retry-After (seconds) of a 429
+        when they do not fit, and then nothing is counted."""
+        config = self._config()
+        now = self._now()
+        log = self._uploads[key]
+        while log and log[0][0] <= now - config.upload_window_s:
+            log.popleft()
+        total = sum(n for _, n in log)
+        if total + size_bytes > config.upload_bytes_per_window:
+            freed, wait_s = 0, config.upload_window_s
+            for at, n in log:  # the moment enough of the window's bytes have left it
+                freed += n
+                if total - freed + size_bytes <= config.upload_bytes_per_window:
+                    wait_s = at + config.upload_window_s - now
+                    break
+            return str(max(1, math.ceil(wait_s)))
+        log.append((now, size_bytes))
+        return None

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from emulator import applications, control, entra, graph, smtp
+from emulator import applications, control, drafts, entra, graph, smtp
 from emulator.clock import Clock, Ids
 from emulator.config import EmulatorConfig
 from emulator.directory import Directory
@@ -20,7 +20,7 @@ from emulator.tls import TlsMaterial
 from emulator.tokens import TokenService
 from emulator.wire import EMULATOR_KEY, NOTE_KEY
 
-_CLIENT_MAX_SIZE = 64 * 1024 * 1024  # read past 4 MB so we can answer 413 ourselves
+_CLIENT_MAX_SIZE = 64 * 1024 * 1024  # read past 4 MB so we can answer 413 ourselves (and take upload chunks)
 
 
 class Emulator:
@@ -35,6 +35,7 @@ class Emulator:
         self.limits = Limits(lambda: self.config, self.clock.now)
         self.faults = Faults(self.ids.random)
         self.inspection = Inspection(config.request_log_size)
+        self.mail = drafts.MailItems()  # drafts, Sent Items copies and upload sessions
         self.tls = TlsMaterial(config.state_dir, config.ca_path, config.tls_hostnames) if config.tls else None
         self.smtp = smtp.SmtpRelay(self) if config.smtp else None
         self.port: int | None = None
@@ -85,6 +86,7 @@ class Emulator:
         if self.smtp is not None:
             self.smtp.reset()
         self.inspection.reset(self.config.request_log_size)
+        self.mail = drafts.MailItems()
         self.clock.reset()
         self.ids.reset()
 
@@ -94,6 +96,7 @@ class Emulator:
         app[EMULATOR_KEY] = self
         control.add_routes(app)
         smtp.add_routes(app)
+        drafts.add_routes(app)
         r = app.router
         r.add_get("/common/discovery/instance", entra.instance_discovery)
         r.add_get("/{tenant}/v2.0/.well-known/openid-configuration", entra.openid_configuration)
@@ -165,7 +168,9 @@ class _TimedSockSite(web.SockSite):
         )
 
 
-def _route_name(path: str) -> str:
+def _route_name(method: str, path: str) -> str:
+    if (draft_route := drafts.route_name(method, path)) is not None:
+        return draft_route
     if path.endswith("/token"):
         return "token"
     if "/users/" in path:
@@ -203,7 +208,7 @@ async def _request_log(request: web.Request, handler: Any) -> web.StreamResponse
             "method": request.method,
             "path": request.path,
             "query": request.query_string,
-            "route": _route_name(request.path),
+            "route": _route_name(request.method, request.path),
             "status": "reset" if note.get("reset") else status,
             "headers": mask_headers(request.headers),
             "duration_ms": round((time.perf_counter() - started) * 1000.0, 3),

@@ -47,6 +47,8 @@ class Counters:
     requests_in_flight_at_429: int = 0
     reset_connections: int = 0
     faults_injected: int = 0
+    upload_requests: int = 0  # upload PUTs (emulator.drafts)
+    upload_bytes: int = 0  # bytes stored from them
 
     def as_dict(self, max_concurrency: dict[tuple[str, str], int]) -> dict[str, Any]:
         """JSON view; `max_concurrency` is keyed "appid/mailbox"."""

@@ -31,6 +31,7 @@ class Code(StrEnum):
     NO_PROVIDER_CONFIGURED = "NoProviderConfigured"
     UNKNOWN_SENDER = "UnknownSender"
     RECIPIENT_LIMIT_TOO_LOW = "RecipientLimitTooLow"
+    LARGE_ATTACHMENT_UNSUPPORTED = "LargeAttachmentUnsupported"
     # decided by the outcome policy or the sweeper
     WORKER_LOST = "WorkerLost"
     MAX_AGE_EXCEEDED = "MaxAgeExceeded"

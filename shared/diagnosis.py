@@ -115,12 +115,19 @@ _BY_SERVICE_CODE: dict[str, Diagnosis] = {
     "RequestEntityTooLarge": Diagnosis(
         "The request to Graph is over its 4 MB limit (attachments count about a third more once encoded).",
         "Keep attachments under 3 MB in all, or send a link instead."),
-    "BadRequest": _BUG, "ErrorInvalidRequest": _BUG,
+    "BadRequest": _BUG, "ErrorInvalidRequest": _BUG, "ErrorInvalidRange": _BUG,
+    "ErrorAttachmentSizeShouldNotBeLessThanMinimumSize": _BUG,
+    "ErrorItemNotFound": Diagnosis(
+        "A draft or upload session of a large attachment was gone (deleted in the mailbox, or its upload URL "
+        "expired) before the upload finished.",
+        "Nothing to do: the next attempt starts again with a new draft; if it lasts, check nothing in the mailbox "
+        "deletes drafts."),
     "InvalidInternetMessageHeaderCollection": Diagnosis(
         "Graph refused the custom headers: an empty list, or more than 5 (Graph's limit).",
         "Send at most 5 custom X- headers per notification."),
     "ApplicationThrottled": Diagnosis(
-        "Exchange throttled the app on this mailbox (more than 4 requests at once, or too many in 10 minutes).",
+        "Exchange throttled the app on this mailbox (more than 4 requests at once, too many in 10 minutes, or "
+        "over 150 MB of large-attachment uploads in 5 minutes).",
         "Nothing to do: the mailbox is held for the Retry-After and the notification rescheduled; for sustained "
         "volume set TENANTMAIL_MAILBOX_PACING_MS or spread the load over more sender mailboxes."),
     "TooManyRequests": Diagnosis(
@@ -175,6 +182,10 @@ _BY_CODE: dict[Code, Diagnosis] = {
     Code.UNKNOWN_SENDER: Diagnosis(
         "The notification names a sender the tenant's provider no longer has (removed after it was queued).",
         "Add the sender back under the provider's senders and resend it, or resend it from another sender."),
+    Code.LARGE_ATTACHMENT_UNSUPPORTED: Diagnosis(
+        "The notification has an attachment of 3 MiB or more, and the tenant's provider in force can no longer "
+        "send it (it was switched to the platform default after the notification was queued).",
+        "Save the tenant's own Graph app again (with Mail.ReadWrite granted) and resend it."),
     Code.RECIPIENT_LIMIT_TOO_LOW: Diagnosis(
         "The message has more distinct recipients than its sender's daily recipient limit allows in all.",
         "Raise the sender's daily_recipient_limit, or split the message; it was not sent."),

@@ -26,12 +26,17 @@ Limits, all enforced by `parse_message` (the why in brackets):
   X-Tenantmail-Notification-Id [Graph InvalidInternetMessageHeader]; value: 1 .. 900 printable
   ASCII characters [sent as a raw header line]; at most MAX_CUSTOM_HEADERS (4) [Graph allows 5 and
   we add one].
-- attachments: at most MAX_ATTACHMENTS (100); content strict base64 (no whitespace, padded);
-  decoded total at most MAX_ATTACHMENT_BYTES (3 MiB) [Graph's single-request path]; name 1 .. 255
+- attachments: at most MAX_ATTACHMENTS (100); content strict base64 (no whitespace, padded). One of
+  UPLOAD_MIN_BYTES (3 MiB) or more decoded is *uploaded*: it goes through a draft and an upload session
+  (Graph's large-attachment path, which needs Mail.ReadWrite; the producer checks the tenant's app has
+  it) and is stored apart from the row (shared.attachments). The others are *inline*: decoded total at
+  most MAX_ATTACHMENT_BYTES (3 MiB) [Graph's single-request path]. All together at most
+  MAX_MESSAGE_BYTES (150 MB) [Exchange Online's largest message]; name 1 .. 255
   characters, no control characters, no `/` or `\\`, not `.` or `..`; content_type `type/subtype`
   with optional `; key=value` parameters.
-- the whole sendMail request: at most MAX_REQUEST_BYTES (4 MiB), sized with the longest sender
-  name, address and notification id `graph_request_body` accepts [Graph answers 413 above it].
+- the whole sendMail (or draft) request, uploaded attachments left out: at most MAX_REQUEST_BYTES
+  (4 MiB), sized with the longest sender name, address and notification id `graph_request_body` accepts
+  [Graph answers 413 above it].
 
 - sender: the name of one of the tenant's senders (shared.senders: 1-32 of a-z, 0-9, `_`, `-`,
   starting with a letter); absent means `default`. Whether the tenant has it is the producer's check.
@@ -59,6 +64,8 @@ MAX_RECIPIENTS = 500
 MAX_REPLY_TO = 10
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 MAX_ATTACHMENT_BYTES = 3 * 1024 * 1024
+UPLOAD_MIN_BYTES = 3 * 1024 * 1024  # Graph takes 3 MB-150 MB through upload sessions; 3 MiB is over either 3 MB
+MAX_MESSAGE_BYTES = 150_000_000
 MAX_ATTACHMENTS = 100
 MAX_CUSTOM_HEADERS = 4
 MAX_ADDRESS_CHARS = 254
@@ -94,7 +101,9 @@ _CONTENT_TYPE = re.compile(
     rf"{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|\"[\x20\x21\x23-\x5b\x5d-\x7e]*\"))*"
 )
 _CONTENT_ID = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.@-]+")
-_MAX_BASE64_CHARS = 4 * -(-MAX_ATTACHMENT_BYTES // 3)
+_MAX_BASE64_CHARS = 4 * -(-MAX_MESSAGE_BYTES // 3)
+# Graph's PidTagDeleteAfterSubmit: Exchange deletes a sent draft instead of moving it to Sent Items.
+DELETE_AFTER_SUBMIT = {"id": "Boolean 0x0E01", "value": "true"}
 
 # The request is sized with the longest sender and notification id graph_request_body accepts, each
 # in the characters that cost the most JSON bytes (4 for an astral code point, 2 for an escaped quote).
@@ -113,13 +122,33 @@ class Recipient:
 
 @dataclass(frozen=True, slots=True)
 class Attachment:
-    """A file attachment; `content_bytes` is the base64 text Graph expects."""
+    """A file attachment; `content_bytes` is the base64 text Graph expects.
+
+    An uploaded attachment read back from a stored row has no content (`content_bytes` "") but its
+    `stored_size`: its bytes are in the notification_attachment table (shared.attachments).
+    """
 
     name: str
     content_type: str
     content_bytes: str
     is_inline: bool = False
     content_id: str | None = None
+    stored_size: int | None = None
+
+    @property
+    def size_bytes(self) -> int:
+        """The decoded size."""
+        return self.stored_size if self.stored_size is not None else decoded_size(self.content_bytes)
+
+    @property
+    def uploaded(self) -> bool:
+        """Whether it goes through an upload session rather than inside the request."""
+        return self.size_bytes >= UPLOAD_MIN_BYTES
+
+
+def decoded_size(text: str) -> int:
+    """The decoded size of padded base64 text, without decoding it."""
+    return len(text) // 4 * 3 - text[-2:].count("=") if text else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,9 +209,15 @@ def message_from_stored(data: Mapping[str, Any]) -> Message:
         subject=data.get("subject", ""), body=data.get("body", ""), body_type=data.get("body_type", "text"),
         importance=data.get("importance", "normal"), sender=data.get("sender", DEFAULT_SENDER),
         headers=tuple((h["name"], h["value"]) for h in data.get("headers") or ()),
-        attachments=tuple(Attachment(a["name"], a["content_type"], a["content_bytes"], a.get("is_inline", False),
-                                     a.get("content_id")) for a in data.get("attachments") or ()),
+        attachments=tuple(Attachment(a["name"], a["content_type"], a.get("content_bytes", ""),
+                                     a.get("is_inline", False), a.get("content_id"), a.get("stored_size"))
+                          for a in data.get("attachments") or ()),
     )
+
+
+def uploaded_attachments(m: Message) -> tuple[tuple[int, Attachment], ...]:
+    """The attachments that go through upload sessions, with their index among all attachments."""
+    return tuple((i, a) for i, a in enumerate(m.attachments) if a.uploaded)
 
 
 def message_to_dict(m: Message) -> dict[str, Any]:
@@ -203,9 +238,11 @@ def message_to_dict(m: Message) -> dict[str, Any]:
 
 def graph_request_body(
     m: Message, *, sender_address: str, sender_name: str | None, reply_to: str | None, notification_id: str,
-    checked: bool = False,
+    checked: bool = False, draft: bool = False,
 ) -> bytes:
-    """JSON bytes for Graph `sendMail`: `{"message": {...}, "saveToSentItems": false}`.
+    """JSON bytes for Graph `sendMail`: `{"message": {...}, "saveToSentItems": false}`; with `draft`, the
+    message itself for `POST /users/{id}/messages`, marked to be deleted once sent (no Sent Items copy).
+    Uploaded attachments are left out of both: they go through upload sessions.
 
     `m` is validated again (a hand-built Message gets the same checks as a producer's dict) unless
     `checked` says it came straight from `parse_message`; the sender, the default reply-to and the
@@ -216,7 +253,7 @@ def graph_request_body(
     name = _line(sender_name, "sender_name", MAX_NAME_CHARS) or None
     default_reply_to = None if reply_to is None else _address(reply_to, "reply_to")
     notification = _header_value(notification_id, "notification_id", MAX_NOTIFICATION_ID_CHARS)
-    body = _render(message, sender, name, default_reply_to, notification)
+    body = _render(message, sender, name, default_reply_to, notification, draft=draft)
     if len(body) > MAX_REQUEST_BYTES:  # unreachable while parse_message sizes with the worst case
         raise ValidationFailed("message", f"the Graph request is {len(body)} bytes, over {MAX_REQUEST_BYTES}")
     return body
@@ -226,7 +263,8 @@ def graph_request_body(
 
 
 def _render(
-    m: Message, sender: str, sender_name: str | None, reply_to: str | None, notification: str
+    m: Message, sender: str, sender_name: str | None, reply_to: str | None, notification: str, *,
+    draft: bool = False,
 ) -> bytes:
     message: dict[str, Any] = {
         "subject": m.subject,
@@ -246,8 +284,11 @@ def _render(
     headers = [{"name": name, "value": value} for name, value in m.headers]
     headers.append({"name": NOTIFICATION_ID_HEADER, "value": notification})
     message["internetMessageHeaders"] = headers
-    if m.attachments:
-        message["attachments"] = [_graph_attachment(a) for a in m.attachments]
+    if inline := [a for a in m.attachments if not a.uploaded]:
+        message["attachments"] = [_graph_attachment(a) for a in inline]
+    if draft:
+        message["singleValueExtendedProperties"] = [DELETE_AFTER_SUBMIT]
+        return orjson.dumps(message)
     return orjson.dumps({"message": message, "saveToSentItems": False})
 
 
@@ -274,12 +315,12 @@ def _recipient_dict(r: Recipient) -> dict[str, Any]:
 
 
 def _attachment_dict(a: Attachment) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "name": a.name,
-        "content_type": a.content_type,
-        "content_bytes": a.content_bytes,
-        "is_inline": a.is_inline,
-    }
+    out: dict[str, Any] = {"name": a.name, "content_type": a.content_type}
+    if a.stored_size is None:
+        out["content_bytes"] = a.content_bytes
+    else:
+        out["stored_size"] = a.stored_size
+    out["is_inline"] = a.is_inline
     if a.content_id is not None:
         out["content_id"] = a.content_id
     return out
@@ -473,15 +514,20 @@ def _header_value(value: object, field: str, max_chars: int) -> str:
 def _attachments(value: object) -> tuple[Attachment, ...]:
     items = _sequence(value, "attachments", MAX_ATTACHMENTS)
     out = []
-    total_bytes = 0
+    inline_bytes = total_bytes = 0
     for i, item in enumerate(items):
         attachment, size = _attachment(item, f"attachments[{i}]")
         total_bytes += size
-        if total_bytes > MAX_ATTACHMENT_BYTES:
+        inline_bytes += 0 if size >= UPLOAD_MIN_BYTES else size
+        if inline_bytes > MAX_ATTACHMENT_BYTES:
             raise ValidationFailed(
                 f"attachments[{i}].content_bytes",
-                f"attachments add up to {total_bytes} bytes decoded, over {MAX_ATTACHMENT_BYTES}",
+                f"attachments under {UPLOAD_MIN_BYTES} bytes each add up to {inline_bytes} bytes decoded, over "
+                f"{MAX_ATTACHMENT_BYTES} (attachments of {UPLOAD_MIN_BYTES} bytes or more are uploaded apart)",
             )
+        if total_bytes > MAX_MESSAGE_BYTES:
+            raise ValidationFailed(f"attachments[{i}].content_bytes",
+                                   f"attachments add up to {total_bytes} bytes decoded, over {MAX_MESSAGE_BYTES}")
         out.append(attachment)
     return tuple(out)
 
@@ -532,7 +578,7 @@ def _base64(value: object, field: str) -> tuple[str, int]:
     if not isinstance(value, str):
         raise ValidationFailed(field, "must be a base64 string")
     if len(value) > _MAX_BASE64_CHARS:
-        raise ValidationFailed(field, f"decodes to more than {MAX_ATTACHMENT_BYTES} bytes")
+        raise ValidationFailed(field, f"decodes to more than {MAX_MESSAGE_BYTES} bytes")
     # b64decode(validate=True) still accepts excess padding ("YWJj===="); padding only at the end.
     if not value.isascii() or len(value) % 4 or "=" in value[:-2]:
         raise ValidationFailed(field, "is not valid base64")

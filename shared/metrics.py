@@ -79,6 +79,8 @@ class Metrics:
                                        buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30), registry=r)
         self.token_lookups = Counter("tenantmail_token_lookups", "Token lookups by where they were answered",
                                      ["source"], registry=r)
+        self.upload_bytes = Counter("tenantmail_upload_bytes", "Attachment bytes Graph accepted into upload "
+                                    "sessions (large attachments)", registry=r)
         self.throttle_blocks = Counter("tenantmail_throttle_blocks", "Mailboxes blocked after a 429",
                                        registry=r)
         self.throttle_withheld = Counter(

@@ -121,6 +121,10 @@ class Notification(SQLModel, table=True):
     last_error_code: str | None = Field(default=None, max_length=100)
     last_error_message: str | None = Field(default=None, max_length=2000)
     graph_request_id: str | None = Field(default=None, max_length=64)
+    # A message with uploaded attachments goes through a Graph draft: the draft this row's latest attempt
+    # created and has not deleted yet (and its mailbox), so the next attempt deletes it and starts again.
+    draft_id: str | None = Field(default=None, max_length=512)
+    draft_mailbox: str | None = Field(default=None, max_length=320)
 
 
 class DeliveryAttempt(SQLModel, table=True):
@@ -193,6 +197,9 @@ class ProviderConfig(SQLModel, table=True):
     senders: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     # Exchange's tenant external recipient rate limit, kept ahead per rolling 24 h; None: not enforced.
     daily_external_recipient_limit: int | None = None
+    # Whether the token of the save held Mail.ReadWrite (drafts and upload sessions for large attachments);
+    # None: not known (saved before it was looked at, or the platform default).
+    mail_readwrite: bool | None = None
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     created_by: str | None = Field(default=None, max_length=200)
 
@@ -362,3 +369,16 @@ class NotificationRecipient(SQLModel, table=True):
     notification_id: str = Field(primary_key=True, max_length=32)
     address: str = Field(primary_key=True, max_length=320)
     tenant_id: str = Field(max_length=64)
+
+
+class NotificationAttachment(SQLModel, table=True):
+    """The bytes of one uploaded attachment (UPLOAD_MIN_BYTES or more) of a notification, kept apart from its
+    row so that the payload the claim reads stays small; written by the producer with the notification."""
+
+    __tablename__ = "notification_attachment"
+
+    notification_id: str = Field(primary_key=True, max_length=32)
+    position: int = Field(primary_key=True)  # its index among the message's attachments
+    size_bytes: int = Field(sa_column=Column(BigInteger, nullable=False))
+    sha256: str = Field(max_length=64)
+    content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))

@@ -23,10 +23,11 @@ from sqlalchemy import Connection, Engine, func, insert, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from shared.attachments import detach_uploads, store_uploads
 from shared.errors import ValidationFailed
 from shared.ids import new_id
 from shared.message import Message, message_to_dict, parse_message
-from shared.models import ACTIVE_STATES, Notification, NotificationRecipient, State
+from shared.models import ACTIVE_STATES, Notification, NotificationRecipient, ProviderConfig, State
 from shared.recipients import recipients_of
 from shared.senders import DEFAULT_SENDER, sender_addresses
 from shared.settings import Settings
@@ -38,6 +39,13 @@ PLATFORM_TENANT_KEY = "__platform__"
 _KEY_MAX = 200
 _TABLE = Notification.__table__  # type: ignore[attr-defined]
 _RECIPIENTS = NotificationRecipient.__table__  # type: ignore[attr-defined]
+_PROVIDERS = ProviderConfig.__table__  # type: ignore[attr-defined]
+READWRITE_FIX = (
+    "the tenant's app needs the Mail.ReadWrite application permission for attachments of 3 MiB or more "
+    "(Graph takes them through a draft and an upload session): in Entra ID > App registrations > API "
+    "permissions add Microsoft Graph > Application permissions > Mail.ReadWrite and grant admin consent, limit "
+    "it to the sender mailboxes with the Application Access Policy (or the Exchange RBAC for Applications role "
+    "\"Application Mail.ReadWrite\"), then save the email provider again so its token shows the permission")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +78,10 @@ class Producer:
         if not rows:
             return []
         ids = [r["id"] for r in rows]
+        blobs = {r["id"]: b for r in rows if (b := r.pop("_blobs"))}
         with self._engine.begin() as conn:
             _stamp_senders(conn, rows)
+            _check_uploads(conn, rows, blobs)
             self._assign_ranks(conn, rows)
             conn.execute(self._insert_stmt(), rows)
             keyed = [(r["tenant_id"], r["idempotency_key"]) for r in rows if r["idempotency_key"]]
@@ -82,13 +92,18 @@ class Producer:
                 ))
                 ids = [existing.get((r["tenant_id"], r["idempotency_key"]), r["id"]) for r in rows]
             # Only rows stored now: a repeated idempotency key kept the first notification and its recipients.
-            _store_recipients(conn, [r for r, nid in zip(rows, ids, strict=True) if r["id"] == nid])
+            stored = [r for r, nid in zip(rows, ids, strict=True) if r["id"] == nid]
+            _store_recipients(conn, stored)
+            for r in stored:
+                store_uploads(conn, r["id"], blobs.get(r["id"], ()))
         return ids
 
     def enqueue_platform_mail(self, conn: Connection, message: Mapping[str, Any], idempotency_key: str) -> str:
         """Enqueue mail of the platform itself inside the caller's transaction (`conn`), under
         PLATFORM_TENANT_KEY; returns its id. It commits, or not, with the caller's other writes."""
         row = self._row(0, EnqueueItem(PLATFORM_TENANT_KEY, message, idempotency_key), platform=True)
+        if row.pop("_blobs"):
+            raise ValidationFailed("[0].message.attachments", "platform mail carries no attachment of 3 MiB or more")
         self._assign_ranks(conn, [row])
         conn.execute(self._insert_stmt(), [row])
         existing = conn.execute(select(_TABLE.c.id).where(_TABLE.c.tenant_id == PLATFORM_TENANT_KEY,
@@ -106,9 +121,10 @@ class Producer:
             field = f"[{index}].message" if exc.field == "message" else f"[{index}].message.{exc.field}"
             raise ValidationFailed(field, exc.reason) from None
         now = datetime.now(UTC)
+        payload, blobs = detach_uploads(message_to_dict(message))
         return {
             "id": new_id(), "tenant_id": tenant_id, "idempotency_key": key, "state": State.QUEUED.value,
-            "payload": message_to_dict(message), "created_at": now, "updated_at": now,
+            "payload": payload, "_blobs": blobs, "created_at": now, "updated_at": now,
             "fair_rank": 0, "next_attempt_ms": int(now.timestamp() * 1000), "dispatch_lease_until_ms": None,
             "send_lease_until_ms": None, "sender": None,
             "attempts": 0, "ambiguous_count": 0, "possible_duplicate": False,
@@ -157,6 +173,24 @@ def _stamp_senders(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         if address is None and name != DEFAULT_SENDER:
             raise ValidationFailed(f"[{i}].message.sender", f"the tenant has no sender named {name!r}")
         r["sender"] = address
+
+
+def _check_uploads(conn: Connection, rows: Sequence[dict[str, Any]], blobs: Mapping[str, Any]) -> None:
+    """Attachments of 3 MiB or more go through a Graph draft and upload session, which need Mail.ReadWrite:
+    their tenant's provider in force must be its own Graph app whose token showed it at save."""
+    tenants = sorted({r["tenant_id"] for r in rows if r["id"] in blobs})
+    if not tenants:
+        return
+    latest = (select(_PROVIDERS.c.tenant_id, func.max(_PROVIDERS.c.version).label("v"))
+              .where(_PROVIDERS.c.tenant_id.in_(tenants), _PROVIDERS.c.active.is_(True))
+              .group_by(_PROVIDERS.c.tenant_id).subquery())
+    allowed = set(conn.execute(select(_PROVIDERS.c.tenant_id).join(
+        latest, (_PROVIDERS.c.tenant_id == latest.c.tenant_id) & (_PROVIDERS.c.version == latest.c.v))
+        .where(_PROVIDERS.c.kind == "graph", _PROVIDERS.c.mail_readwrite.is_(True))).scalars())
+    for i, r in enumerate(rows):
+        if r["id"] in blobs and r["tenant_id"] not in allowed:
+            position = blobs[r["id"]][0]["position"]
+            raise ValidationFailed(f"[{i}].message.attachments[{position}]", READWRITE_FIX)
 
 
 def _as_item(index: int, raw: EnqueueItem | tuple[Any, ...]) -> EnqueueItem:

@@ -122,7 +122,7 @@ class VersionConflict(Exception):
 # Fields whose change the history records by name; the secret is compared, never stored in it.
 TRACKED_FIELDS = ("kind", "sender_name", "sender_address", "reply_to", "azure_tenant", "client_id", "cloud",
                   "secret_expires_at", "credential_type", "cert_thumbprint", "admin_contact_email",
-                  "daily_external_recipient_limit")
+                  "daily_external_recipient_limit", "mail_readwrite")
 
 
 def save_graph_provider(
@@ -143,6 +143,7 @@ def save_graph_provider(
     admin_contact_email: str | None = None,
     senders: Iterable[SenderIdentity] = (),
     daily_external_recipient_limit: int | None = None,
+    mail_readwrite: bool | None = None,
     created_by: str | None = None,
     expected_version: int | None = None,
 ) -> int:
@@ -151,6 +152,7 @@ def save_graph_provider(
     Exactly one of `client_secret` and `certificate` is given. A certificate's expiry is its notAfter.
     `senders` are the named senders besides `default` (which is `sender_address`, `sender_name`,
     `reply_to`); a `default` among them gives only the default sender's daily recipient limit.
+    `mail_readwrite`: whether the token the save was checked with held Mail.ReadWrite (large attachments).
     With `expected_version`, raises VersionConflict unless that version is the one in force.
     """
     if (client_secret is None) == (certificate is None):
@@ -169,6 +171,7 @@ def save_graph_provider(
     )
     row.senders = stored_senders(_with_default(row, senders))
     row.daily_external_recipient_limit = daily_external_recipient_limit
+    row.mail_readwrite = mail_readwrite
     changed_name = "certificate_pem" if certificate is not None else "client_secret"
     return _insert_version(engine, row, "saved",
                            lambda prev: [changed_name] if _credential_changed(box, prev, credential) else [],
@@ -192,10 +195,13 @@ def set_platform_default(engine: Engine, tenant_id: str, *, created_by: str | No
 
 
 def restore_version(engine: Engine, box: SecretBox, source: ProviderConfig, *, created_by: str | None = None,
-                    expected_version: int | None = None) -> int:
-    """Store a copy of an older version `source` as the new version in force; returns its version."""
+                    expected_version: int | None = None, mail_readwrite: bool | None = None) -> int:
+    """Store a copy of an older version `source` as the new version in force; returns its version.
+    `mail_readwrite`, when given, is what the restore's own credential check saw (else the source's)."""
     copied = {f: getattr(source, f)
               for f in (*TRACKED_FIELDS, "secret_enc", "secret_last4", "expiry_source", "senders")}
+    if mail_readwrite is not None:
+        copied["mail_readwrite"] = mail_readwrite
     row = ProviderConfig(tenant_id=source.tenant_id, version=0, created_at=datetime.now(UTC), created_by=created_by,
                          **copied)
     credential = box.decrypt(source.secret_enc) if source.secret_enc is not None else None

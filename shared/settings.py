@@ -82,6 +82,14 @@ class Settings(BaseSettings):
     recipient_window_s: float = 24 * 3600.0
     mailbox_requests_per_window: int = 10_000
     request_window_s: float = 600.0
+    # Large attachments (worker.uploads): Graph's 150 MB of uploads per 5 minutes per (app, mailbox), kept
+    # ahead like the limits above; chunks under 4 MB in multiples of 320 KiB; a failed chunk is resumed from
+    # where the upload session says, at most `upload_chunk_retries` times per attachment, then the attempt
+    # fails (transient) and the next one starts again with a new draft.
+    upload_bytes_per_window: int = 150_000_000
+    upload_window_s: float = 300.0
+    upload_chunk_bytes: int = 12 * 320 * 1024
+    upload_chunk_retries: int = 3
 
     # Retry policy. Transient failures retry until a row is `max_age_s` old, with full-jitter backoff
     # doubling from base to cap; `max_attempts` bounds only the ambiguous rule (retry_once).
@@ -126,6 +134,8 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     api_max_body_bytes: int = 5 * 1024 * 1024
+    # POST /v1/notifications alone: a message with attachments up to 150 MB is about 200 MB of base64 JSON.
+    api_max_notification_bytes: int = 210 * 1024 * 1024
     api_test_sends_per_minute: int = 5
     api_notifications_per_minute: int = 6000  # per tenant, through POST /v1/notifications and :batch
     api_test_send_timeout_s: float = 20.0

@@ -99,7 +99,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     with engine.begin() as conn:
         conn.execute(text("TRUNCATE notification, delivery_attempt, provider_config, api_key, provider_history, "
                           "activity_event, expiry_reminder, webhook_endpoint, webhook_event, webhook_delivery, "
-                          "webhook_attempt, notification_recipient"))
+                          "webhook_attempt, notification_recipient, notification_attachment"))
     engine.dispose()
     return url
 

@@ -16,6 +16,7 @@ from shared.message import (
     MAX_ATTACHMENT_BYTES,
     MAX_ATTACHMENTS,
     MAX_CUSTOM_HEADERS,
+    MAX_MESSAGE_BYTES,
     MAX_NAME_CHARS,
     MAX_NOTIFICATION_ID_CHARS,
     MAX_RECIPIENTS,
@@ -23,13 +24,16 @@ from shared.message import (
     MAX_REQUEST_BYTES,
     MAX_SUBJECT_CHARS,
     NOTIFICATION_ID_HEADER,
+    UPLOAD_MIN_BYTES,
     Attachment,
     Message,
     Recipient,
     graph_request_body,
+    message_from_stored,
     message_to_dict,
     parse_message,
     recipient_addresses,
+    uploaded_attachments,
 )
 
 # A valid address of exactly 254 characters: local part 64, domain 189.
@@ -367,9 +371,36 @@ def test_parse_rejects_attachments_over_total_decoded_limit() -> None:
 
 
 def test_parse_rejects_single_attachment_over_limit_without_decoding() -> None:
-    assert rejected(msg(attachments=[attachment(content_bytes="A" * 50_000_000)])).field == (
-        "attachments[0].content_bytes"
-    )
+    too_long = "A" * (4 * -(-MAX_MESSAGE_BYTES // 3) + 4)
+    assert rejected(msg(attachments=[attachment(content_bytes=too_long)])).field == "attachments[0].content_bytes"
+
+
+def test_parse_rejects_attachments_over_the_message_limit_together() -> None:
+    third = b64(b"\0" * (MAX_MESSAGE_BYTES // 3 + 1))
+    assert rejected(msg(attachments=[attachment(content_bytes=third)] * 3)).field == "attachments[2].content_bytes"
+
+
+def test_an_attachment_of_3_mib_is_uploaded_and_left_out_of_the_request_bodies() -> None:
+    big = b64(b"\1" * UPLOAD_MIN_BYTES)
+    m = parse_message(msg(attachments=[attachment(name="big.bin", content_bytes=big), attachment()]))
+    assert [a.uploaded for a in m.attachments] == [True, False]
+    assert uploaded_attachments(m) == ((0, m.attachments[0]),)
+    kwargs = {"sender_address": "s@example.com", "sender_name": None, "reply_to": None, "notification_id": "n1"}
+    send = orjson.loads(graph_request_body(m, **kwargs))
+    assert [a["name"] for a in send["message"]["attachments"]] == ["report.csv"]
+    draft = orjson.loads(graph_request_body(m, draft=True, **kwargs))
+    assert [a["name"] for a in draft["attachments"]] == ["report.csv"]
+    assert draft["singleValueExtendedProperties"] == [{"id": "Boolean 0x0E01", "value": "true"}]
+    assert "saveToSentItems" not in draft
+
+
+def test_a_stored_uploaded_attachment_reads_back_with_its_size_and_no_content() -> None:
+    stored = {"to": [{"address": "a@example.com"}], "attachments": [
+        {"name": "big.bin", "content_type": "application/octet-stream", "stored_size": UPLOAD_MIN_BYTES + 1,
+         "is_inline": False}]}
+    [a] = message_from_stored(stored).attachments
+    assert a.uploaded and a.size_bytes == UPLOAD_MIN_BYTES + 1 and a.content_bytes == ""
+    assert message_to_dict(message_from_stored(stored))["attachments"] == stored["attachments"]
 
 
 def test_parse_rejects_too_many_attachments() -> None:

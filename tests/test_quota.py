@@ -15,6 +15,7 @@ from sqlalchemy import text
 from emulator.demo import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_SENDER, DEMO_TENANT_ID
 from shared.providers import save_graph_provider
 from shared.senders import SenderIdentity
+from tenantmail.embedded import free_port
 from tests.stack import Stack, wait_until
 from tests.test_api_provider import form
 from tests.test_senders import SECURITY, _with_mailboxes
@@ -215,3 +216,21 @@ def test_usage_per_sender_on_the_api_and_page_from_redis_or_after_a_loss_the_dat
     html = page.get(api.base_url + "/ui/email-provider", timeout=30).text
     assert re.search(r"<tr id='sender-security'>.*<td class='used'>3 of 3</td><td class='remaining'>0</td>", html)
     assert "id='external-usage'" in html
+
+
+def test_worker_metrics_show_each_senders_recipients_used_and_remaining(make_stack: Any, emulator: Any) -> None:
+    # given a sender allowed 3 recipients a day and 4 notifications for it, sent by a worker with a metrics port
+    _with_mailboxes(emulator, SECURITY)
+    stack = make_stack()
+    _configure(stack, limit=3)
+    for i in range(4):
+        stack.producer.enqueue("acme", _msg(i, sender="security"))
+    port = free_port()
+    stack.start_workers(1, metrics_port=port)
+    wait_until(lambda: _waiting_for_quota(stack), what="the fourth notification waiting")
+
+    # when its /metrics is scraped, then each named sender has its figures, labelled by tenant and sender name
+    scraped = wait_until(lambda: requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text, what="/metrics")
+    assert 'tenantmail_sender_recipients_used{sender="security",tenant="acme"} 3.0' in scraped
+    assert 'tenantmail_sender_recipients_remaining{sender="security",tenant="acme"} 0.0' in scraped
+    assert SECURITY not in scraped  # names, never addresses

@@ -49,7 +49,8 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 class GraphClient:
-    """Sends one sendMail request and reports what happened."""
+    """Sends Graph requests (sendMail, and the draft and upload calls of transport.graph_upload) and
+    reports what happened."""
 
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self._session = session
@@ -60,19 +61,27 @@ class GraphClient:
     ) -> GraphResponse:
         """POST {graph_base}/users/{mailbox}/sendMail; raises TransientError or AmbiguousOutcome, or
         RequestWithheld when `gate` stops it before it is written."""
-        url = f"{graph_base}/users/{quote(mailbox, safe='@.+-_')}/sendMail"
-        headers = {
-            "Authorization": f"Bearer {token}",
-            "Content-Type": "application/json",
-            "client-request-id": client_request_id,
-            "return-client-request-id": "true",
-        }
+        url = f"{mailbox_url(graph_base, mailbox)}/sendMail"
+        response, _ = await self.call("POST", url, client_request_id, token=token, body=body, gate=gate)
+        return response
+
+    async def call(self, method: str, url: str, client_request_id: str, *, token: str | None = None,
+                   body: bytes | None = None, content_type: str = "application/json",
+                   headers: dict[str, str] | None = None, gate: Gate | None = None) -> tuple[GraphResponse, bytes]:
+        """One Graph request and its raw answer (a bearer `token` unless None: upload URLs carry their own);
+        raises TransientError (it never left) or AmbiguousOutcome (it may have been received), or RequestWithheld
+        when `gate` stops it before it is written (transport.send_gate)."""
+        sent = {"client-request-id": client_request_id, "return-client-request-id": "true", **(headers or {})}
+        if token is not None:
+            sent["Authorization"] = f"Bearer {token}"
+        if body is not None:
+            sent["Content-Type"] = content_type
         started = time.perf_counter()
         try:
             with gated(gate):
-                async with self._session.post(url, data=body, headers=headers) as resp:
+                async with self._session.request(method, url, data=body, headers=sent) as resp:
                     raw = await resp.read()
-                    return _response(resp, raw, client_request_id, started)
+                    return _response(resp, raw, client_request_id, started), raw
         except aiohttp.ClientConnectorError as exc:
             raise TransientError(
                 f"cannot connect to Graph: {exc.os_error or exc}", code=Code.CONNECTION_REFUSED,
@@ -87,6 +96,11 @@ class GraphClient:
         except aiohttp.ClientError as exc:
             raise AmbiguousOutcome(f"connection to Graph broke: {type(exc).__name__}",
                                    code=Code.CONNECTION_RESET, client_request_id=client_request_id) from exc
+
+
+def mailbox_url(graph_base: str, mailbox: str) -> str:
+    """{graph_base}/users/{mailbox}, the mailbox quoted."""
+    return f"{graph_base}/users/{quote(mailbox, safe='@.+-_')}"
 
 
 def _response(resp: aiohttp.ClientResponse, raw: bytes, client_request_id: str, started: float) -> GraphResponse:

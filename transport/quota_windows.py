@@ -28,6 +28,7 @@ from transport.redis_errors import redis_boundary
 
 BUCKETS_PER_WINDOW = 1440
 RECIPIENTS, REQUESTS, EXTERNAL = "tm:quota:rcpt:", "tm:quota:req:", "tm:quota:ext:"  # counter key prefixes
+UPLOADS = "tm:quota:upl:"  # bytes uploaded into upload sessions (large attachments)
 _SEEDED = "_seeded"
 
 # KEYS: the counters. ARGV: now_ms, n_counters, then per counter (hold_ms, bucket_ms, limit), then the
@@ -241,6 +242,13 @@ def sender_windows(*, tenant_id: str, client_id: str, address: str, daily_recipi
     if daily_external_recipient_limit is not None:
         windows.append(Window(f"{EXTERNAL}{tenant_id}", day_ms, daily_external_recipient_limit))
     return tuple(windows)
+
+
+def upload_window(*, client_id: str, address: str, settings: Settings) -> Window:
+    """Graph's upload volume per app and mailbox (150 MB per 5 minutes), in bytes: what a large message's
+    attachments take before it is sent."""
+    return Window(f"{UPLOADS}{client_id}:{address.lower()}", int(settings.upload_window_s * 1000),
+                  settings.upload_bytes_per_window)
 
 
 def _text(value: bytes | str) -> str:

@@ -56,7 +56,7 @@ def _deliver(runtime: Runtime, ids: Sequence[str]) -> dict[str, int]:
         gate = QuotaGate(runtime.quotas, runtime.engine, s, claim=claimed_by)
         gated = gate.admit(rows, providers)  # Exchange's limits: rows over their sender's budget wait
         sender = Sender(runtime.graph, runtime.tokens, runtime.throttle, runtime.marks, s, runtime.smtp,
-                        claim=claimed_by, breakers=runtime.breakers)
+                        claim=claimed_by, breakers=runtime.breakers, engine=runtime.engine)
         outcomes = runtime.submit(sender.send_all(gated.to_send, providers)).result()
         gate.give_back_unsent(gated, outcomes)
         outcomes = [*outcomes, *gated.waiting]

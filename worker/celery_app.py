@@ -21,7 +21,6 @@ import structlog
 from celery import Celery, signals
 from celery.beat import PersistentScheduler
 from kombu.entity import Queue
-from sqlalchemy import Engine
 
 from shared.db import make_engine
 from shared.errors import ConfigurationError
@@ -34,6 +33,7 @@ from worker.batch import deliver_batch
 from worker.dispatcher import Dispatcher
 from worker.liveness import Heartbeat, watch_worker
 from worker.runtime import Runtime, close_runtime, get_runtime
+from worker.sender_gauges import SenderUsageCollector
 from worker.store import purge_finished
 from worker.supervision import Backoff, report_failure, start_supervised
 from worker.webhook_delivery import attach_to_worker
@@ -161,7 +161,7 @@ def run_worker(settings: Settings, *, concurrency: int, with_dispatcher: bool, h
         try:
             runtime = get_runtime(settings, settings.redis_url or "")
             if metrics_port:
-                _serve_metrics(metrics_port, runtime.engine)
+                _serve_metrics(metrics_port, runtime)
         except ConfigurationError as exc:
             # Celery would log a traceback and go on serving without a runtime: stop instead, and let
             # the command line print the one-line error once Celery has shut down.
@@ -198,9 +198,10 @@ def run_worker(settings: Settings, *, concurrency: int, with_dispatcher: bool, h
         raise failed[0]
 
 
-def _serve_metrics(port: int, engine: Engine) -> None:
+def _serve_metrics(port: int, runtime: Runtime) -> None:
     try:
-        metrics.serve(port, engine)
+        metrics.serve(port, runtime.engine)
+        metrics.registry.register(SenderUsageCollector(runtime.engine, runtime.redis_sync, runtime.settings))
     except OSError as exc:
         raise ConfigurationError(f"cannot serve metrics on port {port} ({exc.strerror}): choose another "
                                  "--metrics-port / TENANTMAIL_METRICS_PORT") from None

@@ -20,8 +20,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import structlog
+from sqlalchemy import Engine
 
 from shared.access_diagnosis import access_code
+from shared.attachments import uploaded_bytes
 from shared.codes import Code
 from shared.errors import (
     AmbiguousOutcome,
@@ -64,6 +66,7 @@ from worker.retry_policy import (
 from worker.sendmarks import SendMarks
 from worker.store import AttemptRecord, ClaimedRow, RowOutcome
 from worker.throttle import MailboxThrottle, Slot
+from worker.uploads import LargeSend
 
 log = structlog.get_logger(__name__)
 _GO = Slot(granted=True)
@@ -75,8 +78,9 @@ class Sender:
 
     def __init__(self, graph: GraphClient, tokens: TokenProvider, throttle: MailboxThrottle, marks: SendMarks,
                  settings: Settings, smtp: SmtpRelayClient | None = None, *, claim: str = "",
-                 breakers: Breakers | None = None) -> None:
+                 breakers: Breakers | None = None, engine: Engine | None = None) -> None:
         self._breakers = breakers
+        self._engine = engine  # large attachments' bytes and drafts (worker.uploads)
         self._claim = claim  # the batch's claimed_by: the sweeper fences rows off from it (worker.sendmarks)
         self._graph = graph
         self._tokens = tokens
@@ -108,6 +112,10 @@ class Sender:
                 code = (Code.NO_PROVIDER_CONFIGURED if isinstance(provider, NoProviderConfigured)
                         else Code.PROVIDER_ERROR)
                 outcomes[row.id] = self._attempted(row, None, DeliveryError(str(provider), code=code))
+            elif isinstance(provider, PlatformProvider) and uploaded_bytes(row.payload):
+                error = PermanentError("the platform default takes no attachment of 3 MiB or more",
+                                       code=Code.LARGE_ATTACHMENT_UNSUPPORTED)
+                outcomes[row.id] = self._attempted(row, provider, error)
             elif isinstance(provider, PlatformProvider):
                 relayed.append((row, provider))
             else:
@@ -243,20 +251,44 @@ class Sender:
             return await self._outage_reason(attempted, (entra,) if entra else ()), _GO
         if entra in gated:  # this row probed Entra ID and got a token
             await self._observe((entra,), None)
+        if uploaded_bytes(row.payload) and self._engine is not None:  # draft, upload sessions, send
+            return await self._send_large(row, provider, token, lane_id, progress)
         slot = await self._throttle.begin_send(provider.mailbox_key, lane_id, row.id, claim=self._claim)
+        if not slot.granted or slot.fenced or self._throttle.local_block_ms(provider.mailbox_key):
+            return self._refused(row, provider, slot)
+        progress.append("posting")
+        # The block is checked once more when the request has its connection (transport.send_gate).
+        gate = self._throttle.send_gate(provider.mailbox_key, admitted_at=time.monotonic())
+        outcome = await self._send_in_slot(row, provider, token, gate)
+        return await self._sent(row, provider, outcome)
+
+    def _refused(self, row: ClaimedRow, provider: ResolvedProvider, slot: Slot) -> tuple[RowOutcome, Slot]:
+        """The row may not be sent on this slot now: lost to the sweeper, or back to the database."""
         if slot.fenced:
             return self._lost(row), _GO
         if slot.granted and (blocked_ms := self._throttle.local_block_ms(provider.mailbox_key)):
             # a 429 reached this process while Redis answered
             slot = Slot(granted=False, wait_ms=blocked_ms, blocked=True)
-        if not slot.granted:
-            delay_ms = slot.wait_ms or self._settings.slot_requeue_ms
-            return self._requeue(row, provider, delay_ms, WaitReason.THROTTLED if slot.blocked else None), slot
-        progress.append("posting")
-        # The block is checked once more when the request has its connection (transport.send_gate).
-        gate = self._throttle.send_gate(provider.mailbox_key, admitted_at=time.monotonic())
-        outcome = await self._outage_reason(await self._send_in_slot(row, provider, token, gate),
-                                            provider_scopes(provider).send)
+        delay_ms = slot.wait_ms or self._settings.slot_requeue_ms
+        return self._requeue(row, provider, delay_ms, WaitReason.THROTTLED if slot.blocked else None), slot
+
+    async def _send_large(self, row: ClaimedRow, provider: ResolvedProvider, token: str, lane_id: str,
+                          progress: list[str]) -> tuple[RowOutcome, Slot]:
+        assert self._engine is not None
+        large = LargeSend(self._graph, self._engine, self._throttle, self._settings, claim=self._claim,
+                          lane_id=lane_id, progress=progress)
+        result = await large.send(row, provider, token)
+        if result.slot is not None:
+            return self._refused(row, provider, result.slot)
+        assert result.record is not None
+        await self._observe(provider_scopes(provider).send, result.error)
+        metrics.sends.labels(result.record.outcome, result.record.error_code or "").inc()
+        if isinstance(result.error, AuthenticationExpired):  # the next attempt asks for a new token
+            await self._tokens.invalidate(provider, token)
+        return await self._sent(row, provider, await self._concluded(row, provider, result.error, [result.record]))
+
+    async def _sent(self, row: ClaimedRow, provider: ResolvedProvider, outcome: RowOutcome) -> tuple[RowOutcome, Slot]:
+        outcome = await self._outage_reason(outcome, provider_scopes(provider).send)
         if outcome.state is State.SENT:
             self._marks.mark_accepted(row.id)
         if blocked_ms := self._throttle.local_block_ms(provider.mailbox_key):
@@ -284,6 +316,11 @@ class Sender:
                 records.append(_record(datetime.now(UTC), Attempted(exc, Stage.TOKEN)))
                 error = exc
                 break
+        return await self._concluded(row, provider, error, records)
+
+    async def _concluded(self, row: ClaimedRow, provider: ResolvedProvider, error: DeliveryError | None,
+                         records: list[AttemptRecord]) -> RowOutcome:
+        """The row's outcome after its Graph calls; a 429 blocks the mailbox here and fleet-wide first."""
         if isinstance(error, Throttled):
             delay_ms = retry_delay_ms(error, row.attempts + len(records), self._settings)
             self._throttle.block_locally(provider.mailbox_key, delay_ms)

@@ -28,6 +28,7 @@ from shared.models import (
     TERMINAL_STATES,
     DeliveryAttempt,
     Notification,
+    NotificationAttachment,
     NotificationRecipient,
     State,
     WebhookAttempt,
@@ -40,6 +41,7 @@ log = structlog.get_logger(__name__)
 _N = Notification.__table__  # type: ignore[attr-defined]
 _A = DeliveryAttempt.__table__  # type: ignore[attr-defined]
 _R = NotificationRecipient.__table__  # type: ignore[attr-defined]
+_F = NotificationAttachment.__table__  # type: ignore[attr-defined]
 _WE = WebhookEvent.__table__  # type: ignore[attr-defined]
 _WD = WebhookDelivery.__table__  # type: ignore[attr-defined]
 _WA = WebhookAttempt.__table__  # type: ignore[attr-defined]
@@ -78,6 +80,8 @@ class ClaimedRow:
     possible_duplicate: bool
     created_at: datetime
     age_from: datetime | None = None  # a resend or a hold's release; the maximum age counts from here
+    draft_id: str | None = None  # a Graph draft an earlier attempt left (worker.uploads deletes it first)
+    draft_mailbox: str | None = None
 
     @property
     def age_start(self) -> datetime:
@@ -129,15 +133,34 @@ def claim(engine: Engine, ids: Sequence[str], claimed_by: str, lease_ms: int, no
                 dispatch_lease_until_ms=None, wait_reason=None,
                 updated_at=datetime.now(UTC))
         .returning(_N.c.id, _N.c.tenant_id, _N.c.payload, _N.c.attempts, _N.c.ambiguous_count,
-                   _N.c.possible_duplicate, _N.c.created_at, _N.c.age_from)
+                   _N.c.possible_duplicate, _N.c.created_at, _N.c.age_from, _N.c.draft_id, _N.c.draft_mailbox)
     )
     with engine.begin() as conn:
         return [ClaimedRow(*r) for r in conn.execute(stmt).all()]
 
 
 @_db_boundary
+def record_draft(engine: Engine, notification_id: str, claimed_by: str, mailbox: str, draft_id: str) -> bool:
+    """Note the Graph draft this claim created for the row (worker.uploads), so that whoever sends it next
+    deletes it first; False when the row is no longer this claim's (the sweeper took it back)."""
+    stmt = (update(_N).where(_N.c.id == notification_id, _N.c.claimed_by == claimed_by,
+                             _N.c.state == State.SENDING.value)
+            .values(draft_id=draft_id, draft_mailbox=mailbox))
+    with engine.begin() as conn:
+        return conn.execute(stmt).rowcount == 1
+
+
+@_db_boundary
+def forget_draft(engine: Engine, notification_id: str, draft_id: str) -> None:
+    """The draft is deleted or sent: nothing is left to clean up after the row."""
+    with engine.begin() as conn:
+        conn.execute(update(_N).where(_N.c.id == notification_id, _N.c.draft_id == draft_id)
+                     .values(draft_id=None, draft_mailbox=None))
+
+
+@_db_boundary
 def purge_finished(engine: Engine, older_than_ms: int, *, chunk: int = 5_000) -> int:
-    """Delete sent, failed and ambiguous notifications (and their attempts and recipients) created before
+    """Delete sent, failed and ambiguous notifications (and their attempts, recipients and attachments) created before
     `older_than_ms`, then the webhook events of that age none of whose deliveries is pending (with their
     deliveries and attempts: a notification.* event names its notification); returns how many notifications
     went. Works in chunks so it never holds long locks."""
@@ -152,6 +175,7 @@ def purge_finished(engine: Engine, older_than_ms: int, *, chunk: int = 5_000) ->
                 break
             conn.execute(delete(_A).where(_A.c.notification_id.in_(ids)))
             conn.execute(delete(_R).where(_R.c.notification_id.in_(ids)))
+            conn.execute(delete(_F).where(_F.c.notification_id.in_(ids)))
             conn.execute(delete(_N).where(_N.c.id.in_(ids)))
         total += len(ids)
     while _purge_webhook_events(engine, cutoff, chunk):

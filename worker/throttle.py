@@ -57,7 +57,7 @@ if pace > 0 then
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) + 1000)
-redis.call('SET', KEYS[4], ARGV[5], 'EX', tonumber(ARGV[4]))
+if ARGV[6] == '1' then redis.call('SET', KEYS[4], ARGV[5], 'EX', tonumber(ARGV[4])) end
 return {1, 0, 0}
 """
 
@@ -146,13 +146,23 @@ class MailboxThrottle:
         worker's to send), or when the slot's lease was lost (then `wait_ms` is 0 and the
         caller must acquire again).
         """
+        return await self._check(mailbox_key, lease_id, notification_id, claim=claim, send=True)
+
+    async def renew(self, mailbox_key: str, lease_id: str, notification_id: str, *, claim: str = "") -> Slot:
+        """Before each request of a large message's upload (worker.uploads): `begin_send`'s checks and lease
+        renewal, without pacing and without the send mark (nothing can be delivered before the draft's send)."""
+        return await self._check(mailbox_key, lease_id, notification_id, claim=claim, send=False)
+
+    async def _check(self, mailbox_key: str, lease_id: str, notification_id: str, *, claim: str,
+                     send: bool) -> Slot:
         if blocked_ms := self.local_block_ms(mailbox_key):
             return Slot(granted=False, wait_ms=blocked_ms, blocked=True)
         keys = [f"tm:mbx:{mailbox_key}:leases", f"tm:mbx:{mailbox_key}:block",
                 f"tm:mbx:{mailbox_key}:pace", mark_key(notification_id), fence_key(notification_id, claim)]
+        pacing_ms = self._pacing_ms if send else 0
         with redis_boundary("mailbox slots"):
             ok, wait_ms, reason = await self._mark(
-                keys=keys, args=[lease_id, self._lease_ms, self._pacing_ms, MARK_TTL_S, STARTED_MARK])
+                keys=keys, args=[lease_id, self._lease_ms, pacing_ms, MARK_TTL_S, STARTED_MARK, "1" if send else "0"])
         return Slot(granted=bool(ok), wait_ms=int(wait_ms), blocked=reason == 1, fenced=reason == 4)
 
     def send_gate(self, mailbox_key: str, *, admitted_at: float) -> Gate:

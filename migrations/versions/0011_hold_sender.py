@@ -1,7 +1,7 @@
 """holds per sender: the sender an activity event concerns
 
 Revision ID: 0011
-Revises: 0009 (temporarily; "0010" once the attachments branch lands on main)
+Revises: 0010
 Create Date: 2026-12-02
 
 An Access Policy or RBAC refusal, ErrorSendAsDenied or MailboxNotEnabledForRESTAPI holds only the
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0011'
-down_revision = '0009'
+down_revision = '0010'
 branch_labels = None
 depends_on = None
 
