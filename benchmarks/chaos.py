@@ -204,7 +204,8 @@ class ChaosRun:
         result.update(events=self.events, settled_s=settled, producer_retries=producer.retries,
                       elapsed_s=self.elapsed(), recoveries=self._recoveries())
         if result["invariants"]["requests_inside_retry_after"]:
-            result["retry_after_violations"] = self._retry_after_violations()
+            result["retry_after_violations"] = [f for f in evidence.retry_after_flags
+                                                if f.get("verdict") == "violation"]
         return result
 
     def pause_fault_mix(self) -> None:
@@ -231,16 +232,19 @@ class ChaosRun:
         """The workers' probe interval."""
         return self.bench.settings.breaker_probe_interval_ms / 1000
 
-    def _retry_after_violations(self) -> list[dict[str, Any]]:
-        """Each request the emulator counted inside a Retry-After window, with the 429s of that
-        mailbox before it and the attempt rows of both (which worker, when it started)."""
+    def _retry_after_flags(self) -> list[dict[str, Any]]:
+        """Each request the emulator counted inside a Retry-After window, with the 429s of that mailbox
+        in the ten minutes before it and the attempt rows of both (which worker, when the request left,
+        how long until its answer was read): what `chaos_checks.judge_retry_after` decides by."""
+        if not int(self.bench.emulator.control.counters().get("requests_inside_retry_after", 0)):
+            return []
         log = self.bench.emulator.control.requests_log(route="sendMail")
         out = []
         for i, entry in enumerate(log):
             if not entry.get("inside_retry_after"):
                 continue
             throttles = [e for e in log[:i] if e.get("mailbox") == entry.get("mailbox") and e.get("status") == 429
-                         and e["time"] > entry["time"] - 5]
+                         and e["time"] > entry["time"] - 600]
             out.append({"request": _brief(entry), "earlier_429s": [_brief(e) for e in throttles],
                         "attempts": self._attempts_by_crid([entry, *throttles])})
         return out
@@ -251,7 +255,7 @@ class ChaosRun:
             rows = conn.execute(select(_A.c.notification_id, _A.c.client_request_id, _A.c.worker, _A.c.started_at,
                                        _A.c.outcome, _A.c.http_status, _A.c.retry_after_s, _A.c.latency_ms)
                                 .where(_A.c.client_request_id.in_(crids))).mappings().all()
-        return [{k: str(v) for k, v in r.items()} for r in rows]
+        return [{**r, "started_at": _epoch(r["started_at"])} for r in rows]
 
     def elapsed(self) -> float:
         return round(time.monotonic() - self.t0, 1)
@@ -347,7 +351,9 @@ class ChaosRun:
                                                                 _E.c.kind == HELD_EVENT)) or 0)
         control = self.bench.emulator.control
         outbox = chaos_checks.outbox_ids(control.outbox())
-        evidence = chaos_checks.Evidence(expected, rows, attempts, outbox, control.counters(), hits)
+        evidence = chaos_checks.Evidence(expected, rows, attempts, outbox, control.counters(), hits,
+                                         retry_after_flags=self._retry_after_flags(),
+                                         recheck_ms=self.bench.settings.mailbox_block_recheck_ms)
         if self.outages is not None:
             evidence.outages = {**held_tenant_evidence(outbox, held_rows), "holds_placed": holds,
                                 "probe_excess": sum(int(e.get("probe_excess", 0)) for e in self.events)}
@@ -367,6 +373,13 @@ class ChaosRun:
                     for k in total:
                         total[k] += int(entry.get(k, 0))
         return total
+
+
+def _epoch(at: datetime | None) -> float | None:
+    """Seconds since the epoch; SQLite gives the stored UTC time back without its zone."""
+    if at is None:
+        return None
+    return (at if at.tzinfo is not None else at.replace(tzinfo=UTC)).timestamp()
 
 
 def _brief(entry: dict[str, Any]) -> dict[str, Any]:
@@ -400,7 +413,7 @@ _TITLES = {
     "unflagged_ambiguous": "every ambiguous notification is flagged possible_duplicate",
     "sent_but_recorded_failed": "no notification recorded failed is in the outbox unflagged",
     "stray_copies": "no outbox message without a notification of the run",
-    "requests_inside_retry_after": "no request reached a mailbox inside its Retry-After window",
+    "requests_inside_retry_after": "no request reached a mailbox inside its Retry-After window once its worker knew",
     "failed_not_permanent": "no notification failed unless by a permanent code or a hold's expiry",
     "probes_over_one_per_interval": "at most one request per probe interval reached Graph while its breaker was open",
     "held_tenant_not_sent_once": "the held tenant's notifications were all sent after the fix, once each",
@@ -432,6 +445,9 @@ def text_report(result: dict[str, Any]) -> str:
     lines += [
         f"faults injected: {result['faults_injected']} of {result['send_requests']} sendMail requests ({kinds}); "
         f"429 answered in all {result['throttled_429']}",
+        f"retry-after: {result['requests_in_flight_at_429']} requests arrived within the emulator's grace of a 429, "
+        f"{result['requests_flagged_inside_retry_after']} after it, of which {result['requests_crossing_a_429']} "
+        f"left their worker before it could know of the 429 (crossed on the wire)",
         f"outcomes: {', '.join(f'{k} {n}' for k, n in result['states'].items())}; "
         f"flagged possible_duplicate {result['flagged_possible_duplicate']}; failed codes {result['failed_codes']}",
         f"attempts: {result['attempts']} ({', '.join(f'{k} {n}' for k, n in result['attempts_by_outcome'].items())});"

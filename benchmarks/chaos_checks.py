@@ -9,7 +9,12 @@ Invariants (each a count that must be 0):
 - `sent_but_recorded_failed`: a copy in the outbox of a notification recorded `failed` and never
   flagged (the mail went out and the activity table says it did not);
 - `stray_copies`: outbox messages whose X-Tenantmail-Notification-Id is no notification of the run;
-- `requests_inside_retry_after`: sendMail requests that reached a mailbox inside its Retry-After window;
+- `requests_inside_retry_after`: sendMail requests that reached a mailbox inside its Retry-After window
+  after their sender knew of it (`judge_retry_after`): the emulator flags every request that arrives
+  inside a window more than its grace after the 429 left; a flagged request that left its worker before
+  that worker had read the 429 (or, for a 429 another worker read, before the block had been in Redis
+  for the re-check interval) crossed the 429 on the wire and is counted apart, as
+  `requests_crossing_a_429`. A flagged request without the evidence to judge it counts as a violation;
 - `failed_not_permanent`: notifications failed although their last attempt was transient (a 5xx, a
   connection error, a 429: only a permanent code or a hold's expiry may fail one), or with no attempt;
 With the outages (benchmarks.chaos_outages), also:
@@ -54,6 +59,10 @@ class Evidence:
     emulator_counters: dict[str, Any]
     fault_hits: dict[str, int] = field(default_factory=dict)
     outages: dict[str, int] | None = None  # what the outages left (benchmarks.chaos_outages), when they ran
+    # each request the emulator flagged inside a Retry-After window, with the earlier 429s of its mailbox
+    # and the attempt rows of all of them (benchmarks.chaos.Chaos._retry_after_flags)
+    retry_after_flags: list[dict[str, Any]] = field(default_factory=list)
+    recheck_ms: int = 20  # TENANTMAIL_MAILBOX_BLOCK_RECHECK_MS of the run's workers
 
 
 def outbox_ids(outbox: Iterable[dict[str, Any]]) -> list[str | None]:
@@ -82,16 +91,59 @@ def check(ev: Evidence) -> dict[str, Any]:
         "sent_but_recorded_failed": sum(1 for r in ev.rows
                                         if r.state == "failed" and copies[r.id] and not flagged(r.id)),
         "stray_copies": sum(n for nid, n in copies.items() if nid not in by_id),
-        "requests_inside_retry_after": int(ev.emulator_counters.get("requests_inside_retry_after", 0)),
+        "requests_inside_retry_after": 0,
         "failed_not_permanent": _failed_not_permanent(ev),
     }
+    flagged_count = int(ev.emulator_counters.get("requests_inside_retry_after", 0))
+    verdicts = Counter(judge_retry_after(flag, ev.recheck_ms) for flag in ev.retry_after_flags)
+    unjudged = max(0, flagged_count - len(ev.retry_after_flags))  # the request log no longer held them
+    invariants["requests_inside_retry_after"] = verdicts["violation"] + unjudged
     if ev.outages is not None:
         invariants["probes_over_one_per_interval"] = int(ev.outages.get("probe_excess", 0))
         invariants["held_tenant_not_sent_once"] = int(ev.outages.get("held_tenant_not_sent_once", 0))
-    result = {"invariants": invariants, "ok": not any(invariants.values()), **_counts(ev, states, copies, duplicates)}
+    result = {"invariants": invariants, "ok": not any(invariants.values()), **_counts(ev, states, copies, duplicates),
+              "requests_flagged_inside_retry_after": flagged_count,
+              "requests_crossing_a_429": verdicts["crossed"]}
     if ev.outages is not None:
         result["outages"] = dict(ev.outages)
     return result
+
+
+def judge_retry_after(flag: dict[str, Any], recheck_ms: int) -> str:
+    """"violation" or "crossed" for one request the emulator flagged inside a Retry-After window.
+
+    A worker knows of a 429 once it has read the answer: the attempt row of the 429 says when that request
+    left (`started_at`, the moment its send gate let it go) and how long until its answer was read
+    (`latency_ms`). The worker process blocks the mailbox in memory as soon as it has the answer, and
+    every request passes its send gate (transport.send_gate) just before it is written, so a request of
+    that process that left afterwards is a violation. Another worker learns of the block through Redis, and its gate
+    asks Redis again only after `recheck_ms`: a request of another worker is a violation when it left
+    more than `recheck_ms` after the 429 was read (as if Redis had heard of it at once, the strict
+    reading). A 429 counts only while its Retry-After lasts. Without the flagged request's own attempt
+    row there is nothing to show it crossed: a violation.
+    """
+    crid = flag["request"].get("client_request_id")
+    attempts = {a.get("client_request_id"): a for a in flag.get("attempts", [])}
+    mine = attempts.get(crid)
+    if mine is None or mine.get("started_at") is None:
+        return "violation"
+    left = float(mine["started_at"])
+    for q in flag.get("earlier_429s", []):
+        throttle = attempts.get(q.get("client_request_id"))
+        if throttle is None or throttle.get("started_at") is None or throttle.get("http_status") != 429:
+            continue  # no worker recorded reading it (it died first): no one could act on it
+        read = float(throttle["started_at"]) + float(throttle.get("latency_ms") or 0) / 1000
+        until = read + float(throttle.get("retry_after_s") or 0)
+        known = read if _process(throttle) == _process(mine) else read + recheck_ms / 1000
+        if known < left < until:
+            return "violation"
+    return "crossed"
+
+
+def _process(attempt: dict[str, Any]) -> str:
+    """host:pid of the worker that made an attempt (its `worker` is the batch's claim, host:pid:batch/epoch);
+    a process's batches share its in-memory mailbox blocks."""
+    return ":".join(str(attempt.get("worker") or "").split(":")[:2])
 
 
 def _failed_not_permanent(ev: Evidence) -> int:

@@ -42,6 +42,8 @@ class Emulator:
         self._runner: web.AppRunner | None = None
         # handler -> accept time, kept until the connection's first request
         self._accepted_at: dict[Any, float] = {}
+        # handler -> when the first bytes of its current request arrived, until that request is answered
+        self._arrived_at: dict[Any, float] = {}
 
     @property
     def base_url(self) -> str:
@@ -73,10 +75,19 @@ class Emulator:
         client committed to the request before connecting, and the TLS handshakes of concurrent
         new connections are served one after another by this loop, so under load a request can be
         parsed many milliseconds after its client sent it. For later requests on the connection
-        it is the arrival time.
+        it is when their first bytes were read from the socket: on a busy loop the handler can start
+        long after that (behind other handlers), and a request is not later than its bytes.
         """
         accepted = self._accepted_at.pop(request.protocol, None)
-        return accepted if accepted is not None else self.clock.now()
+        if accepted is not None:
+            return accepted
+        arrived = self._arrived_at.get(request.protocol)
+        return arrived if arrived is not None else self.clock.now()
+
+    def answered(self, request: web.Request) -> None:
+        """The request's handler is done: bytes that arrive from now on belong to the connection's next
+        request (a client sends it only after reading this answer)."""
+        self._arrived_at.pop(request.protocol, None)
 
     def reset(self) -> None:
         """Clear outbox, log, counters, faults, throttle state, clock offset and the SMTP relay's messages,
@@ -121,6 +132,7 @@ class Emulator:
         self.port = sock.getsockname()[1]
         site = _TimedSockSite(
             self._accepted_at,
+            self._arrived_at,
             self.clock.now,
             runner,
             sock,
@@ -143,12 +155,14 @@ class Emulator:
 
 
 class _TimedSockSite(web.SockSite):
-    """A SockSite that remembers when each connection was accepted (before any TLS handshake)."""
+    """A SockSite that remembers when each connection was accepted (before any TLS handshake) and when
+    the first bytes of each request arrived."""
 
-    def __init__(self, accepted_at: dict[Any, float], now: Any, *args: Any,
+    def __init__(self, accepted_at: dict[Any, float], arrived_at: dict[Any, float], now: Any, *args: Any,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._tm_accepted_at = accepted_at
+        self._tm_arrived_at = arrived_at
         self._tm_now = now
 
     async def start(self) -> None:
@@ -160,12 +174,43 @@ class _TimedSockSite(web.SockSite):
             handler = server()  # created by asyncio at accept time, before the handshake
             if len(self._tm_accepted_at) > 10_000:  # connections that never sent a request
                 self._tm_accepted_at.clear()
+            if len(self._tm_arrived_at) > 10_000:  # connections closed in the middle of a request
+                self._tm_arrived_at.clear()
             self._tm_accepted_at[handler] = self._tm_now()
-            return handler
+            return _ArrivalTimer(handler, self._tm_arrived_at, self._tm_now)
 
         self._server = await asyncio.get_running_loop().create_server(
             protocol, sock=self._sock, ssl=self._ssl_context, backlog=self._backlog
         )
+
+
+class _ArrivalTimer(asyncio.Protocol):
+    """aiohttp's request handler behind a protocol that notes when each request's first bytes arrive
+    (the handler has __slots__, so its data_received cannot be wrapped in place)."""
+
+    def __init__(self, handler: Any, arrived_at: dict[Any, float], now: Any) -> None:
+        self._handler, self._arrived_at, self._now = handler, arrived_at, now
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._handler.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._handler not in self._arrived_at:
+            self._arrived_at[self._handler] = self._now()
+        self._handler.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._handler.eof_received()  # type: ignore[no-any-return]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._arrived_at.pop(self._handler, None)
+        self._handler.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._handler.resume_writing()
 
 
 def _route_name(method: str, path: str) -> str:
@@ -187,9 +232,12 @@ def _route_name(method: str, path: str) -> str:
 @web.middleware
 async def _request_log(request: web.Request, handler: Any) -> web.StreamResponse:
     """Record every non-control request, masked, in the bounded log."""
-    if request.path.startswith("/_emulator/"):
-        return await handler(request)
     emu: Emulator = request.app[EMULATOR_KEY]
+    if request.path.startswith("/_emulator/"):
+        try:
+            return await handler(request)
+        finally:
+            emu.answered(request)
     note: dict[str, Any] = {}
     request[NOTE_KEY] = note
     started = time.perf_counter()
@@ -202,6 +250,7 @@ async def _request_log(request: web.Request, handler: Any) -> web.StreamResponse
         status = exc.status
         raise
     finally:
+        emu.answered(request)
         form = note.pop("form", None)
         entry = {
             "time": emu.clock.now(),

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from benchmarks import chaos
-from benchmarks.chaos_checks import Evidence, Row, check
+from benchmarks.chaos_checks import Evidence, Row, check, judge_retry_after
 from benchmarks.private_pg import postgres_bin_dir
 from shared.db import make_engine
 from shared.settings import Settings
@@ -116,6 +116,34 @@ def test_chaos_checks_count_each_kind_of_violation(change: dict[str, object], in
     result = check(_evidence(**change))
     assert not result["ok"]
     assert result["invariants"][invariant] > 0, result["invariants"]
+
+
+def _flag(left: float, *, worker: str = "1", own_row: bool = True) -> dict[str, object]:
+    """A request flagged inside a Retry-After window that leaves process `worker` (a pid) at `left`; the 429
+    before it left process 1 (another batch) at 100.0 and was read 50 ms later, with Retry-After 2 s."""
+    attempts = [{"client_request_id": "q", "worker": "h:1:b1/0", "started_at": 100.0, "latency_ms": 50.0,
+                 "http_status": 429, "retry_after_s": 2.0}]
+    if own_row:
+        attempts.append({"client_request_id": "r", "worker": f"h:{worker}:b2/0", "started_at": left, "latency_ms": 40.0,
+                         "http_status": 202, "retry_after_s": None})
+    return {"request": {"client_request_id": "r"}, "earlier_429s": [{"client_request_id": "q"}],
+            "attempts": attempts}
+
+
+@pytest.mark.parametrize(("flag", "verdict"), [
+    (_flag(100.049), "crossed"),  # left before its own worker read the 429
+    (_flag(100.051), "violation"),  # its worker had read it
+    (_flag(100.060, worker="2"), "crossed"),  # another worker, inside the re-check interval
+    (_flag(100.071, worker="2"), "violation"),  # another worker, past it
+    (_flag(102.100), "crossed"),  # the Retry-After was over
+    (_flag(100.049, own_row=False), "violation"),  # nothing shows when it left
+])
+def test_chaos_judges_a_flagged_request_by_what_its_worker_knew_when_it_left(flag: dict[str, object],
+                                                                            verdict: str) -> None:
+    assert judge_retry_after(flag, recheck_ms=20) == verdict
+    result = check(_evidence(emulator_counters={"requests_inside_retry_after": 1}, retry_after_flags=[flag]))
+    assert result["invariants"]["requests_inside_retry_after"] == (verdict == "violation")
+    assert result["requests_crossing_a_429"] == (verdict == "crossed")
 
 
 def test_chaos_fault_rules_give_each_kind_its_share_of_requests() -> None:

@@ -186,6 +186,25 @@ def test_sender_sends_nothing_inside_a_retry_after_that_came_while_it_waited_for
     assert min(r.next_attempt_ms for r in rows) >= int(time.time() * 1000) + 20_000
 
 
+def test_sender_records_when_each_request_left_not_when_it_began_to_wait_for_a_connection(
+        make_harness: Any, redis_url: str) -> None:
+    # given: one connection and a Graph that answers in 200 ms, so four sends of one mailbox go one at a time
+    h = make_harness(redis_url, max_connections=1)
+    h.emulator.set_config(latency_ms=200)
+    ids = h.enqueue(4)
+
+    # when
+    h.send(ids)
+
+    # then: each attempt left once the one before it had its answer (its started_at is when its gate let it go),
+    # and its latency runs from then
+    attempts = sorted((a for nid in ids for a in h.attempts(nid)), key=lambda a: a.started_at)
+    assert [a.outcome for a in attempts] == ["sent"] * 4
+    for before, after in zip(attempts, attempts[1:], strict=False):
+        assert after.started_at >= before.started_at + timedelta(milliseconds=before.latency_ms), (before, after)
+    assert all(a.latency_ms >= 200 for a in attempts)
+
+
 def test_sender_withholds_a_request_whose_mailbox_another_worker_blocked_while_it_waited(
         make_harness: Any, redis_url: str) -> None:
     # given: four lanes and one connection; Graph holds the first request, so three lanes admitted by the

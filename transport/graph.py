@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from urllib.parse import quote
 
 import aiohttp
@@ -34,7 +35,8 @@ class GraphResponse:
     message: str | None
     retry_after_s: float | None
     retry_after_present: bool
-    latency_ms: float
+    latency_ms: float  # from when the request left (its gate passed) to the answer read
+    sent_at: datetime | None = None  # when a gated request passed its gate (transport.send_gate)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -78,10 +80,11 @@ class GraphClient:
             sent["Content-Type"] = content_type
         started = time.perf_counter()
         try:
-            with gated(gate):
+            with gated(gate) as passage:
                 async with self._session.request(method, url, data=body, headers=sent) as resp:
                     raw = await resp.read()
-                    return _response(resp, raw, client_request_id, started), raw
+                    return _response(resp, raw, client_request_id, started if passage.at is None else passage.at,
+                                     passage.wall), raw
         except aiohttp.ClientConnectorError as exc:
             raise TransientError(
                 f"cannot connect to Graph: {exc.os_error or exc}", code=Code.CONNECTION_REFUSED,
@@ -103,7 +106,8 @@ def mailbox_url(graph_base: str, mailbox: str) -> str:
     return f"{graph_base}/users/{quote(mailbox, safe='@.+-_')}"
 
 
-def _response(resp: aiohttp.ClientResponse, raw: bytes, client_request_id: str, started: float) -> GraphResponse:
+def _response(resp: aiohttp.ClientResponse, raw: bytes, client_request_id: str, started: float,
+              sent_at: datetime | None) -> GraphResponse:
     code = message = None
     if resp.status >= 400:
         code, message = _error_fields(raw, resp.status)
@@ -117,6 +121,7 @@ def _response(resp: aiohttp.ClientResponse, raw: bytes, client_request_id: str, 
         retry_after_s=parse_retry_after(retry_after),
         retry_after_present=retry_after is not None,
         latency_ms=(time.perf_counter() - started) * 1000,
+        sent_at=sent_at,
     )
 
 

@@ -334,7 +334,7 @@ class Sender:
     async def _post(self, provider: ResolvedProvider, token: str, body: bytes,
                     records: list[AttemptRecord], gate: Gate) -> DeliveryError | None:
         client_request_id = str(uuid.uuid4())
-        started = datetime.now(UTC)  # the moment the request leaves: what Retry-After checks compare
+        started = datetime.now(UTC)  # replaced by the moment the gate let it go (resp.sent_at) when it did
         t0 = time.perf_counter()
         try:
             resp = await self._graph.send_mail(provider.cloud.graph_base, token, provider.sender_address,
@@ -346,6 +346,8 @@ class Sender:
             await self._observe(provider_scopes(provider).send, exc)
             return exc
         error = classify(resp)
+        if isinstance(error, Throttled):  # at once: the other lanes of this process pass their gates meanwhile
+            self._throttle.block_locally(provider.mailbox_key, retry_delay_ms(error, 1, self._settings))
         await self._observe(provider_scopes(provider).send, error)
         code, message = resp.code, resp.message
         if (precise := _precise_access_error(error, token, provider)) is not None:
@@ -354,7 +356,7 @@ class Sender:
         metrics.sends.labels(outcome, resp.code or "").inc()
         metrics.graph_latency.observe(resp.latency_ms / 1000)
         records.append(AttemptRecord(
-            started_at=started, outcome=outcome,
+            started_at=resp.sent_at or started, outcome=outcome,
             latency_ms=resp.latency_ms, http_status=resp.status, error_code=code,
             error_message=message, request_id=resp.request_id,
             client_request_id=resp.client_request_id, retry_after_s=resp.retry_after_s,
