@@ -2,7 +2,8 @@
 
 Scenarios: throughput (with the wire ceiling and the SDK peer), fairness, tokens, throttle, enqueue,
 latency (one notification at a time), http_enqueue (the API under 32 concurrent clients), control_plane
-(dispatch, claims and outcome writes with free Graph), or all.
+(dispatch, claims and outcome writes with free Graph), quota (Exchange's recipient limit), scale (1, 2 and 4
+worker processes, and what each message costs the workers, PostgreSQL and Redis), or all.
 Each repetition starts its own Redis, PostgreSQL database, emulator and workers.
 """
 
@@ -17,10 +18,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from benchmarks import control_plane, quota, report, scenarios, throughput, user_facing
+from benchmarks import control_plane, quota, report, scale, scenarios, throughput, user_facing
 
 SCENARIOS = ("throughput", "fairness", "tokens", "throttle", "enqueue", "latency", "http_enqueue", "control_plane",
-             "quota")
+             "quota", "scale")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
@@ -54,6 +55,10 @@ def _runner(name: str, small: bool, big: int | None) -> Callable[[Callable[[str]
         cp = control_plane.ControlPlaneSize(tenants=20, messages_per_tenant=5, workers=1, concurrency=8) if small \
             else control_plane.ControlPlaneSize()
         return lambda tick: control_plane.run_control_plane(cp, tick)
+    if name == "scale":
+        sc = scale.ScaleSize(tenants=4, messages=40, latency_ms=20, concurrency=8, worker_counts=(1, 2)) if small \
+            else scale.ScaleSize()
+        return lambda tick: scale.run_scale(sc, tick)
     if name == "quota":
         qs = quota.QuotaSize(daily_limit=40, notifications=30, window_s=10.0, workers=1, concurrency=8) if small \
             else quota.QuotaSize()

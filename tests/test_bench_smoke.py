@@ -27,6 +27,9 @@ EXPECTED = {
     "control_plane": ["msgs_per_s", "pg_cpu_ms_per_msg", "pg_wal_bytes_per_msg", "worker_cpu_ms_per_msg"],
     "http_enqueue": ["batch_notifications_per_s", "single_posts_per_s", "single_p50_ms", "single_p99_ms", "errors"],
     "quota": ["sent", "waited_quota", "sent_over_limit", "ndrs", "failed", "max_recipients_in_window"],
+    "scale": [f"w{n}_{k}" for n in (1, 2) for k in ("msgs_per_s", "worker_cpu_ms_per_msg", "pg_cpu_ms_per_msg",
+                                                    "pg_wal_bytes_per_msg", "redis_cpu_ms_per_msg",
+                                                    "redis_commands_per_msg")],
 }
 
 
@@ -60,4 +63,4 @@ def test_bench_all_is_every_scenario():
 
     assert args.scenario == "all" and args.reps == 3 and args.small
     assert cli.SCENARIOS == ("throughput", "fairness", "tokens", "throttle", "enqueue", "latency", "http_enqueue",
-                              "control_plane", "quota")
+                              "control_plane", "quota", "scale")
