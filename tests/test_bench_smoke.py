@@ -64,3 +64,21 @@ def test_bench_all_is_every_scenario():
     assert args.scenario == "all" and args.reps == 3 and args.small
     assert cli.SCENARIOS == ("throughput", "fairness", "tokens", "throttle", "enqueue", "latency", "http_enqueue",
                               "control_plane", "quota", "scale")
+
+
+def test_profile_summary_counts_our_functions_inclusively_and_packages_by_innermost_frame(tmp_path):
+    from benchmarks.profile_workers import summarize
+
+    raw = tmp_path / "worker0.txt"
+    raw.write_text(
+        "Sender._lane (worker/delivery.py:191);GraphClient.call (transport/graph.py:84);"
+        "ClientResponse.read (aiohttp/client_reqrep.py:902) 3\n"
+        "Sender._lane (worker/delivery.py:191);Connection.wait (psycopg/connection.py:495) 1\n"
+        "garbage line without a count\n")
+
+    text = summarize([raw])
+
+    assert "4 samples" in text
+    assert "| `worker/delivery.py:Sender._lane` | 100.0 % |" in text
+    assert "| `transport/graph.py:GraphClient.call` | 75.0 % |" in text
+    assert "| aiohttp | 75.0 % |" in text and "| psycopg | 25.0 % |" in text
