@@ -265,7 +265,8 @@ def test_dispatcher_sweep_fences_a_requeued_row_off_from_the_slow_worker_that_st
     # when: the sweeper puts it back in the queue, and another batch claims it
     env.make()[0].sweeper.sweep(sweep_ms)
     new_claim = f"host:456/{EPOCH}"
-    assert [c.id for c in claim(env.engine, [nid], new_claim, 60_000, _now_ms())] == [nid]
+    # (the row is due at the sweep's time, 10 ms after the first claim: a fast machine gets here sooner)
+    assert [c.id for c in claim(env.engine, [nid], new_claim, 60_000, max(_now_ms(), sweep_ms))] == [nid]
 
     # then: the slow worker can start it neither through Graph nor through the relay; the new claim can
     async def starts() -> tuple[Slot, bool, Slot, bool]:
@@ -295,7 +296,7 @@ def test_dispatcher_sweep_outcome_of_a_row_another_claim_holds_writes_no_attempt
     env.redis.set(EPOCH_KEY, EPOCH)
     sweep_ms = _claim_expired(env, [nid])
     env.make()[0].sweeper.sweep(sweep_ms)
-    [row] = claim(env.engine, [nid], f"host:456/{EPOCH}", 60_000, _now_ms())
+    [row] = claim(env.engine, [nid], f"host:456/{EPOCH}", 60_000, max(_now_ms(), sweep_ms))  # due at the sweep
 
     # when: the slow worker writes an outcome for it after all
     record = AttemptRecord(started_at=datetime.now(UTC), outcome="sent", http_status=202)
