@@ -39,6 +39,7 @@ its failures open it again, a scope that recovered meanwhile is back to full spe
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -197,14 +198,28 @@ class Breakers:
         self._close = redis.register_script(_CLOSE)
         self._states: dict[str, tuple[str, int]] = {}
         self._read_at = 0.0
+        self._stale = 0  # bumped when what is read must be read again (a read in flight is too old)
+        self._reading: asyncio.Future[None] | None = None
         self._runs: dict[str, _Run] = {}
 
     async def _current(self) -> dict[str, tuple[str, int]]:
         if time.monotonic() - self._read_at >= self._s.breaker_refresh_ms / 1000:
-            with redis_boundary("breakers"):
-                self._states = _parse(await self._redis.hgetall(STATE_KEY))
-            self._read_at = time.monotonic()
+            # One read at a time: every send that finds the view stale waits for the same answer.
+            if self._reading is None:
+                self._reading = asyncio.ensure_future(self._read())
+            await asyncio.shield(self._reading)
         return self._states
+
+    async def _read(self) -> None:
+        stale = self._stale
+        try:
+            with redis_boundary("breakers"):
+                states = _parse(await self._redis.hgetall(STATE_KEY))
+            self._states = states
+            if stale == self._stale:
+                self._read_at = time.monotonic()
+        finally:
+            self._reading = None
 
     async def gate(self, scopes: Sequence[str], row_id: str) -> WaitReason | None:
         """None when the row may go; else the reason it waits (an open scope it is not the probe of).
@@ -276,7 +291,7 @@ class Breakers:
             closed = await self._close(keys=[STATE_KEY, probe_key(scope)],
                                        args=[scope, now_ms, dependents, int(self._s.breaker_run_window_s * 1000)])
         if closed and dependents:
-            self._read_at = 0.0  # re-read: mailbox scopes closed with it
+            self._read_at, self._stale = 0.0, self._stale + 1  # re-read: mailbox scopes closed with it
         self._states[scope] = ("ramp", now_ms)
         if closed:
             metrics.breaker_transitions.labels(scope.split(":", 1)[0], "closed").inc()

@@ -59,6 +59,7 @@ class Runtime:
             connector=GatedConnector(limit=s.max_connections, ssl=ssl_ctx, keepalive_timeout=30),
             timeout=aiohttp.ClientTimeout(total=s.http_timeout_s, sock_connect=s.http_connect_timeout_s),
             trust_env=False,
+            cookie_jar=aiohttp.DummyCookieJar(),  # Graph sets no cookie we need; skips the jar per request
         )
         # Blocking pool: hundreds of sends share it, and a burst must wait for a connection rather
         # than fail after Graph already accepted the message.

@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 
 from shared.errors import RedisUnavailable
+from transport.redis_batch import RedisBatch
 from transport.redis_errors import redis_boundary
 from transport.send_gate import Gate
 from worker.sendmarks import MARK_TTL_S, STARTED_MARK, fence_key, mark_key
@@ -104,6 +105,7 @@ class MailboxThrottle:
         self._mark = redis.register_script(_MARK)
         self._blocked = redis.register_script(_BLOCKED)
         self._block = redis.register_script(_BLOCK)
+        self._batch = RedisBatch(redis)  # the per-send calls of all lanes leave together (transport.redis_batch)
         self._local: dict[str, asyncio.Semaphore] = {}
         self._blocked_until: dict[str, float] = {}
 
@@ -134,7 +136,7 @@ class MailboxThrottle:
             return Slot(granted=False, wait_ms=blocked_ms, blocked=True)
         keys = [f"tm:mbx:{mailbox_key}:leases", f"tm:mbx:{mailbox_key}:block"]
         with redis_boundary("mailbox slots"):
-            ok, wait_ms, reason = await self._acquire(keys=keys, args=[lease_id, self._lease_ms, self._limit])
+            ok, wait_ms, reason = await self._batch.script(self._acquire, keys, [lease_id, self._lease_ms, self._limit])
         return Slot(granted=bool(ok), wait_ms=int(wait_ms), blocked=reason == 1)
 
     async def begin_send(self, mailbox_key: str, lease_id: str, notification_id: str, *, claim: str = "") -> Slot:
@@ -161,8 +163,8 @@ class MailboxThrottle:
                 f"tm:mbx:{mailbox_key}:pace", mark_key(notification_id), fence_key(notification_id, claim)]
         pacing_ms = self._pacing_ms if send else 0
         with redis_boundary("mailbox slots"):
-            ok, wait_ms, reason = await self._mark(
-                keys=keys, args=[lease_id, self._lease_ms, pacing_ms, MARK_TTL_S, STARTED_MARK, "1" if send else "0"])
+            ok, wait_ms, reason = await self._batch.script(
+                self._mark, keys, [lease_id, self._lease_ms, pacing_ms, MARK_TTL_S, STARTED_MARK, "1" if send else "0"])
         return Slot(granted=bool(ok), wait_ms=int(wait_ms), blocked=reason == 1, fenced=reason == 4)
 
     def send_gate(self, mailbox_key: str, *, admitted_at: float) -> Gate:
@@ -178,7 +180,7 @@ class MailboxThrottle:
                 return 0
             try:
                 with redis_boundary("mailbox slots"):
-                    blocked_ms = int(await self._blocked(keys=[f"tm:mbx:{mailbox_key}:block"]))
+                    blocked_ms = int(await self._batch.script(self._blocked, [f"tm:mbx:{mailbox_key}:block"], []))
             except RedisUnavailable:
                 log.warning("throttle.recheck_failed", mailbox=mailbox_key)
                 return 0
@@ -207,7 +209,7 @@ class MailboxThrottle:
     async def release(self, mailbox_key: str, lease_id: str) -> None:
         """Give the slot back."""
         with redis_boundary("mailbox slots"):
-            await self._redis.zrem(f"tm:mbx:{mailbox_key}:leases", lease_id)
+            await self._batch.command("ZREM", f"tm:mbx:{mailbox_key}:leases", lease_id)
 
     async def block(self, mailbox_key: str, retry_after_ms: int) -> int:
         """Block the mailbox for every worker; returns the block's end (Redis clock, ms)."""
